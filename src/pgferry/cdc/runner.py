@@ -9,8 +9,10 @@ confirmed too (nothing before it is pending), which lets the slot advance over W
 that holds nothing for our publications, as PostgreSQL's own apply worker does.
 
 Stops cleanly when :meth:`StreamRunner.request_stop` is called (signal handlers) or
-once ``end_lsn`` is reached: a transaction that commits after ``end_lsn`` is not
-emitted, and the stream stops before it.
+once ``end_lsn`` is reached between two transactions: a transaction that commits
+after ``end_lsn`` is not emitted, and the stream stops before it. Streamed or
+prepared transactions still waiting for their outcome then are not emitted
+either; the confirmed position stays before them, so the next run gets them.
 """
 
 from __future__ import annotations
@@ -135,14 +137,18 @@ class StreamRunner:
                     assembler.feed(msg, payload, item.data_start)
                     if (
                         end_lsn is not None
-                        and assembler.idle
+                        and assembler.between_transactions
                         and (writer.written_lsn >= end_lsn or item.data_start >= end_lsn)
                     ):
                         break
                 else:
                     if assembler.between_transactions:
                         idle_lsn = item.wal_end
-                    if end_lsn is not None and assembler.idle and idle_lsn >= end_lsn:
+                    if (
+                        end_lsn is not None
+                        and assembler.between_transactions
+                        and item.wal_end >= end_lsn
+                    ):
                         break
                 if time.monotonic() >= next_confirm:
                     confirm()

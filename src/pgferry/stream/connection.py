@@ -55,6 +55,11 @@ from pgferry.stream.waiting import execute_gen, flush_gen, wait
 
 logger = logging.getLogger("pgferry.stream")
 
+#: Settings for the walsender session that shape the text form of values.
+SESSION_OPTIONS = (
+    "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c timezone=UTC"
+)
+
 
 @dataclass(frozen=True)
 class SystemInfo:
@@ -147,6 +152,10 @@ class ReplicationConnection:
         # pgoutput sends text values in the client encoding; pin it to UTF-8.
         params["client_encoding"] = "UTF8"
         params["replication"] = "database"
+        # Fix the text output of values whatever the server's defaults are, as
+        # PostgreSQL's own subscriber does; timestamps with time zone come in UTC.
+        # The user's own `options` come last so they can override ours.
+        params["options"] = " ".join(filter(None, [SESSION_OPTIONS, params.get("options", "")]))
         try:
             conn: psycopg.Connection[tuple[object, ...]] = psycopg.Connection.connect(
                 make_conninfo(**params), autocommit=True
@@ -419,4 +428,3 @@ class ReplicationStream:
             logger.debug("ignoring error while closing the stream: %s", exc)
         finally:
             self.connection.close()
-

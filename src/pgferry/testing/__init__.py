@@ -16,9 +16,15 @@ Public API::
   never imports pytest).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from pgferry.testing.binaries import PgInstall, PostgresNotFound, find_install, install_for_major
 from pgferry.testing.cluster import Cluster, ClusterError
-from pgferry.testing.provision import provision_npm
+
+if TYPE_CHECKING:
+    from pgferry.testing.provision import provision_npm
 
 __all__ = [
     "Cluster",
@@ -29,3 +35,13 @@ __all__ = [
     "install_for_major",
     "provision_npm",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use so that ``python -m pgferry.testing.provision`` does
+    # not find its own module already imported by this package.
+    if name == "provision_npm":
+        from pgferry.testing.provision import provision_npm
+
+        return provision_npm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,6 +39,8 @@ from pathlib import Path
 from pgferry.errors import PgferryError
 
 ENV_BINDIR = "PGFERRY_PG_BINDIR"
+# Written by pgferry.testing.provision at the top of each complete npm build.
+PROVISIONED_MARKER = ".pgferry-provisioned"
 SYSTEM_ROOT = Path("/usr/lib/postgresql")
 
 # "postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)" -> "15.14"; "18beta1" too.
@@ -72,6 +74,8 @@ class PgInstall:
         """Probe ``bindir`` (runs ``postgres --version``); raise if unusable."""
         path = Path(bindir).expanduser().resolve()
         major, version = _probe_version(path)
+        if libdir is None and (path.parent.parent / PROVISIONED_MARKER).is_file():
+            libdir = path.parent / "lib"  # an npm build, however it was named
         return cls(bindir=path, major=major, version=version, libdir=libdir)
 
     def bin(self, name: str) -> Path:

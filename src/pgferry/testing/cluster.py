@@ -70,6 +70,8 @@ BASE_SETTINGS: Mapping[str, str] = {
     # Throwaway data: durability only costs time.
     "fsync": "off",
     "logging_collector": "off",
+    # Which role, database and application a line is about (clusters are shared).
+    "log_line_prefix": "%m [%p] %q%u@%d/%a ",
 }
 
 PG_HBA = """\

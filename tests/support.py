@@ -1,0 +1,109 @@
+"""Helpers shared by the tests that replicate real traffic.
+
+* :func:`run_stream` runs the real ``pgferry stream`` command in a subprocess up to an
+  ``--end-lsn`` and returns its JSON lines;
+* :func:`collect` streams a slot with the library and returns decoded messages;
+* :func:`current_lsn` asks the publisher for its WAL position.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pgferry.protocol import Lsn, Message, PgoutputDecoder, XLogData
+from pgferry.stream import PgoutputOptions, ReplicationConnection
+from pgferry.testing import Cluster
+
+PGFERRY = [sys.executable, "-m", "pgferry.cli"]
+
+
+def current_lsn(cluster: Cluster, dbname: str = "postgres") -> Lsn:
+    rows = cluster.sql("SELECT pg_current_wal_lsn()::text", dbname=dbname)
+    return Lsn.parse(str(rows[0][0]))
+
+
+def create_slot(cluster: Cluster, dbname: str, slot: str) -> Lsn:
+    rows = cluster.sql(
+        "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')",
+        (slot,),
+        dbname=dbname,
+    )
+    return Lsn.parse(str(rows[0][0]))
+
+
+@dataclass
+class StreamResult:
+    returncode: int
+    lines: list[dict[str, Any]]
+    stderr: str
+
+
+def run_stream(
+    dsn: str,
+    *args: str,
+    end_lsn: Lsn | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> StreamResult:
+    """Run ``pgferry -d DSN stream ARGS [--end-lsn END]`` to completion."""
+    cmd = [*PGFERRY, "-d", dsn, "stream", *args]
+    if end_lsn is not None:
+        cmd += ["--end-lsn", str(end_lsn)]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    lines = [json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip()]
+    return StreamResult(proc.returncode, lines, proc.stderr.decode())
+
+
+def collect(
+    dsn: str,
+    slot: str,
+    options: PgoutputOptions,
+    end_lsn: Lsn,
+    *,
+    timeout: float = 60,
+    dsn_options: str | None = None,
+) -> list[Message]:
+    """Decoded messages from ``slot`` until a message or keepalive at/after ``end_lsn``."""
+    if dsn_options:
+        dsn = f"{dsn} options='{dsn_options}'"
+    conn = ReplicationConnection.connect(dsn)
+    stream = conn.start_replication(slot, options)
+    decoder = PgoutputDecoder(stream.protocol_version)
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            item = stream.read(timeout=1.0)
+            if item is None:
+                continue
+            if isinstance(item, XLogData):
+                messages.append(decoder.decode(item.payload))
+                if item.data_start >= end_lsn and decoder.stream_xid is None:
+                    # Keep reading until the transaction in progress is complete.
+                    if type(messages[-1]).__name__ in ("Commit", "StreamCommit", "Prepare"):
+                        break
+            elif item.wal_end >= end_lsn and decoder.stream_xid is None:
+                break
+        else:
+            raise TimeoutError(f"slot {slot} did not reach {end_lsn} in {timeout} s")
+    finally:
+        stream.close()
+    return messages
+
+
+def changes(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The data lines (no begin/commit lines)."""
+    return [line for line in lines if line["op"] not in ("begin", "commit")]
