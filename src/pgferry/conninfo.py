@@ -41,7 +41,8 @@ def parse(conninfo: str) -> dict[str, str]:
         params = conninfo_to_dict(conninfo)
     except Exception as exc:
         raise InterfaceError(
-            f"invalid connection string {mask(conninfo)!r}: {_strip_password(str(exc))}",
+            f"invalid connection string {mask(conninfo)!r}: "
+            + _strip_password(" ".join(str(exc).split())),
             hint="use libpq key=value pairs or a postgresql:// URI",
         ) from None
     return {k: str(v) for k, v in params.items() if v is not None}

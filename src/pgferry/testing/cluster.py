@@ -125,16 +125,20 @@ def _check_setting_name(name: str) -> None:
         raise InterfaceError(f"invalid server setting name {name!r}")
 
 
+_HAVE_PROC = Path("/proc/self/stat").exists()
+
+
 def _pid_alive(pid: int) -> bool:
     """True while ``pid`` runs; a zombie (dead, not yet reaped) counts as gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            # "pid (comm) S ...": the state follows the last ')'.
-            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        pass
+    if _HAVE_PROC:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                # "pid (comm) S ...": the state follows the last ')'.
+                return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+        except FileNotFoundError:
+            return False
+        except OSError:
+            pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -145,7 +149,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _children(pid: int) -> list[int]:
-    found = []
+    found: list[int] = []
+    if not _HAVE_PROC:
+        return found
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -557,9 +563,16 @@ class Cluster:
         ]
         result = self._run(initdb)
         if result.returncode != 0:
+            hint = None
+            if self._ids is not None:
+                hint = (
+                    f"as root the server runs as OS user {OS_USER!r}: base_dir and its "
+                    "parent directories must be accessible to it"
+                )
             raise ClusterError(
                 f"initdb of PostgreSQL {self.install.version} failed in {self.data_dir}:\n"
-                f"{result.stdout}{result.stderr}"
+                f"{result.stdout}{result.stderr}",
+                hint=hint,
             )
         self._port = _free_port()
         self._write_settings()

@@ -61,6 +61,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "pg_min(major): skip on PostgreSQL majors below this")
     config.addinivalue_line("markers", "pg_max(major): skip on PostgreSQL majors above this")
+    selected_majors(config)  # a malformed --pg is a usage error, before collection
 
 
 def parse_majors(text: str) -> list[int]:
