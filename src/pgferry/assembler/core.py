@@ -108,7 +108,6 @@ class _Pending:
     subxids: set[int] = field(default_factory=set)
 
 
-
 class Assembler:
     """See the module docstring. One instance per replication session."""
 
@@ -282,8 +281,7 @@ class Assembler:
             msg, (Insert, Update, Delete, Truncate, LogicalMessage, Relation, Type)
         ):
             raise ProtocolError(
-                f"{type(msg).__name__} message inside the streamed block of xid "
-                f"{self._stream_xid}",
+                f"{type(msg).__name__} message inside the streamed block of xid {self._stream_xid}",
                 offset=0,
             )
         pending.subxids.add(xid)
@@ -337,8 +335,7 @@ class Assembler:
             return
         if not isinstance(msg, (Insert, Update, Delete, Truncate, LogicalMessage)):
             raise ProtocolError(
-                f"{type(msg).__name__} message inside prepared transaction "
-                f"{self._prepare.gid!r}",
+                f"{type(msg).__name__} message inside prepared transaction {self._prepare.gid!r}",
                 offset=0,
             )
         self._prepare.spool.append(self._prepare.xid, payload)

@@ -25,7 +25,7 @@ from typing import IO
 from pgferry.assembler import Assembler
 from pgferry.cdc.jsonlines import JsonLinesWriter
 from pgferry.errors import PublicationNotFound, SlotAlreadyExists, SlotNotFound
-from pgferry.protocol.envelope import XLogData
+from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
 from pgferry.protocol.messages import Begin, CommitPrepared, LogicalMessage, StreamCommit
 from pgferry.protocol.pgoutput import PgoutputDecoder
@@ -112,7 +112,7 @@ class StreamRunner:
         next_confirm = time.monotonic() + cfg.confirm_interval
 
         def confirm() -> None:
-            self.out.flush()
+            writer.flush()
             candidate = max(writer.written_lsn, idle_lsn)
             floor = assembler.restart_floor()
             if floor is not None:
@@ -120,36 +120,40 @@ class StreamRunner:
             if candidate > stream.flush_lsn:
                 stream.confirm(candidate)
 
+        decode = decoder.decode
+        feed = assembler.feed
         try:
             while not self._stop:
-                item = stream.read(timeout=0.5)
-                if item is None:
+                batch = stream.read_batch(timeout=0.5)
+                if not batch:
                     if stream.ended:
                         break
                     confirm()
                     continue
-                if isinstance(item, XLogData):
-                    payload = item.payload
-                    msg = decoder.decode(payload)
-                    if end_lsn is not None and _commits_after(msg, end_lsn):
-                        logger.info("reached --end-lsn %s", end_lsn)
-                        break
-                    assembler.feed(msg, payload, item.data_start)
-                    if (
-                        end_lsn is not None
-                        and assembler.between_transactions
-                        and (writer.written_lsn >= end_lsn or item.data_start >= end_lsn)
-                    ):
-                        break
-                else:
-                    if assembler.between_transactions:
-                        idle_lsn = item.wal_end
-                    if (
-                        end_lsn is not None
-                        and assembler.between_transactions
-                        and item.wal_end >= end_lsn
-                    ):
-                        break
+                for item in batch:
+                    if type(item) is XLogData:
+                        payload = item.payload
+                        msg = decode(payload)
+                        if end_lsn is not None:
+                            if type(msg) in _OPENERS and _commits_after(msg, end_lsn):
+                                logger.info("reached --end-lsn %s", end_lsn)
+                                self._stop = True
+                                break
+                            feed(msg, payload, item.data_start)
+                            if assembler.between_transactions and (
+                                writer.written_lsn >= end_lsn or item.data_start >= end_lsn
+                            ):
+                                self._stop = True
+                                break
+                        else:
+                            feed(msg, payload, item.data_start)
+                    else:
+                        assert isinstance(item, PrimaryKeepalive)
+                        if assembler.between_transactions:
+                            idle_lsn = item.wal_end
+                            if end_lsn is not None and item.wal_end >= end_lsn:
+                                self._stop = True
+                                break
                 if time.monotonic() >= next_confirm:
                     confirm()
                     next_confirm = time.monotonic() + cfg.confirm_interval
@@ -158,6 +162,9 @@ class StreamRunner:
         finally:
             stream.close()
         return writer.lines
+
+
+_OPENERS = frozenset({Begin, StreamCommit, CommitPrepared, LogicalMessage})
 
 
 def _commits_after(msg: object, end_lsn: Lsn) -> bool:

@@ -21,10 +21,12 @@ from typing import NamedTuple
 
 from pgferry.errors import ProtocolError
 from pgferry.protocol.lsn import Lsn
+from pgferry.protocol.lsn import lsn_from_wire as _lsn
 
 _XLOG_HEAD = struct.Struct(">QQq")
 _KEEPALIVE = struct.Struct(">QqB")
 _STATUS = struct.Struct(">cQQQqB")
+_new = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 
 
 class XLogData(NamedTuple):
@@ -44,8 +46,11 @@ class PrimaryKeepalive(NamedTuple):
     reply_requested: bool
 
 
-def parse_copy_data(data: bytes) -> XLogData | PrimaryKeepalive:
-    """Decode one CopyData payload received in COPY BOTH mode."""
+def parse_copy_data(data: bytes | memoryview) -> XLogData | PrimaryKeepalive:
+    """Decode one CopyData payload received in COPY BOTH mode.
+
+    ``data`` may be a memoryview over libpq's buffer: the payload is copied out.
+    """
     if not data:
         raise ProtocolError("empty CopyData message", offset=0)
     kind = data[0]
@@ -55,14 +60,14 @@ def parse_copy_data(data: bytes) -> XLogData | PrimaryKeepalive:
                 f"XLogData header needs 25 bytes, got {len(data)}", offset=len(data)
             )
         start, end, sent = _XLOG_HEAD.unpack_from(data, 1)
-        return XLogData(Lsn(start), Lsn(end), sent, data[25:])
+        return _new(XLogData, (_lsn(start), _lsn(end), sent, bytes(data[25:])))
     if kind == 0x6B:  # 'k'
         if len(data) != 18:
             raise ProtocolError(
                 f"primary keepalive must be 18 bytes, got {len(data)}", offset=min(len(data), 18)
             )
         end, sent, reply = _KEEPALIVE.unpack_from(data, 1)
-        return PrimaryKeepalive(Lsn(end), sent, reply != 0)
+        return PrimaryKeepalive(_lsn(end), sent, reply != 0)
     raise ProtocolError(f"unknown CopyData message type {bytes([kind])!r}", offset=0)
 
 

@@ -45,3 +45,12 @@ class Lsn(int):
 
 
 INVALID_LSN = Lsn(0)
+
+
+def lsn_from_wire(value: int) -> Lsn:
+    """An :class:`Lsn` from an unsigned 64-bit protocol field, without the range
+    check (the field cannot be out of range); used on the decoding hot path."""
+    return _int_new(Lsn, value)
+
+
+_int_new = int.__new__

@@ -330,6 +330,8 @@ class ReplicationStream:
         self._next_status = time.monotonic() + status_interval
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._pgconn.socket, selectors.EVENT_READ)
+        # Messages read by read_batch but not yet handed out by read(), reversed.
+        self._pending: list[XLogData | PrimaryKeepalive] = []
 
     def confirm(self, flush: Lsn, *, write: Lsn | None = None, apply: Lsn | None = None) -> None:
         """The consumer has durably processed everything before ``flush``."""
@@ -357,43 +359,74 @@ class ReplicationStream:
 
     def read(self, timeout: float | None = None) -> XLogData | PrimaryKeepalive | None:
         """The next message, or None if none arrived within ``timeout`` seconds."""
+        if not self._pending:
+            self._pending = self.read_batch(timeout)
+            self._pending.reverse()
+        return self._pending.pop() if self._pending else None
+
+    def read_batch(
+        self, timeout: float | None = None, max_items: int = 2000
+    ) -> list[XLogData | PrimaryKeepalive]:
+        """Every message already received (up to ``max_items``), waiting up to
+        ``timeout`` seconds for the first one; [] on timeout or end of stream.
+
+        Draining what libpq has buffered in one call keeps the per-message cost low.
+        """
+        if self._pending:
+            batch, self._pending = self._pending[::-1], []
+            return batch
         pgconn = self._pgconn
+        get_copy_data = pgconn.get_copy_data
+        out: list[XLogData | PrimaryKeepalive] = []
+        append = out.append
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             now = time.monotonic()
             if now >= self._next_status:
                 self.send_status()
             try:
-                nbytes, data = pgconn.get_copy_data(1)
+                while len(out) < max_items:
+                    nbytes, data = get_copy_data(1)
+                    if nbytes <= 0:
+                        break
+                    append(parse_copy_data(data))
             except psycopg.OperationalError as exc:
                 raise self._stream_error(exc) from None
-            if nbytes > 0:
-                msg = parse_copy_data(bytes(data))
-                if type(msg) is XLogData:
-                    if msg.data_start > self.received_lsn:
-                        self.received_lsn = msg.data_start
-                    return msg
-                assert isinstance(msg, PrimaryKeepalive)
-                if msg.wal_end > self.received_lsn:
-                    self.received_lsn = msg.wal_end
-                self.last_server_time = msg.send_time
-                if msg.reply_requested:
-                    self.send_status()
-                return msg
+            if out:
+                self._account(out)
+                return out
             if nbytes == -1:
                 self._finish_copy()
-                return None
+                return out
             # Nothing buffered: wait for the socket, but not past the next status update.
             wake = self._next_status
             if deadline is not None:
                 if now >= deadline:
-                    return None
+                    return out
                 wake = min(wake, deadline)
             self._selector.select(max(0.0, wake - time.monotonic()))
             try:
                 pgconn.consume_input()
             except psycopg.OperationalError as exc:
                 raise self._stream_error(exc) from None
+
+    def _account(self, batch: list[XLogData | PrimaryKeepalive]) -> None:
+        """Track positions and answer keepalives that ask for a reply."""
+        reply = False
+        received = self.received_lsn
+        for msg in batch:
+            if type(msg) is XLogData:
+                if msg.data_start > received:
+                    received = msg.data_start
+            else:
+                assert isinstance(msg, PrimaryKeepalive)
+                if msg.wal_end > received:
+                    received = msg.wal_end
+                self.last_server_time = msg.send_time
+                reply = reply or msg.reply_requested
+        self.received_lsn = received
+        if reply:
+            self.send_status()
 
     def _finish_copy(self) -> None:
         """The server ended COPY: surface its error, if any."""
