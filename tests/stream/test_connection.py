@@ -1,0 +1,167 @@
+"""The replication connection against real servers: commands, slots and snapshots,
+pgoutput options per server version."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from pgferry.errors import FeatureNotSupported, InterfaceError, SlotAlreadyExists, SlotNotFound
+from pgferry.protocol import (
+    Insert,
+    Lsn,
+    Message,
+    Origin,
+    PgoutputDecoder,
+    StreamAbort,
+    StreamStart,
+    XLogData,
+)
+from pgferry.stream import PgoutputOptions, ReplicationConnection
+from pgferry.testing import Cluster
+from tests.support import collect, create_slot, current_lsn
+
+
+def _slots(cluster: Cluster, dbname: str) -> set[str]:
+    rows = cluster.sql("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (dbname,))
+    return {str(r[0]) for r in rows}
+
+
+def test_identify_system(cluster: Cluster, dbname: str) -> None:
+    with ReplicationConnection.connect(cluster.dsn(dbname)) as conn:
+        info = conn.identify_system()
+        assert conn.major == cluster.major
+    expected_id = cluster.sql("SELECT system_identifier::text FROM pg_control_system()")[0][0]
+    assert info.system_id == expected_id
+    assert info.timeline == 1 and info.dbname == dbname
+    assert info.xlog_pos <= current_lsn(cluster)
+
+
+def test_exported_snapshot_sees_exactly_what_precedes_the_consistent_point(
+    cluster: Cluster, dbname: str
+) -> None:
+    cluster.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)", dbname=dbname)
+    with ReplicationConnection.connect(cluster.dsn(dbname)) as conn:
+        slot = conn.create_slot("exporter", temporary=True, snapshot="export")
+        assert slot.snapshot_name and slot.output_plugin == "pgoutput"
+        cluster.sql("INSERT INTO t VALUES (2)", dbname=dbname)
+        # While the replication connection stays idle the snapshot can be imported.
+        with cluster.connect(dbname, autocommit=False) as reader:
+            reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            reader.execute(
+                psycopg.sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
+                    psycopg.sql.Literal(slot.snapshot_name)
+                )
+            )
+            assert reader.execute("SELECT id FROM t ORDER BY id").fetchall() == [(1,)]
+            reader.rollback()
+        assert "exporter" in _slots(cluster, dbname)
+        # The slot delivers exactly what the snapshot does not contain.
+        stream = conn.start_replication("exporter", PgoutputOptions(("nopub",)))
+        stream.close()
+    assert "exporter" not in _slots(cluster, dbname)  # temporary: gone with the session
+
+
+def test_use_snapshot_inside_a_transaction(cluster: Cluster, dbname: str) -> None:
+    cluster.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)", dbname=dbname)
+    with ReplicationConnection.connect(cluster.dsn(dbname)) as conn:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        slot = conn.create_slot("user", temporary=True, snapshot="use")
+        assert slot.snapshot_name is None
+        cluster.sql("INSERT INTO t VALUES (2)", dbname=dbname)
+        assert conn.execute("SELECT count(*) FROM t") == [("1",)]
+        conn.execute("COMMIT")
+
+
+def test_create_and_drop_slot_errors(cluster: Cluster, dbname: str) -> None:
+    with ReplicationConnection.connect(cluster.dsn(dbname)) as conn:
+        info = conn.create_slot("permanent")
+        assert isinstance(info.consistent_point, Lsn) and info.snapshot_name is None
+        with pytest.raises(SlotAlreadyExists):
+            conn.create_slot("permanent")
+        conn.drop_slot("permanent")
+        with pytest.raises(SlotNotFound) as exc:
+            conn.drop_slot("permanent")
+        assert "permanent" in str(exc.value)
+    assert "permanent" not in _slots(cluster, dbname)
+
+
+def test_options_the_server_lacks_are_refused_before_sending(cluster: Cluster, dbname: str) -> None:
+    with ReplicationConnection.connect(cluster.dsn(dbname)) as conn:
+        create_slot(cluster, dbname, "s")
+        if cluster.major < 16:
+            with pytest.raises(FeatureNotSupported):
+                conn.start_replication("s", PgoutputOptions(("p",), origin="none"))
+            with pytest.raises(FeatureNotSupported):
+                conn.start_replication("s", PgoutputOptions(("p",), protocol_version=4))
+        with pytest.raises(InterfaceError):
+            conn.start_replication("s", PgoutputOptions(("p",), protocol_version=5))
+        # Nothing was sent: the connection still works.
+        assert conn.identify_system().dbname == dbname
+
+
+def test_origin_none_filters_replicated_changes(cluster: Cluster, dbname: str) -> None:
+    if cluster.major < 16:
+        pytest.skip("the origin option needs PostgreSQL 16")
+    cluster.sql(
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t;"
+        " SELECT pg_replication_origin_create('peer')",
+        dbname=dbname,
+    )
+    create_slot(cluster, dbname, "any_slot")
+    create_slot(cluster, dbname, "none_slot")
+    cluster.sql("INSERT INTO t VALUES (1)", dbname=dbname)
+    with cluster.connect(dbname) as conn:
+        conn.execute("SELECT pg_replication_origin_session_setup('peer')")
+        conn.execute("INSERT INTO t VALUES (2)")
+        conn.execute("SELECT pg_replication_origin_session_reset()")
+    end = current_lsn(cluster, dbname)
+    dsn = cluster.dsn(dbname)
+    everything = collect(dsn, "any_slot", PgoutputOptions(("pub",), origin="any"), end)
+    local_only = collect(dsn, "none_slot", PgoutputOptions(("pub",), origin="none"), end)
+    assert [m.new for m in everything if isinstance(m, Insert)] == [(b"1",), (b"2",)]
+    assert [m.name for m in everything if isinstance(m, Origin)] == ["peer"]
+    assert [m.new for m in local_only if isinstance(m, Insert)] == [(b"1",)]
+    assert not [m for m in local_only if isinstance(m, Origin)]
+
+
+def test_parallel_streaming_sends_abort_lsn(cluster: Cluster, dbname: str) -> None:
+    """A transaction streamed while in progress, then rolled back. (Decoded after the
+    fact, PostgreSQL 16+ would know it aborted and not stream it at all.)"""
+    if cluster.major < 16:
+        pytest.skip("streaming = parallel needs PostgreSQL 16")
+    cluster.sql(
+        "CREATE TABLE t (id int, v text); CREATE PUBLICATION pub FOR TABLE t", dbname=dbname
+    )
+    create_slot(cluster, dbname, "s")
+    conn = ReplicationConnection.connect(
+        cluster.dsn(dbname, options="-c logical_decoding_work_mem=64kB")
+    )
+    stream = conn.start_replication("s", PgoutputOptions(("pub",), streaming="parallel"))
+    decoder = PgoutputDecoder(stream.protocol_version)
+    messages: list[Message] = []
+    try:
+        with cluster.connect(dbname, autocommit=False) as writer:
+            writer.execute("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 20000) g")
+            deadline = time.monotonic() + 60
+            while not any(isinstance(m, StreamStart) for m in messages):
+                assert time.monotonic() < deadline, "nothing was streamed"
+                for item in stream.read_batch(timeout=0.5):
+                    if isinstance(item, XLogData):
+                        messages.append(decoder.decode(item.payload))
+            writer.rollback()
+        deadline = time.monotonic() + 60
+        while not any(isinstance(m, StreamAbort) for m in messages):
+            assert time.monotonic() < deadline, "no Stream Abort"
+            for item in stream.read_batch(timeout=0.5):
+                if isinstance(item, XLogData):
+                    messages.append(decoder.decode(item.payload))
+    finally:
+        stream.close()
+    end = current_lsn(cluster, dbname)
+    (abort,) = [m for m in messages if isinstance(m, StreamAbort)]
+    assert abort.subxid == abort.xid
+    assert abort.abort_lsn is not None and 0 < abort.abort_lsn <= end
+    assert abort.abort_time is not None and abort.abort_time > 0
