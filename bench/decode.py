@@ -48,8 +48,10 @@ def main() -> None:
             end = pub.lsn()
             count, size, version = record(pub, "bench_decode", end, path)
             drop_slots(pub, ["bench_decode"])
-            print(f"recorded {count} messages ({size / 1e6:.1f} MB) from PostgreSQL "
-                  f"{pub.server_version()} into {path}")
+            print(
+                f"recorded {count} messages ({size / 1e6:.1f} MB) from PostgreSQL "
+                f"{pub.server_version()} into {path}"
+            )
     payloads = load_recording(path)
     total_bytes = sum(len(p) for p in payloads)
     best = float("inf")
@@ -63,8 +65,10 @@ def main() -> None:
     rate = len(payloads) / best
     print(f"machine: {machine()}")
     print(f"messages: {len(payloads)}  bytes: {total_bytes}  protocol: {version}")
-    print(f"decode: {rate:,.0f} messages/s  {total_bytes / best / 1e6:.1f} MB/s  "
-          f"(best of {args.passes} passes, {best:.3f} s)")
+    print(
+        f"decode: {rate:,.0f} messages/s  {total_bytes / best / 1e6:.1f} MB/s  "
+        f"(best of {args.passes} passes, {best:.3f} s)"
+    )
     print(f"goal 500,000 messages/s: {'met' if rate >= 500_000 else 'NOT met'}")
 
 

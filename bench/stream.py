@@ -34,8 +34,22 @@ from pgferry.stream import max_protocol_version
 
 
 def run_pgferry(pub: Publisher, slot: str, end: Lsn) -> float:
-    cmd = [sys.executable, "-m", "pgferry", "-d", pub.dsn, "stream", "--slot", slot,
-           "--publication", PUBLICATION, "--streaming", "on", "--end-lsn", str(end)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pgferry",
+        "-d",
+        pub.dsn,
+        "stream",
+        "--slot",
+        slot,
+        "--publication",
+        PUBLICATION,
+        "--streaming",
+        "on",
+        "--end-lsn",
+        str(end),
+    ]
     with Timer() as t:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return t.seconds
@@ -43,10 +57,25 @@ def run_pgferry(pub: Publisher, slot: str, end: Lsn) -> float:
 
 def run_recvlogical(pub: Publisher, slot: str, end: Lsn, proto: int) -> float:
     dsn = with_params(pub.dsn, replication="database")
-    cmd = [str(pub.install.bin("pg_recvlogical")), "-d", dsn, "--slot", slot, "--start",
-           "--no-loop", "--endpos", str(end), "-f", "/dev/null",
-           "-o", f"proto_version={proto}", "-o", f"publication_names={PUBLICATION}",
-           "-o", "streaming=on"]
+    cmd = [
+        str(pub.install.bin("pg_recvlogical")),
+        "-d",
+        dsn,
+        "--slot",
+        slot,
+        "--start",
+        "--no-loop",
+        "--endpos",
+        str(end),
+        "-f",
+        "/dev/null",
+        "-o",
+        f"proto_version={proto}",
+        "-o",
+        f"publication_names={PUBLICATION}",
+        "-o",
+        "streaming=on",
+    ]
     with Timer() as t:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return t.seconds
@@ -68,8 +97,9 @@ def main() -> None:
         slots = [f"bench_pf_{i}" for i in range(args.rounds)]
         slots += [f"bench_rl_{i}" for i in range(args.rounds)]
         create_slots(pub, slots)
-        pub.pgbench("-n", "-c", str(args.clients), "-t",
-                    str(max(1, args.transactions // args.clients)))
+        pub.pgbench(
+            "-n", "-c", str(args.clients), "-t", str(max(1, args.transactions // args.clients))
+        )
         end = pub.lsn()
         ours, theirs = [], []
         try:
@@ -84,13 +114,17 @@ def main() -> None:
         finally:
             drop_slots(pub, slots)
         print(f"machine: {machine()}")
-        print(f"PostgreSQL {pub.server_version()}, pgbench scale {args.scale}, "
-              f"{args.transactions} transactions, {args.clients} clients, protocol {proto}")
+        print(
+            f"PostgreSQL {pub.server_version()}, pgbench scale {args.scale}, "
+            f"{args.transactions} transactions, {args.clients} clients, protocol {proto}"
+        )
         print("pgferry stream  :", " ".join(f"{s:.2f}s" for s in ours))
         print("pg_recvlogical  :", " ".join(f"{s:.2f}s" for s in theirs))
         ratio = statistics.median(ours) / statistics.median(theirs)
-        print(f"median ratio pgferry/pg_recvlogical: {ratio:.2f}x "
-              f"(goal <= 1.2x: {'met' if ratio <= 1.2 else 'NOT met'})")
+        print(
+            f"median ratio pgferry/pg_recvlogical: {ratio:.2f}x "
+            f"(goal <= 1.2x: {'met' if ratio <= 1.2 else 'NOT met'})"
+        )
 
 
 if __name__ == "__main__":

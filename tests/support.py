@@ -16,7 +16,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pgferry.protocol import Lsn, Message, PgoutputDecoder, XLogData
+from pgferry.protocol import (
+    Commit,
+    Lsn,
+    Message,
+    PgoutputDecoder,
+    Prepare,
+    StreamCommit,
+    XLogData,
+)
 from pgferry.stream import PgoutputOptions, ReplicationConnection
 from pgferry.testing import Cluster
 
@@ -91,10 +99,13 @@ def collect(
                 continue
             if isinstance(item, XLogData):
                 messages.append(decoder.decode(item.payload))
-                if item.data_start >= end_lsn and decoder.stream_xid is None:
-                    # Keep reading until the transaction in progress is complete.
-                    if type(messages[-1]).__name__ in ("Commit", "StreamCommit", "Prepare"):
-                        break
+                # Past the end, stop at the first transaction boundary.
+                if (
+                    item.data_start >= end_lsn
+                    and decoder.stream_xid is None
+                    and isinstance(messages[-1], (Commit, StreamCommit, Prepare))
+                ):
+                    break
             elif item.wal_end >= end_lsn and decoder.stream_xid is None:
                 break
         else:

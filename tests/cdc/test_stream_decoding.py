@@ -167,13 +167,13 @@ def test_toast_unchanged_and_old_tuples_per_replica_identity(cluster: Cluster, d
     assert toast_update["new"] == {"id": "1", "big": {"unchanged_toast": True}, "small": "1"}
     assert toast_update["old"] is None
 
-    ins, upd_v, upd_code, dele = by_table["by_index"]
+    _ins, upd_v, upd_code, dele = by_table["by_index"]
     assert upd_v["old"] is None  # identity unchanged: no old tuple
     assert upd_code["old"] == {"code": "A"}
     assert upd_code["new"] == {"id": "1", "code": "B", "v": "y"}
     assert dele["op"] == "delete" and dele["old"] == {"code": "B"} and dele["new"] is None
 
-    ins, upd, dele = by_table["full_ident"]
+    _ins, upd, dele = by_table["full_ident"]
     assert upd["old"] == {"id": "1", "v": "one", "w": "10"}
     assert upd["new"] == {"id": "1", "v": "one", "w": "11"}
     assert dele["old"] == {"id": "1", "v": "one", "w": "11"}

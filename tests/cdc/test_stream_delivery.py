@@ -134,7 +134,7 @@ def test_sigterm_and_sigint_stop_cleanly_and_confirm(cluster: Cluster, dbname: s
         line = json.loads(proc.stdout.readline())
         assert line["op"] == "insert"
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err.decode()
         assert b"Traceback" not in err
         _wait_inactive(cluster, dbname, "s")

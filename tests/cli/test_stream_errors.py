@@ -7,7 +7,7 @@ from pgferry.testing import Cluster
 from pgferry.testing.pytest_plugin import ClusterFactory
 from tests.support import StreamResult, create_slot, current_lsn, run_stream
 
-PASSWORD = "s3cret-Pa55"
+PASSWORD = "s3cret-Pa55"  # noqa: S105 - a throwaway test role's password
 
 
 def _assert_clean_failure(result: StreamResult, *needles: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from psycopg import sql
 
 from pgferry.testing import Cluster, PgInstall
+from pgferry.testing.cluster import OS_USER
 
 
 def show(cluster: Cluster, name: str) -> str:
@@ -38,7 +39,7 @@ def test_server_runs_as_unprivileged_user(cluster: Cluster) -> None:
     assert pid is not None
     status = Path(f"/proc/{pid}/status").read_text()
     real_uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
-    expected = pwd.getpwnam("pgferry").pw_uid if os.geteuid() == 0 else os.getuid()
+    expected = pwd.getpwnam(OS_USER).pw_uid if os.geteuid() == 0 else os.getuid()
     assert real_uid == expected
     assert real_uid != 0
 
@@ -63,23 +64,25 @@ def test_tcp_connection(cluster: Cluster) -> None:
 
 def test_password_role_over_tcp(cluster: Cluster) -> None:
     role = f"pw_{uuid.uuid4().hex[:8]}"
+    secret = f"s3cret 'quoted' \\ {uuid.uuid4().hex}"  # quotes and a backslash
+    wrong = secret + "x"
     cluster.sql(
         sql.SQL("CREATE ROLE {} LOGIN REPLICATION PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal("s3cret 'quoted'")
+            sql.Identifier(role), sql.Literal(secret)
         )
     )
     try:
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-            psycopg.connect(cluster.tcp_dsn(user=role, password="wrong")).close()
+            psycopg.connect(cluster.tcp_dsn(user=role, password=wrong)).close()
         with pytest.raises(psycopg.OperationalError, match="no password supplied"):
             psycopg.connect(cluster.tcp_dsn(user=role)).close()
-        dsn = cluster.tcp_dsn(user=role, password="s3cret 'quoted'")
+        dsn = cluster.tcp_dsn(user=role, password=secret)
         with psycopg.connect(dsn) as conn:
             assert conn.execute("SELECT current_user").fetchone() == (role,)
         # The replication lines of pg_hba.conf ask for the password too.
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(
-                cluster.tcp_dsn(user=role, password="wrong") + " replication=database"
+                cluster.tcp_dsn(user=role, password=wrong) + " replication=database"
             ).close()
         with psycopg.connect(dsn + " replication=database", autocommit=True) as conn:
             system = conn.execute("IDENTIFY_SYSTEM").fetchone()
@@ -140,8 +143,7 @@ def test_drop_database_drops_slots_walsenders_and_subscriptions(cluster: Cluster
     walsender = psycopg.connect(cluster.dsn(name, replication="database"), autocommit=True)
     walsender.execute("CREATE_REPLICATION_SLOT busy_slot LOGICAL pgoutput")
     walsender.execute(
-        "START_REPLICATION SLOT busy_slot LOGICAL 0/0"
-        " (proto_version '1', publication_names 'pub')"
+        "START_REPLICATION SLOT busy_slot LOGICAL 0/0 (proto_version '1', publication_names 'pub')"
     )
     try:
         active = cluster.sql(
@@ -154,7 +156,8 @@ def test_drop_database_drops_slots_walsenders_and_subscriptions(cluster: Cluster
     finally:
         walsender.close()
     assert cluster.sql("SELECT 1 FROM pg_database WHERE datname = %s", (name,)) == []
-    assert cluster.sql("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)) == []
+    slots = "SELECT slot_name FROM pg_replication_slots WHERE database = %s"
+    assert cluster.sql(slots, (name,)) == []
     assert cluster.sql("SELECT subname FROM pg_subscription WHERE subname = 'sub'") == []
     cluster.drop_database(name)  # absent: a no-op
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -13,6 +18,7 @@ import psycopg
 import pytest
 
 from pgferry.testing import Cluster, PgInstall, find_install
+from pgferry.testing import cluster as cluster_module
 from pgferry.testing.cluster import ClusterError
 from pgferry.testing.pytest_plugin import ClusterFactory
 
@@ -80,30 +86,37 @@ def test_context_manager_destroys_server_and_directory(pg_install: PgInstall) ->
         pg.start()
 
 
-def test_failed_start_reports_log_and_cleans_up(tmp_path: Path) -> None:
+def test_failed_start_reports_log_and_cleans_up() -> None:
     # An invalid setting value makes the postmaster exit at startup.
-    pg = Cluster(find_install(), settings={"max_connections": "not a number"})
-    with pytest.raises(ClusterError, match="max_connections") as info:
-        pg.__enter__()
-    assert "failed to start" in str(info.value)
-    assert pg._dir is not None and not pg._dir.exists()
+    with (
+        pytest.raises(ClusterError, match="failed to start") as info,
+        Cluster(find_install(), settings={"max_connections": "not a number"}),
+    ):
+        pass
+    message = str(info.value)
+    assert "max_connections" in message  # the server log is part of the error
+    match = re.search(r"failed to start in (\S+):", message)
+    assert match is not None
+    assert not Path(match.group(1)).exists()
 
 
-def test_long_base_dir_moves_socket_out(tmp_path: Path) -> None:
-    base = tmp_path / ("x" * 90)
-    base.mkdir()
-    base.chmod(0o755)  # the server user (when root) must reach it
-    for parent in base.parents:
-        if parent == Path("/tmp"):
-            break
-        parent.chmod(parent.stat().st_mode | 0o755)
-    with Cluster(find_install(), base_dir=base) as pg:
-        assert pg.path.parent == base
-        assert not Path(pg.host).is_relative_to(pg.path)
-        assert len(pg.host) + len("/.s.PGSQL.65535") < 100
-        assert pg.sql("SELECT 1") == [(1,)]
-        socket_dir = Path(pg.host)
-    assert not socket_dir.exists()
+def test_long_base_dir_moves_socket_out() -> None:
+    # Not under tmp_path: when root, the server user must be able to reach it.
+    top = Path(tempfile.mkdtemp(prefix="pgferry-long-"))
+    try:
+        top.chmod(0o755)
+        base = top / ("x" * 90)
+        base.mkdir(mode=0o755)
+        with Cluster(find_install(), base_dir=base) as pg:
+            assert pg.path.parent == base
+            assert not Path(pg.host).is_relative_to(pg.path)
+            assert len(os.fsencode(pg.host)) + len("/.s.PGSQL.65535") < 100
+            assert pg.sql("SELECT 1") == [(1,)]
+            socket_dir = Path(pg.host)
+        assert not socket_dir.exists()
+        assert list(base.iterdir()) == []
+    finally:
+        shutil.rmtree(top)
 
 
 def test_atexit_stops_forgotten_clusters(tmp_path: Path) -> None:
@@ -127,3 +140,24 @@ def test_atexit_stops_forgotten_clusters(tmp_path: Path) -> None:
     assert not _alive(info["pid"])
     assert not Path(info["path"]).exists()
     _assert_refused(info["port"])
+
+
+def test_start_retries_when_the_port_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another process grabs the probed port before the server binds it.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = int(squatter.getsockname()[1])
+        ports = iter([taken])
+        real_free_port = cluster_module._free_port
+
+        def taken_first() -> int:
+            return next(ports, None) or real_free_port()
+
+        monkeypatch.setattr(cluster_module, "_free_port", taken_first)
+        with Cluster(find_install()) as pg:
+            assert pg.port != taken
+            assert pg.sql("SELECT inet_server_port()") == [(None,)]  # unix socket
+            with psycopg.connect(pg.tcp_dsn()) as conn:
+                assert conn.execute("SELECT inet_server_port()").fetchone() == (pg.port,)
+            assert "Address already in use" in pg.server_log(None)
