@@ -10,6 +10,7 @@ as psql does; ``sslmode`` and every other libpq key pass through untouched.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -17,9 +18,28 @@ from pgferry.errors import InterfaceError
 
 _SECRET_KEYS = ("password",)
 _MASK = "********"
-# Fallback for strings libpq cannot parse: hide anything that looks like a password.
-_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_PASSWORD_URI = re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)")
+# For strings libpq cannot parse: anything that looks like a password, a quoted
+# one possibly unterminated, or the password part of a URI's user:password@.
+_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*(?:'|$)|\S+)", re.IGNORECASE)
+_PASSWORD_URI = re.compile(r"(://[^:/@\s]*:)([^@/\s]*)(@|/|$)")
+
+
+def _secrets(text: str) -> list[str]:
+    """Password candidates in an unparsable conninfo, longest first, in the raw,
+    unquoted and percent-decoded forms libpq might echo in its error message."""
+    found: set[str] = set()
+    for m in _PASSWORD_KV.finditer(text):
+        found.update((m.group(2), m.group(2).strip("'")))
+    for m in _PASSWORD_URI.finditer(text):
+        found.add(m.group(2))
+    found.update([unquote(f) for f in found])
+    return sorted((f for f in found if f), key=len, reverse=True)
+
+
+def _hide(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, _MASK)
+    return text
 
 
 def mask(conninfo: str) -> str:
@@ -27,8 +47,7 @@ def mask(conninfo: str) -> str:
     try:
         params = conninfo_to_dict(conninfo)
     except Exception:
-        text = _PASSWORD_KV.sub(lambda m: m.group(1) + _MASK, conninfo)
-        return _PASSWORD_URI.sub(lambda m: m.group(1) + _MASK + m.group(3), text)
+        return _hide(conninfo, _secrets(conninfo))
     for key in _SECRET_KEYS:
         if key in params:
             params[key] = _MASK
@@ -36,13 +55,15 @@ def mask(conninfo: str) -> str:
 
 
 def parse(conninfo: str) -> dict[str, str]:
-    """Parse a conninfo or URI; a malformed one is an :class:`InterfaceError`."""
+    """Parse a conninfo or URI; a malformed one is an :class:`InterfaceError`
+    whose message shows neither the password nor any part of it libpq echoed."""
     try:
         params = conninfo_to_dict(conninfo)
     except Exception as exc:
+        secrets = _secrets(conninfo)
+        reason = _hide(" ".join(str(exc).split()), secrets)
         raise InterfaceError(
-            f"invalid connection string {mask(conninfo)!r}: "
-            + _strip_password(" ".join(str(exc).split())),
+            f"invalid connection string {_hide(conninfo, secrets)!r}: {reason}",
             hint="use libpq key=value pairs or a postgresql:// URI",
         ) from None
     return {k: str(v) for k, v in params.items() if v is not None}
@@ -53,7 +74,3 @@ def with_params(conninfo: str, **params: str) -> str:
     merged = parse(conninfo)
     merged.update(params)
     return make_conninfo(**merged)
-
-
-def _strip_password(text: str) -> str:
-    return _PASSWORD_KV.sub(lambda m: m.group(1) + _MASK, text)

@@ -18,8 +18,9 @@ each as ``begin(tx)``, its changes, ``commit(tx, end_lsn)``:
 Relation and Type messages update :attr:`Assembler.relations` when pgoutput counts
 them as delivered: at once outside streaming (even inside a prepared transaction:
 pgoutput describes a relation once per session whatever that transaction's fate),
-at replay for a streamed transaction, or at its Stream Prepare. So the consumer can
-always resolve a change's columns when it receives it.
+and at replay for a streamed transaction (pgoutput marks them sent only at Stream
+Commit; after Stream Prepare or an abort, later transactions get their own). So
+the consumer can always resolve a change's columns when it receives it.
 
 Spools are bounded in memory (see :mod:`.spool`). :meth:`Assembler.restart_floor`
 tells how far a consumer may confirm: never past the start of a transaction that is
@@ -354,16 +355,6 @@ class Assembler:
         pending.gid = msg.gid
         pending.first_lsn = min(pending.first_lsn, msg.prepare_lsn)
         self._prepared[msg.gid] = pending
-        # pgoutput counts the relation descriptions streamed in this transaction
-        # as delivered once it is prepared (as at a commit), even if it is rolled
-        # back later: take them into the cache now.
-        decoder = PgoutputDecoder(self.protocol_version)
-        decoder.stream_xid = pending.xid
-        for _subxid, payload in pending.spool:
-            if payload[:1] in (b"R", b"Y"):
-                meta = decoder.decode(payload)
-                assert isinstance(meta, (Relation, Type))
-                self.relations.update(meta)
 
     def _commit_prepared(self, msg: CommitPrepared, lsn: Lsn) -> None:
         pending = self._prepared.pop(msg.gid, None)

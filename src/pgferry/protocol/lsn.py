@@ -7,11 +7,16 @@ subclass so that comparing and subtracting (a byte distance) cost nothing extra.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from functools import partial
 from typing import Self
 
 from pgferry.errors import InterfaceError
 
 _MAX = (1 << 64) - 1
+# What pg_lsn's input accepts: 1-8 hex digits, a slash, 1-8 hex digits (ASCII only).
+_LSN_TEXT = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})", re.ASCII)
 
 
 class Lsn(int):
@@ -27,15 +32,12 @@ class Lsn(int):
     @classmethod
     def parse(cls, text: str) -> Self:
         """Read ``X/Y`` (hexadecimal halves, as ``pg_lsn`` prints them)."""
-        hi, sep, lo = text.strip().partition("/")
-        if not sep or not hi or not lo or len(hi) > 8 or len(lo) > 8:
-            raise InterfaceError(f"invalid LSN {text!r}: expected the form X/Y, e.g. 0/16B3748")
-        try:
-            return cls((int(hi, 16) << 32) | int(lo, 16))
-        except ValueError:
+        match = _LSN_TEXT.fullmatch(text.strip())
+        if match is None:
             raise InterfaceError(
-                f"invalid LSN {text!r}: expected hexadecimal X/Y, e.g. 0/16B3748"
-            ) from None
+                f"invalid LSN {text!r}: expected hexadecimal X/Y (1-8 digits each), e.g. 0/16B3748"
+            )
+        return cls((int(match[1], 16) << 32) | int(match[2], 16))
 
     def __str__(self) -> str:
         return f"{self >> 32:X}/{self & 0xFFFFFFFF:X}"
@@ -47,10 +49,6 @@ class Lsn(int):
 INVALID_LSN = Lsn(0)
 
 
-def lsn_from_wire(value: int) -> Lsn:
-    """An :class:`Lsn` from an unsigned 64-bit protocol field, without the range
-    check (the field cannot be out of range); used on the decoding hot path."""
-    return _int_new(Lsn, value)
-
-
-_int_new = int.__new__
+#: An :class:`Lsn` from an unsigned 64-bit protocol field, without the range check
+#: (such a field cannot be out of range): a C-level call for the decoding hot path.
+lsn_from_wire: Callable[[int], Lsn] = partial(int.__new__, Lsn)

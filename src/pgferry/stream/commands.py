@@ -80,7 +80,7 @@ class PgoutputOptions:
         """The protocol version to use with this server, checking every option."""
         major = major_version(server_version_num)
         newest = max_protocol_version(server_version_num)
-        version = self.protocol_version or newest
+        version = newest if self.protocol_version is None else self.protocol_version
         if not 1 <= version <= 4:
             raise InterfaceError(f"pgoutput protocol version {version} does not exist (1-4)")
         if version > newest:
