@@ -88,3 +88,28 @@ class PublicationNotFound(ServerError):
 
 class FeatureNotSupported(ServerError):
     """The server version does not support a requested option."""
+
+
+class ApplyError(ServerError):
+    """Applying a remote change on the subscriber failed.
+
+    Names the subscription, the table, the remote transaction and its finish LSN
+    (the LSN ``--skip`` takes), so the user can fix the data or skip it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        subscription: str,
+        table: str | None,
+        xid: int | None,
+        finish_lsn: str | None,
+        sqlstate: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, sqlstate=sqlstate, hint=hint)
+        self.subscription = subscription
+        self.table = table
+        self.xid = xid
+        self.finish_lsn = finish_lsn

@@ -1,0 +1,193 @@
+"""The apply worker of one subscription: slot -> decoder -> assembler -> applier -> progress.
+
+Contract:
+
+* starts streaming at the subscription's replication origin progress (the last
+  remote commit applied), so a restart neither loses nor repeats a transaction;
+* applies each remote transaction in commit order (see :mod:`.applier`) for the
+  tables in state ``r`` (ready) in the catalog;
+* tells the publisher "flushed" only for remote transactions whose local commit is
+  durable: with ``synchronous_commit`` off (native's default for subscriptions) it
+  pairs the last applied remote LSN with the local WAL insert position and confirms
+  it once the local WAL is flushed past that point, as native does;
+* between transactions, with nothing pending, confirms the keepalive's WAL end so
+  the slot does not hold WAL that carries nothing for this subscription;
+* on an apply error: rolls back, records the error in the catalog, disables the
+  subscription if ``disable_on_error``, and raises; retrying is the launcher's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import psycopg
+
+from pgferry.assembler import Assembler, Transaction
+from pgferry.catalog import store
+from pgferry.errors import ApplyError, PgferryError
+from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
+from pgferry.protocol.lsn import INVALID_LSN, Lsn
+from pgferry.protocol.messages import Relation
+from pgferry.protocol.pgoutput import PgoutputDecoder
+from pgferry.protocol.relations import RelationCache
+from pgferry.stream import PgoutputOptions, ReplicationConnection
+
+from .applier import Applier
+
+logger = logging.getLogger("pgferry.apply")
+
+_DURABLE_ON_COMMIT = {"on", "local", "remote_write", "remote_apply"}
+
+
+class ApplyWorker:
+    def __init__(
+        self,
+        subscriber_dsn: str,
+        subscription: str,
+        *,
+        status_interval: float = 10.0,
+        confirm_interval: float = 1.0,
+    ) -> None:
+        self.subscriber_dsn = subscriber_dsn
+        self.name = subscription
+        self.status_interval = status_interval
+        self.confirm_interval = confirm_interval
+        self._stop = False
+
+    def request_stop(self) -> None:
+        self._stop = True
+
+    def run(self) -> None:
+        local = psycopg.connect(self.subscriber_dsn, autocommit=True)
+        try:
+            self._run(local)
+        except ApplyError as exc:
+            self._record_failure(local, exc)
+            raise
+        finally:
+            local.close()
+
+    def _record_failure(self, local: psycopg.Connection[Any], exc: ApplyError) -> None:
+        logger.error("%s", exc)
+        if local.closed:
+            return
+        try:
+            local.execute("ROLLBACK")
+            store.record_error(local, self.name, exc.message)
+            sub = store.get_subscription(local, self.name)
+            if sub.option("disable_on_error", False):
+                store.set_enabled(local, self.name, False)
+                logger.error("subscription %s disabled because of the error", self.name)
+        except psycopg.Error as inner:
+            logger.error("could not record the error in the catalog: %s", inner)
+
+    def _ready_tables(self, local: psycopg.Connection[Any]) -> set[tuple[str, str]]:
+        return {
+            (t.remote_schema, t.remote_name)
+            for t in store.tables(local, self.name)
+            if t.state == "r"
+        }
+
+    def _run(self, local: psycopg.Connection[Any]) -> None:
+        sub = store.get_subscription(local, self.name)
+        if not sub.enabled:
+            logger.info("subscription %s is disabled", self.name)
+            return
+        if sub.slot_name is None:
+            raise PgferryError(
+                f"subscription {self.name!r} has no slot (slot_name = NONE)",
+                hint="set a slot name before enabling it",
+            )
+        ready = self._ready_tables(local)
+        synchronous_commit = str(sub.option("synchronous_commit", "off"))
+        start = Applier.prepare_session(local, sub.origin_name, synchronous_commit)
+
+        def applies(relation: Relation, tx: Transaction) -> bool:
+            return (relation.namespace, relation.name) in ready
+
+        relations = RelationCache()
+        applier = Applier(
+            local,
+            self.name,
+            sub.origin_name,
+            relations,
+            applies=applies,
+            skip_lsn=sub.skip_lsn,
+        )
+        origin = sub.option("origin", "any")
+        options = PgoutputOptions(
+            publication_names=sub.publications,
+            streaming="on" if sub.option("streaming", "off") != "off" else "off",
+            origin=origin if origin == "none" else None,
+        )
+        remote = ReplicationConnection.connect(sub.conninfo, application_name=self.name)
+        try:
+            stream = remote.start_replication(
+                sub.slot_name, options, start_lsn=start, status_interval=self.status_interval
+            )
+        except BaseException:
+            remote.close()
+            raise
+        logger.info("subscription %s: apply worker streaming from %s", self.name, start)
+        decoder = PgoutputDecoder(stream.protocol_version)
+        assembler = Assembler(applier, stream.protocol_version, relations=relations)
+        durable_on_commit = synchronous_commit in _DURABLE_ON_COMMIT
+        # (remote end LSN, local WAL position at or after its commit), oldest first.
+        unflushed: deque[tuple[Lsn, Lsn]] = deque()
+        idle_lsn = INVALID_LSN
+        next_confirm = time.monotonic() + self.confirm_interval
+
+        def confirm() -> None:
+            nonlocal idle_lsn
+            candidate = INVALID_LSN
+            applied = applier.applied_lsn
+            if applied is not None:
+                if durable_on_commit:
+                    candidate = applied
+                else:
+                    row = local.execute(
+                        "SELECT pg_catalog.pg_current_wal_insert_lsn()::text,"
+                        " pg_catalog.pg_current_wal_flush_lsn()::text"
+                    ).fetchone()
+                    assert row is not None
+                    inserted, flushed = Lsn.parse(row[0]), Lsn.parse(row[1])
+                    if not unflushed or unflushed[-1][0] != applied:
+                        unflushed.append((applied, inserted))
+                    while unflushed and unflushed[0][1] <= flushed:
+                        candidate = unflushed.popleft()[0]
+            if not unflushed and idle_lsn > candidate:
+                candidate = idle_lsn
+            floor = assembler.restart_floor()
+            if floor is not None:
+                candidate = min(candidate, floor)
+            if candidate > stream.flush_lsn:
+                stream.confirm(candidate)
+
+        try:
+            while not self._stop:
+                batch = stream.read_batch(timeout=0.5)
+                if not batch:
+                    if stream.ended:
+                        break
+                    confirm()
+                    continue
+                for item in batch:
+                    if isinstance(item, XLogData):
+                        assembler.feed(decoder.decode(item.payload), item.payload, item.data_start)
+                    else:
+                        assert isinstance(item, PrimaryKeepalive)
+                        if assembler.between_transactions:
+                            idle_lsn = item.wal_end
+                if time.monotonic() >= next_confirm:
+                    confirm()
+                    next_confirm = time.monotonic() + self.confirm_interval
+            confirm()
+            stream.send_status()
+        except BaseException:
+            applier.abort()
+            raise
+        finally:
+            stream.close()

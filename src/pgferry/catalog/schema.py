@@ -1,0 +1,120 @@
+"""The catalog's schema in the subscriber database, and its versioned migrations.
+
+Everything pgferry keeps about subscriptions lives in schema ``pgferry`` of the
+subscriber database, the way native keeps ``pg_subscription`` and
+``pg_subscription_rel``:
+
+* ``subscription``: one row per subscription (its connection string is a secret:
+  nothing in the schema is readable by PUBLIC);
+* ``subscription_table``: each published table with its sync state
+  (i/d/f/s/r as native's ``srsubstate``) and state LSN;
+* ``subscription_stats``: error and conflict counters (``pg_stat_subscription_stats``);
+* ``worker``: live worker statistics (``pg_stat_subscription``).
+
+:func:`ensure_catalog` creates the schema on first use and applies the migrations
+not yet applied, in order, each in the same transaction as its version bump, under
+an advisory lock so that concurrent processes do not race.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+SCHEMA = "pgferry"
+
+# Key of the advisory lock that serialises migrations (any constant works; this
+# one spells "pgferry" in ASCII).
+_LOCK_KEY = 0x70676665727279
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: subscriptions, their tables, stats and workers.
+    """
+    CREATE TABLE pgferry.subscription (
+        name text PRIMARY KEY,
+        conninfo text NOT NULL,
+        publications text[] NOT NULL,
+        slot_name text,
+        origin_name text NOT NULL UNIQUE,
+        enabled boolean NOT NULL DEFAULT true,
+        options jsonb NOT NULL DEFAULT '{}',
+        skip_lsn pg_lsn,
+        last_error text,
+        last_error_time timestamptz,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE pgferry.subscription_table (
+        subscription text NOT NULL REFERENCES pgferry.subscription ON DELETE CASCADE,
+        remote_schema text NOT NULL,
+        remote_name text NOT NULL,
+        local_schema text NOT NULL,
+        local_name text NOT NULL,
+        state "char" NOT NULL CHECK (state IN ('i', 'd', 'f', 's', 'r')),
+        state_lsn pg_lsn,
+        columns text[],
+        row_filter text,
+        PRIMARY KEY (subscription, remote_schema, remote_name)
+    );
+    CREATE TABLE pgferry.subscription_stats (
+        subscription text PRIMARY KEY REFERENCES pgferry.subscription ON DELETE CASCADE,
+        apply_error_count bigint NOT NULL DEFAULT 0,
+        sync_error_count bigint NOT NULL DEFAULT 0,
+        update_missing bigint NOT NULL DEFAULT 0,
+        delete_missing bigint NOT NULL DEFAULT 0,
+        stats_reset timestamptz
+    );
+    CREATE TABLE pgferry.worker (
+        subscription text NOT NULL REFERENCES pgferry.subscription ON DELETE CASCADE,
+        relation text NOT NULL DEFAULT '',
+        pid integer NOT NULL,
+        received_lsn pg_lsn,
+        last_msg_send_time timestamptz,
+        last_msg_receipt_time timestamptz,
+        latest_end_lsn pg_lsn,
+        latest_end_time timestamptz,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (subscription, relation)
+    );
+    """,
+)
+
+
+def current_version(conn: psycopg.Connection[Any]) -> int:
+    """The catalog version in this database, 0 if there is no catalog."""
+    row = conn.execute("SELECT to_regclass('pgferry.schema_version') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return 0
+    version = conn.execute("SELECT version FROM pgferry.schema_version").fetchone()
+    return int(version[0]) if version else 0
+
+
+def ensure_catalog(conn: psycopg.Connection[Any]) -> int:
+    """Create or upgrade the catalog; returns its version. Needs CREATE on the database.
+
+    ``conn`` must not be inside a transaction; it is left outside one.
+    """
+    if current_version(conn) == len(MIGRATIONS):
+        _end(conn)
+        return len(MIGRATIONS)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        conn.execute("CREATE SCHEMA IF NOT EXISTS pgferry")
+        # A new schema grants PUBLIC nothing; say so explicitly, the catalog holds
+        # connection strings with passwords.
+        conn.execute("REVOKE ALL ON SCHEMA pgferry FROM PUBLIC")
+        conn.execute("CREATE TABLE IF NOT EXISTS pgferry.schema_version (version integer NOT NULL)")
+        row = conn.execute("SELECT version FROM pgferry.schema_version FOR UPDATE").fetchone()
+        version = int(row[0]) if row else 0
+        if row is None:
+            conn.execute("INSERT INTO pgferry.schema_version VALUES (0)")
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.execute(migration.encode())
+            conn.execute("UPDATE pgferry.schema_version SET version = %s", (number,))
+        conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA pgferry FROM PUBLIC")
+    return len(MIGRATIONS)
+
+
+def _end(conn: psycopg.Connection[Any]) -> None:
+    if not conn.autocommit and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.rollback()

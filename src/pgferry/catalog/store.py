@@ -1,0 +1,238 @@
+"""Reading and writing the catalog: subscriptions, their tables, stats, errors.
+
+Plain functions over a psycopg connection to the subscriber database; each runs
+in the caller's transaction (or autocommit), so callers decide atomicity, e.g. the
+apply worker records a table's state change in the same transaction as the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from pgferry.errors import InterfaceError
+from pgferry.protocol.lsn import Lsn
+
+TABLE_STATES = ("i", "d", "f", "s", "r")
+
+
+class SubscriptionNotFound(InterfaceError):
+    """No subscription of that name in the catalog."""
+
+
+class SubscriptionExists(InterfaceError):
+    """A subscription of that name is already in the catalog."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    name: str
+    conninfo: str
+    publications: tuple[str, ...]
+    slot_name: str | None
+    origin_name: str
+    enabled: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+    skip_lsn: Lsn | None = None
+    last_error: str | None = None
+
+    def option(self, key: str, default: Any) -> Any:
+        return self.options.get(key, default)
+
+
+@dataclass(frozen=True)
+class SubscriptionTable:
+    subscription: str
+    remote_schema: str
+    remote_name: str
+    local_schema: str
+    local_name: str
+    state: str
+    state_lsn: Lsn | None
+    columns: tuple[str, ...] | None = None
+    row_filter: str | None = None
+
+
+_SUB_COLUMNS = (
+    "name, conninfo, publications, slot_name, origin_name, enabled, options,"
+    " skip_lsn::text, last_error"
+)
+
+
+def _subscription(row: tuple[Any, ...]) -> Subscription:
+    name, conninfo, pubs, slot, origin, enabled, options, skip, error = row
+    return Subscription(
+        name,
+        conninfo,
+        tuple(pubs),
+        slot,
+        origin,
+        enabled,
+        dict(options or {}),
+        Lsn.parse(skip) if skip else None,
+        error,
+    )
+
+
+def create_subscription(conn: psycopg.Connection[Any], sub: Subscription) -> None:
+    try:
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO pgferry.subscription (name, conninfo, publications, slot_name,"
+                " origin_name, enabled, options) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    sub.name,
+                    sub.conninfo,
+                    list(sub.publications),
+                    sub.slot_name,
+                    sub.origin_name,
+                    sub.enabled,
+                    Jsonb(sub.options),
+                ),
+            )
+            conn.execute(
+                "INSERT INTO pgferry.subscription_stats (subscription) VALUES (%s)", (sub.name,)
+            )
+    except psycopg.errors.UniqueViolation:
+        raise SubscriptionExists(f"subscription {sub.name!r} already exists") from None
+
+
+def get_subscription(conn: psycopg.Connection[Any], name: str) -> Subscription:
+    row = conn.execute(
+        f"SELECT {_SUB_COLUMNS} FROM pgferry.subscription WHERE name = %s", (name,)
+    ).fetchone()
+    if row is None:
+        raise SubscriptionNotFound(f"subscription {name!r} does not exist")
+    return _subscription(row)
+
+
+def list_subscriptions(conn: psycopg.Connection[Any]) -> list[Subscription]:
+    rows = conn.execute(f"SELECT {_SUB_COLUMNS} FROM pgferry.subscription ORDER BY name")
+    return [_subscription(r) for r in rows.fetchall()]
+
+
+def delete_subscription(conn: psycopg.Connection[Any], name: str) -> None:
+    cur = conn.execute("DELETE FROM pgferry.subscription WHERE name = %s", (name,))
+    if cur.rowcount == 0:
+        raise SubscriptionNotFound(f"subscription {name!r} does not exist")
+
+
+def set_enabled(conn: psycopg.Connection[Any], name: str, enabled: bool) -> None:
+    conn.execute("UPDATE pgferry.subscription SET enabled = %s WHERE name = %s", (enabled, name))
+
+
+def set_skip_lsn(conn: psycopg.Connection[Any], name: str, lsn: Lsn | None) -> None:
+    conn.execute(
+        "UPDATE pgferry.subscription SET skip_lsn = %s::pg_lsn WHERE name = %s",
+        (None if lsn is None else str(lsn), name),
+    )
+
+
+def record_error(
+    conn: psycopg.Connection[Any], name: str, message: str | None, *, sync: bool = False
+) -> None:
+    """Store the last error (None clears it) and count it, as pg_stat_subscription_stats."""
+    conn.execute(
+        "UPDATE pgferry.subscription SET last_error = %s,"
+        " last_error_time = CASE WHEN %s::text IS NULL THEN NULL ELSE now() END"
+        " WHERE name = %s",
+        (message, message, name),
+    )
+    if message is not None:
+        column = "sync_error_count" if sync else "apply_error_count"
+        conn.execute(
+            f"UPDATE pgferry.subscription_stats SET {column} = {column} + 1"
+            " WHERE subscription = %s",
+            (name,),
+        )
+
+
+def add_missing_counts(
+    conn: psycopg.Connection[Any], name: str, update_missing: int, delete_missing: int
+) -> None:
+    if update_missing or delete_missing:
+        conn.execute(
+            "UPDATE pgferry.subscription_stats SET update_missing = update_missing + %s,"
+            " delete_missing = delete_missing + %s WHERE subscription = %s",
+            (update_missing, delete_missing, name),
+        )
+
+
+def stats(conn: psycopg.Connection[Any], name: str) -> dict[str, int]:
+    row = conn.execute(
+        "SELECT apply_error_count, sync_error_count, update_missing, delete_missing"
+        " FROM pgferry.subscription_stats WHERE subscription = %s",
+        (name,),
+    ).fetchone()
+    if row is None:
+        raise SubscriptionNotFound(f"subscription {name!r} does not exist")
+    keys = ("apply_error_count", "sync_error_count", "update_missing", "delete_missing")
+    return dict(zip(keys, (int(v) for v in row), strict=True))
+
+
+def upsert_table(conn: psycopg.Connection[Any], table: SubscriptionTable) -> None:
+    if table.state not in TABLE_STATES:
+        raise InterfaceError(f"invalid table state {table.state!r}")
+    conn.execute(
+        "INSERT INTO pgferry.subscription_table (subscription, remote_schema, remote_name,"
+        " local_schema, local_name, state, state_lsn, columns, row_filter)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s::pg_lsn, %s, %s)"
+        " ON CONFLICT (subscription, remote_schema, remote_name) DO UPDATE SET"
+        " local_schema = excluded.local_schema, local_name = excluded.local_name,"
+        " state = excluded.state, state_lsn = excluded.state_lsn,"
+        " columns = excluded.columns, row_filter = excluded.row_filter",
+        (
+            table.subscription,
+            table.remote_schema,
+            table.remote_name,
+            table.local_schema,
+            table.local_name,
+            table.state,
+            None if table.state_lsn is None else str(table.state_lsn),
+            None if table.columns is None else list(table.columns),
+            table.row_filter,
+        ),
+    )
+
+
+def set_table_state(
+    conn: psycopg.Connection[Any],
+    subscription: str,
+    remote_schema: str,
+    remote_name: str,
+    state: str,
+    lsn: Lsn | None,
+) -> None:
+    if state not in TABLE_STATES:
+        raise InterfaceError(f"invalid table state {state!r}")
+    conn.execute(
+        "UPDATE pgferry.subscription_table SET state = %s, state_lsn = %s::pg_lsn"
+        " WHERE subscription = %s AND remote_schema = %s AND remote_name = %s",
+        (state, None if lsn is None else str(lsn), subscription, remote_schema, remote_name),
+    )
+
+
+def tables(conn: psycopg.Connection[Any], subscription: str) -> list[SubscriptionTable]:
+    rows = conn.execute(
+        "SELECT subscription, remote_schema, remote_name, local_schema, local_name, state,"
+        " state_lsn::text, columns, row_filter FROM pgferry.subscription_table"
+        " WHERE subscription = %s ORDER BY remote_schema, remote_name",
+        (subscription,),
+    ).fetchall()
+    return [
+        SubscriptionTable(
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            str(r[5]),
+            Lsn.parse(r[6]) if r[6] else None,
+            tuple(r[7]) if r[7] is not None else None,
+            r[8],
+        )
+        for r in rows
+    ]
