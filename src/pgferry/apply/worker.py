@@ -139,6 +139,7 @@ class ApplyWorker:
         unflushed: deque[tuple[Lsn, Lsn]] = deque()
         idle_lsn = INVALID_LSN
         next_confirm = time.monotonic() + self.confirm_interval
+        error_shown = sub.last_error is not None
 
         def confirm() -> None:
             nonlocal idle_lsn
@@ -181,6 +182,11 @@ class ApplyWorker:
                         assert isinstance(item, PrimaryKeepalive)
                         if assembler.between_transactions:
                             idle_lsn = item.wal_end
+                if error_shown and applier.applied_count:
+                    # Replication moves again: the stored error is history now
+                    # (its count stays in the stats).
+                    store.record_error(local, self.name, None)
+                    error_shown = False
                 if time.monotonic() >= next_confirm:
                     confirm()
                     next_confirm = time.monotonic() + self.confirm_interval
