@@ -5,7 +5,8 @@ Contract:
 * starts streaming at the subscription's replication origin progress (the last
   remote commit applied), so a restart neither loses nor repeats a transaction;
 * applies each remote transaction in commit order (see :mod:`.applier`) for the
-  tables in state ``r`` (ready) in the catalog;
+  tables in state ``r`` (ready) in the catalog, and serves the table sync workers'
+  handovers between transactions (see :mod:`pgferry.catalog.handover`);
 * tells the publisher "flushed" only for remote transactions whose local commit is
   durable: with ``synchronous_commit`` off (native's default for subscriptions) it
   pairs the last applied remote LSN with the local WAL insert position and confirms
@@ -26,14 +27,14 @@ from typing import Any
 import psycopg
 
 from pgferry.assembler import Assembler, Transaction
-from pgferry.catalog import store
+from pgferry.catalog import handover, store
 from pgferry.errors import ApplyError, PgferryError
 from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
 from pgferry.protocol.messages import Relation
 from pgferry.protocol.pgoutput import PgoutputDecoder
 from pgferry.protocol.relations import RelationCache
-from pgferry.stream import PgoutputOptions, ReplicationConnection
+from pgferry.stream import PgoutputOptions, ReplicationConnection, ReplicationStream
 
 from .applier import Applier
 
@@ -84,12 +85,18 @@ class ApplyWorker:
         except psycopg.Error as inner:
             logger.error("could not record the error in the catalog: %s", inner)
 
-    def _ready_tables(self, local: psycopg.Connection[Any]) -> set[tuple[str, str]]:
-        return {
-            (t.remote_schema, t.remote_name)
-            for t in store.tables(local, self.name)
-            if t.state == "r"
-        }
+    def _wait_handover(
+        self, local: psycopg.Connection[Any], key: tuple[str, str], stream: ReplicationStream
+    ) -> None:
+        """Block until the sync worker of ``key`` has handed the table over (``s``),
+        keeping the publisher connection alive with status updates."""
+        while not self._stop:
+            state = handover.states(local, self.name).get(key)
+            if state is None or state.state in ("s", "r"):
+                return
+            if time.monotonic() >= stream.next_status_time:
+                stream.send_status()
+            time.sleep(0.1)
 
     def _run(self, local: psycopg.Connection[Any]) -> None:
         sub = store.get_subscription(local, self.name)
@@ -101,12 +108,23 @@ class ApplyWorker:
                 f"subscription {self.name!r} has no slot (slot_name = NONE)",
                 hint="set a slot name before enabling it",
             )
-        ready = self._ready_tables(local)
         synchronous_commit = str(sub.option("synchronous_commit", "off"))
         start = Applier.prepare_session(local, sub.origin_name, synchronous_commit)
+        states = handover.states(local, self.name)
 
         def applies(relation: Relation, tx: Transaction) -> bool:
-            return (relation.namespace, relation.name) in ready
+            # Ready tables always; a table just handed over by its sync worker for
+            # transactions that end after the handover LSN (see catalog.handover).
+            state = states.get((relation.namespace, relation.name))
+            if state is None:
+                return False
+            if state.state == "r":
+                return True
+            return (
+                state.state == "s"
+                and state.state_lsn is not None
+                and tx.commit_lsn >= state.state_lsn
+            )
 
         relations = RelationCache()
         applier = Applier(
@@ -140,6 +158,36 @@ class ApplyWorker:
         idle_lsn = INVALID_LSN
         next_confirm = time.monotonic() + self.confirm_interval
         error_shown = sub.last_error is not None
+        next_sync_check = time.monotonic()
+
+        def sync_handover() -> None:
+            """Between transactions: serve the table sync workers' handovers."""
+            nonlocal states
+            states = handover.states(local, self.name)
+            # Every remote transaction ending up to here is processed, none after:
+            # the last one applied, or a keepalive's position received between
+            # transactions (nothing was pending before it).
+            position = max(applier.applied_lsn or start, idle_lsn)
+            for key, state in states.items():
+                if state.state == "f" and state.catchup_lsn is None:
+                    # Give our position and wait for the sync worker to catch up to
+                    # it: meanwhile nothing of that table may pass us by.
+                    handover.set_catchup(local, self.name, key[0], key[1], position)
+                    logger.info(
+                        "subscription %s: table %s.%s catches up to %s",
+                        self.name,
+                        key[0],
+                        key[1],
+                        position,
+                    )
+                    self._wait_handover(local, key, stream)
+                elif (
+                    state.state == "s"
+                    and state.state_lsn is not None
+                    and position >= state.state_lsn
+                ):
+                    store.set_table_state(local, self.name, key[0], key[1], "r", position)
+            states = handover.states(local, self.name)
 
         def confirm() -> None:
             nonlocal idle_lsn
@@ -182,6 +230,9 @@ class ApplyWorker:
                         assert isinstance(item, PrimaryKeepalive)
                         if assembler.between_transactions:
                             idle_lsn = item.wal_end
+                if time.monotonic() >= next_sync_check and assembler.between_transactions:
+                    sync_handover()
+                    next_sync_check = time.monotonic() + 0.5
                 if error_shown and applier.applied_count:
                     # Replication moves again: the stored error is history now
                     # (its count stays in the stats).

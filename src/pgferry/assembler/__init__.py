@@ -3,7 +3,18 @@
 See :mod:`pgferry.assembler.core` for the contract.
 """
 
-from pgferry.assembler.core import Assembler, Transaction, TransactionConsumer
+from pgferry.assembler.core import (
+    Assembler,
+    Transaction,
+    TransactionConsumer,
+    delivery_position,
+)
 from pgferry.assembler.spool import Spool
 
-__all__ = ["Assembler", "Spool", "Transaction", "TransactionConsumer"]
+__all__ = [
+    "Assembler",
+    "Spool",
+    "Transaction",
+    "TransactionConsumer",
+    "delivery_position",
+]

@@ -406,3 +406,26 @@ class Assembler:
             consumer.commit(tx, end_lsn)
         finally:
             pending.spool.close()
+
+
+_DELIVERING = frozenset({Begin, StreamCommit, CommitPrepared, LogicalMessage})
+
+
+def delivery_position(msg: Message) -> Lsn | None:
+    """The commit LSN at which ``msg`` makes a transaction reach the consumer.
+
+    That is Begin's final LSN, Stream Commit's or Commit Prepared's commit LSN, or a
+    non-transactional message's own LSN; None for any other message. Workers that
+    stop at a position (``--end-lsn``, the table sync handover) test it before
+    feeding the message, so that they never deliver half a transaction.
+    """
+    kind = type(msg)
+    if kind not in _DELIVERING:
+        return None
+    if isinstance(msg, Begin):
+        return msg.final_lsn
+    if isinstance(msg, (StreamCommit, CommitPrepared)):
+        return msg.commit_lsn
+    if isinstance(msg, LogicalMessage) and not msg.transactional:
+        return msg.lsn
+    return None

@@ -77,6 +77,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (subscription, relation)
     );
     """,
+    # 2: the table sync handover: the apply worker's position given to a sync
+    # worker that finished its copy (native keeps it in shared memory).
+    """
+    ALTER TABLE pgferry.subscription_table ADD COLUMN catchup_lsn pg_lsn;
+    """,
 )
 
 

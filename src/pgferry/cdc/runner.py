@@ -22,12 +22,11 @@ import time
 from dataclasses import dataclass, replace
 from typing import IO
 
-from pgferry.assembler import Assembler
+from pgferry.assembler import Assembler, delivery_position
 from pgferry.cdc.jsonlines import JsonLinesWriter
 from pgferry.errors import PublicationNotFound, SlotAlreadyExists, SlotNotFound
 from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
-from pgferry.protocol.messages import Begin, CommitPrepared, LogicalMessage, StreamCommit
 from pgferry.protocol.pgoutput import PgoutputDecoder
 from pgferry.protocol.relations import RelationCache
 from pgferry.stream import PgoutputOptions, ReplicationConnection
@@ -135,7 +134,8 @@ class StreamRunner:
                         payload = item.payload
                         msg = decode(payload)
                         if end_lsn is not None:
-                            if type(msg) in _OPENERS and _commits_after(msg, end_lsn):
+                            position = delivery_position(msg)
+                            if position is not None and position > end_lsn:
                                 logger.info("reached --end-lsn %s", end_lsn)
                                 self._stop = True
                                 break
@@ -162,17 +162,3 @@ class StreamRunner:
         finally:
             stream.close()
         return writer.lines
-
-
-_OPENERS = frozenset({Begin, StreamCommit, CommitPrepared, LogicalMessage})
-
-
-def _commits_after(msg: object, end_lsn: Lsn) -> bool:
-    """Is ``msg`` the start of a transaction (or a message) that ends after ``end_lsn``?"""
-    if isinstance(msg, Begin):
-        return msg.final_lsn > end_lsn
-    if isinstance(msg, (StreamCommit, CommitPrepared)):
-        return msg.commit_lsn > end_lsn
-    if isinstance(msg, LogicalMessage) and not msg.transactional and msg.xid is None:
-        return msg.lsn > end_lsn
-    return False

@@ -67,9 +67,11 @@ def main(ctx: click.Context, dsn: str, verbose: int) -> None:
 
 
 def _register() -> None:
+    from pgferry.cli.publication import publication
     from pgferry.cli.stream import stream
 
     main.add_command(stream)
+    main.add_command(publication)
 
 
 _register()

@@ -333,6 +333,11 @@ class ReplicationStream:
         # Messages read by read_batch but not yet handed out by read(), reversed.
         self._pending: list[XLogData | PrimaryKeepalive] = []
 
+    @property
+    def next_status_time(self) -> float:
+        """``time.monotonic()`` value at which the next status update is due."""
+        return self._next_status
+
     def confirm(self, flush: Lsn, *, write: Lsn | None = None, apply: Lsn | None = None) -> None:
         """The consumer has durably processed everything before ``flush``."""
         if flush < self.flush_lsn:

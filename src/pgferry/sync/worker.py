@@ -1,0 +1,317 @@
+"""The table sync worker: initial copy of one table, then the handover.
+
+For one table of a subscription, as native's tablesync (see
+``shared/notes/native-algorithms.md`` and :mod:`pgferry.catalog.handover`):
+
+1. state ``d``;
+2. creates its own slot on the publisher, exporting a snapshot; the slot's
+   consistent point C splits the table's history: the snapshot holds exactly the
+   transactions committed before C, the slot delivers exactly those after;
+3. COPYs the table's published columns and rows (column lists and row filters of
+   the subscription's publications, combined as native does) in that snapshot into
+   the subscriber table, and commits the copy with state ``f`` and its own
+   replication origin's progress at C, atomically: a crash before that commit
+   leaves nothing copied (state ``d``: the copy starts over with a new slot), a
+   crash after it resumes the catch-up from the origin;
+4. waits for the apply worker's position A (``catchup_lsn``);
+5. if A > C, streams its slot from its origin's progress and applies this table's
+   changes of the transactions that end up to A;
+6. commits state ``s`` with H = max(C, A), drops its slot and origin, and exits.
+
+Existing subscriber rows are not deleted before the copy (native does not either):
+a duplicate key is an error, reported like any apply error.
+
+Deliberate difference: the sync slot is permanent (as in native since 14, not the
+temporary slot of older releases), so a crash during the catch-up resumes instead
+of copying again; it is dropped at the handover, and by ``subscription drop``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgferry.apply.applier import Applier
+from pgferry.assembler import Assembler, Transaction, delivery_position
+from pgferry.catalog import handover, store
+from pgferry.errors import ApplyError, PgferryError
+from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
+from pgferry.protocol.lsn import Lsn
+from pgferry.protocol.messages import Relation
+from pgferry.protocol.pgoutput import PgoutputDecoder
+from pgferry.protocol.relations import RelationCache
+from pgferry.stream import PgoutputOptions, ReplicationConnection
+
+logger = logging.getLogger("pgferry.sync")
+
+
+def sync_slot_name(subscription: str, schema: str, name: str) -> str:
+    """The sync worker's slot (and origin) name: short, [a-z0-9_], stable per table."""
+    digest = hashlib.sha256(f"{subscription}\0{schema}\0{name}".encode()).hexdigest()[:16]
+    return f"pgferry_sync_{digest}"
+
+
+class TableSyncWorker:
+    def __init__(
+        self,
+        subscriber_dsn: str,
+        subscription: str,
+        schema: str,
+        name: str,
+        *,
+        status_interval: float = 10.0,
+    ) -> None:
+        self.subscriber_dsn = subscriber_dsn
+        self.subscription = subscription
+        self.schema = schema
+        self.name = name
+        self.status_interval = status_interval
+        self.slot = sync_slot_name(subscription, schema, name)
+        self._stop = False
+
+    @property
+    def display(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def request_stop(self) -> None:
+        self._stop = True
+
+    def run(self) -> None:
+        local = psycopg.connect(self.subscriber_dsn, autocommit=True)
+        try:
+            self._run(local)
+        except ApplyError as exc:
+            logger.error("%s", exc)
+            if not local.closed:
+                local.execute("ROLLBACK")
+                store.record_error(local, self.subscription, exc.message, sync=True)
+            raise
+        finally:
+            local.close()
+
+    # -- the steps ---------------------------------------------------------------------
+
+    def _run(self, local: psycopg.Connection[Any]) -> None:
+        sub = store.get_subscription(local, self.subscription)
+        state = handover.table_state(local, self.subscription, self.schema, self.name)
+        if state is None or state.state in ("s", "r"):
+            return
+        synchronous_commit = str(sub.option("synchronous_commit", "off"))
+        if state.state in ("i", "d"):
+            store.set_table_state(local, self.subscription, self.schema, self.name, "d", None)
+            self._forget_previous_attempt(local, sub.conninfo)
+            consistent = self._copy(local, sub.conninfo, sub.publications, synchronous_commit)
+        else:
+            assert state.state == "f" and state.state_lsn is not None
+            consistent = state.state_lsn
+        catchup = self._wait_for_catchup(local)
+        if catchup is None:
+            return  # asked to stop
+        if catchup > consistent:
+            self._catch_up(local, sub.conninfo, sub.publications, catchup, synchronous_commit)
+        handover_lsn = max(consistent, catchup)
+        store.set_table_state(local, self.subscription, self.schema, self.name, "s", handover_lsn)
+        logger.info("table %s: synchronized, handed over at %s", self.display, handover_lsn)
+        self._forget_previous_attempt(local, sub.conninfo)
+
+    def _forget_previous_attempt(self, local: psycopg.Connection[Any], conninfo: str) -> None:
+        """Drop this table's sync slot and origin if they exist."""
+        with ReplicationConnection.connect(conninfo) as repl:
+            if repl.slot_exists(self.slot):
+                repl.drop_slot(self.slot, wait=True)
+        local.execute(
+            "SELECT pg_catalog.pg_replication_origin_drop(roname)"
+            " FROM pg_catalog.pg_replication_origin WHERE roname = %s",
+            (self.slot,),
+        )
+
+    def _remote_shape(
+        self, remote: psycopg.Connection[Any], publications: tuple[str, ...]
+    ) -> tuple[list[str], str | None]:
+        """Published columns and the combined row filter (None: all rows).
+
+        As native: a table published with no column list by any publication sends
+        every column, and with no row filter by any publication sends every row;
+        otherwise the lists are united and the filters OR-ed.
+        """
+        columns = [
+            r[0]
+            for r in remote.execute(
+                "SELECT a.attname FROM pg_catalog.pg_attribute a"
+                " WHERE a.attrelid = (SELECT c.oid FROM pg_catalog.pg_class c"
+                "   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+                "   WHERE n.nspname = %s AND c.relname = %s)"
+                " AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''"
+                " ORDER BY a.attnum",
+                (self.schema, self.name),
+            ).fetchall()
+        ]
+        if not columns:
+            raise PgferryError(f"published table {self.display} does not exist on the publisher")
+        if remote.info.server_version < 150000:
+            return columns, None
+        rows = remote.execute(
+            "SELECT attnames, rowfilter FROM pg_catalog.pg_publication_tables"
+            " WHERE pubname = ANY(%s) AND schemaname = %s AND tablename = %s",
+            (list(publications), self.schema, self.name),
+        ).fetchall()
+        if not rows:
+            raise PgferryError(
+                f"table {self.display} is not in the publications {', '.join(publications)}"
+            )
+        published: set[str] = set()
+        for names, _ in rows:
+            published.update(names or columns)
+        filters = [f for _, f in rows]
+        row_filter = (
+            None if any(f is None for f in filters) else " OR ".join(f"({f})" for f in filters)
+        )
+        return [c for c in columns if c in published], row_filter
+
+    def _copy(
+        self,
+        local: psycopg.Connection[Any],
+        conninfo: str,
+        publications: tuple[str, ...],
+        synchronous_commit: str,
+    ) -> Lsn:
+        """Steps 2 and 3; returns the consistent point C."""
+        with ReplicationConnection.connect(
+            conninfo, application_name=f"{self.subscription} sync"
+        ) as repl:
+            slot = repl.create_slot(self.slot, snapshot="export")
+            assert slot.snapshot_name is not None
+            remote = psycopg.connect(conninfo, autocommit=True)
+            try:
+                # The snapshot can be imported while the replication connection
+                # that exported it stays idle; then it is ours until commit.
+                remote.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                remote.execute(
+                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(slot.snapshot_name))
+                )
+                columns, row_filter = self._remote_shape(remote, publications)
+                column_list = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+                table = sql.Identifier(self.schema, self.name)
+                source = sql.SQL("COPY (SELECT {} FROM ONLY {}{}) TO STDOUT").format(
+                    column_list,
+                    table,
+                    sql.SQL(" WHERE " + row_filter) if row_filter else sql.SQL(""),
+                )
+                target = sql.SQL("COPY {} ({}) FROM STDIN").format(table, column_list)
+                Applier.prepare_session(local, self.slot, synchronous_commit)
+                local.execute("BEGIN")
+                try:
+                    with (
+                        remote.cursor().copy(source) as src,
+                        local.cursor().copy(target) as dst,
+                    ):
+                        for chunk in src:
+                            dst.write(chunk)
+                    store.set_table_state(
+                        local,
+                        self.subscription,
+                        self.schema,
+                        self.name,
+                        "f",
+                        slot.consistent_point,
+                    )
+                    local.execute(
+                        "SELECT pg_catalog.pg_replication_origin_xact_setup(%s::pg_lsn, now())",
+                        (str(slot.consistent_point),),
+                    )
+                    local.execute("COMMIT")
+                except psycopg.Error as exc:
+                    local.execute("ROLLBACK")
+                    raise ApplyError(
+                        f"subscription {self.subscription!r}: initial copy of {self.display}"
+                        f" failed: {(exc.diag.message_primary or str(exc)).strip()}",
+                        subscription=self.subscription,
+                        table=self.display,
+                        xid=None,
+                        finish_lsn=None,
+                        sqlstate=exc.diag.sqlstate,
+                        hint="fix the subscriber table (existing rows are kept: a duplicate"
+                        " key conflicts); the copy is retried from scratch",
+                    ) from None
+                finally:
+                    remote.execute("COMMIT")
+                    local.execute("SELECT pg_catalog.pg_replication_origin_session_reset()")
+            finally:
+                remote.close()
+        logger.info("table %s: copied at %s", self.display, slot.consistent_point)
+        return slot.consistent_point
+
+    def _wait_for_catchup(self, local: psycopg.Connection[Any]) -> Lsn | None:
+        """Step 4: the apply worker's position, once it gives it."""
+        waited = time.monotonic()
+        while not self._stop:
+            state = handover.table_state(local, self.subscription, self.schema, self.name)
+            if state is not None and state.catchup_lsn is not None:
+                return state.catchup_lsn
+            if time.monotonic() - waited > 30:
+                logger.info("table %s: waiting for the apply worker", self.display)
+                waited = time.monotonic()
+            time.sleep(0.1)
+        return None
+
+    def _catch_up(
+        self,
+        local: psycopg.Connection[Any],
+        conninfo: str,
+        publications: tuple[str, ...],
+        until: Lsn,
+        synchronous_commit: str,
+    ) -> None:
+        """Step 5: this table's changes of the transactions that end up to ``until``."""
+        start = Applier.prepare_session(local, self.slot, synchronous_commit)
+        target = (self.schema, self.name)
+
+        def applies(relation: Relation, tx: Transaction) -> bool:
+            return (relation.namespace, relation.name) == target
+
+        relations = RelationCache()
+        applier = Applier(local, self.subscription, self.slot, relations, applies=applies)
+        repl = ReplicationConnection.connect(conninfo, application_name=f"{self.subscription} sync")
+        stream = repl.start_replication(
+            self.slot,
+            PgoutputOptions(publication_names=publications),
+            start_lsn=start,
+            status_interval=self.status_interval,
+        )
+        decoder = PgoutputDecoder(stream.protocol_version)
+        assembler = Assembler(applier, stream.protocol_version, relations=relations)
+        done = start >= until
+        try:
+            while not done and not self._stop:
+                for item in stream.read_batch(timeout=0.5):
+                    if isinstance(item, XLogData):
+                        msg = decoder.decode(item.payload)
+                        position = delivery_position(msg)
+                        if position is not None and position >= until:
+                            done = True  # that transaction ends after `until`
+                            break
+                        assembler.feed(msg, item.payload, item.data_start)
+                        applied = applier.applied_lsn
+                        if applied is not None and applied >= until:
+                            done = True
+                            break
+                    else:
+                        assert isinstance(item, PrimaryKeepalive)
+                        if assembler.between_transactions and item.wal_end >= until:
+                            done = True
+                            break
+                if stream.ended:
+                    break
+            if not done:
+                raise PgferryError(f"table {self.display}: catch-up stopped before {until}")
+        except BaseException:
+            applier.abort()
+            raise
+        finally:
+            stream.close()
+            local.execute("SELECT pg_catalog.pg_replication_origin_session_reset()")
