@@ -108,7 +108,7 @@ class Applier:
             conn.execute("SELECT pg_catalog.pg_replication_origin_create(%s)", (origin,))
         conn.execute("SELECT pg_catalog.pg_replication_origin_session_setup(%s)", (origin,))
         progress = conn.execute(
-            "SELECT pg_catalog.pg_replication_origin_progress(%s, true)::text", (origin,)
+            "SELECT pg_catalog.pg_replication_origin_progress(%s, false)::text", (origin,)
         ).fetchone()
         return Lsn.parse(progress[0]) if progress and progress[0] else Lsn(0)
 
@@ -169,6 +169,11 @@ class Applier:
 
     def message(self, message: LogicalMessage) -> None:
         """Non-transactional messages are not applied."""
+
+    @property
+    def in_transaction(self) -> bool:
+        """A local transaction is open (a remote one is being applied)."""
+        return self._in_tx
 
     def abort(self) -> None:
         """Roll back the local transaction in progress, if any (after an error)."""

@@ -20,6 +20,7 @@ Contract:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from typing import Any
@@ -34,6 +35,7 @@ from pgferry.protocol.lsn import INVALID_LSN, Lsn
 from pgferry.protocol.messages import Relation
 from pgferry.protocol.pgoutput import PgoutputDecoder
 from pgferry.protocol.relations import RelationCache
+from pgferry.protocol.timestamps import to_datetime
 from pgferry.stream import PgoutputOptions, ReplicationConnection, ReplicationStream
 
 from .applier import Applier
@@ -169,17 +171,20 @@ class ApplyWorker:
             # transactions (nothing was pending before it).
             position = max(applier.applied_lsn or start, idle_lsn)
             for key, state in states.items():
-                if state.state == "f" and state.catchup_lsn is None:
-                    # Give our position and wait for the sync worker to catch up to
-                    # it: meanwhile nothing of that table may pass us by.
-                    handover.set_catchup(local, self.name, key[0], key[1], position)
-                    logger.info(
-                        "subscription %s: table %s.%s catches up to %s",
-                        self.name,
-                        key[0],
-                        key[1],
-                        position,
-                    )
+                if state.state == "f":
+                    if state.catchup_lsn is None:
+                        # Give our position and wait for the sync worker to catch up
+                        # to it: meanwhile nothing of that table may pass us by.
+                        handover.set_catchup(local, self.name, key[0], key[1], position)
+                        logger.info(
+                            "subscription %s: table %s.%s catches up to %s",
+                            self.name,
+                            key[0],
+                            key[1],
+                            position,
+                        )
+                    # With the position given before (by this worker's predecessor,
+                    # which stopped right there), wait all the same.
                     self._wait_handover(local, key, stream)
                 elif (
                     state.state == "s"
@@ -214,6 +219,16 @@ class ApplyWorker:
                 candidate = min(candidate, floor)
             if candidate > stream.flush_lsn:
                 stream.confirm(candidate)
+            if not applier.in_transaction:
+                handover.report_worker(
+                    local,
+                    self.name,
+                    "",
+                    os.getpid(),
+                    stream.received_lsn,
+                    to_datetime(stream.last_server_time) if stream.last_server_time else None,
+                    stream.flush_lsn,
+                )
 
         try:
             while not self._stop:
@@ -248,3 +263,8 @@ class ApplyWorker:
             raise
         finally:
             stream.close()
+            if not local.closed and not local.broken:
+                try:
+                    handover.forget_worker(local, self.name, "")
+                except psycopg.Error as exc:
+                    logger.debug("could not clear the worker row: %s", exc)

@@ -63,3 +63,33 @@ def set_catchup(
         " WHERE subscription = %s AND remote_schema = %s AND remote_name = %s",
         (str(lsn), subscription, schema, name),
     )
+
+
+def report_worker(
+    conn: psycopg.Connection[Any],
+    subscription: str,
+    relation: str,
+    pid: int,
+    received_lsn: Lsn,
+    last_send_time: Any,
+    latest_end_lsn: Lsn,
+) -> None:
+    """Upsert a worker's live statistics (``pgferry.worker``, like pg_stat_subscription)."""
+    conn.execute(
+        "INSERT INTO pgferry.worker AS w (subscription, relation, pid, received_lsn,"
+        " last_msg_send_time, last_msg_receipt_time, latest_end_lsn, latest_end_time)"
+        " VALUES (%s, %s, %s, %s::pg_lsn, %s, now(), %s::pg_lsn, now())"
+        " ON CONFLICT (subscription, relation) DO UPDATE SET pid = excluded.pid,"
+        " received_lsn = excluded.received_lsn,"
+        " last_msg_send_time = excluded.last_msg_send_time,"
+        " last_msg_receipt_time = excluded.last_msg_receipt_time,"
+        " latest_end_lsn = excluded.latest_end_lsn, latest_end_time = excluded.latest_end_time",
+        (subscription, relation, pid, str(received_lsn), last_send_time, str(latest_end_lsn)),
+    )
+
+
+def forget_worker(conn: psycopg.Connection[Any], subscription: str, relation: str) -> None:
+    conn.execute(
+        "DELETE FROM pgferry.worker WHERE subscription = %s AND relation = %s",
+        (subscription, relation),
+    )

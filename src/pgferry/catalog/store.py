@@ -236,3 +236,90 @@ def tables(conn: psycopg.Connection[Any], subscription: str) -> list[Subscriptio
         )
         for r in rows
     ]
+
+
+# -- subscription management (pgferry subscription create/alter/drop/list) ------------
+
+
+def subscription_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM pgferry.subscription WHERE name = %s", (name,)).fetchone()
+    return row is not None
+
+
+def lock_subscription(conn: psycopg.Connection[Any], name: str) -> Subscription:
+    """The subscription's row, locked FOR UPDATE until the caller's transaction ends."""
+    row = conn.execute(
+        f"SELECT {_SUB_COLUMNS} FROM pgferry.subscription WHERE name = %s FOR UPDATE", (name,)
+    ).fetchone()
+    if row is None:
+        raise SubscriptionNotFound(f"subscription {name!r} does not exist")
+    return _subscription(row)
+
+
+def set_conninfo(conn: psycopg.Connection[Any], name: str, conninfo: str) -> None:
+    conn.execute("UPDATE pgferry.subscription SET conninfo = %s WHERE name = %s", (conninfo, name))
+
+
+def set_publications(
+    conn: psycopg.Connection[Any], name: str, publications: tuple[str, ...]
+) -> None:
+    conn.execute(
+        "UPDATE pgferry.subscription SET publications = %s WHERE name = %s",
+        (list(publications), name),
+    )
+
+
+def set_slot_name(conn: psycopg.Connection[Any], name: str, slot_name: str | None) -> None:
+    conn.execute(
+        "UPDATE pgferry.subscription SET slot_name = %s WHERE name = %s", (slot_name, name)
+    )
+
+
+def set_options(conn: psycopg.Connection[Any], name: str, options: dict[str, Any]) -> None:
+    """Replace the subscription's ``options`` object."""
+    conn.execute(
+        "UPDATE pgferry.subscription SET options = %s WHERE name = %s", (Jsonb(options), name)
+    )
+
+
+def delete_table(
+    conn: psycopg.Connection[Any], subscription: str, remote_schema: str, remote_name: str
+) -> None:
+    conn.execute(
+        "DELETE FROM pgferry.subscription_table"
+        " WHERE subscription = %s AND remote_schema = %s AND remote_name = %s",
+        (subscription, remote_schema, remote_name),
+    )
+
+
+def set_table_shape(
+    conn: psycopg.Connection[Any],
+    subscription: str,
+    remote_schema: str,
+    remote_name: str,
+    columns: tuple[str, ...] | None,
+    row_filter: str | None,
+) -> None:
+    """Record a table's published column list and row filter; its state is untouched."""
+    conn.execute(
+        "UPDATE pgferry.subscription_table SET columns = %s, row_filter = %s"
+        " WHERE subscription = %s AND remote_schema = %s AND remote_name = %s",
+        (
+            None if columns is None else list(columns),
+            row_filter,
+            subscription,
+            remote_schema,
+            remote_name,
+        ),
+    )
+
+
+def table_state_counts(conn: psycopg.Connection[Any]) -> dict[str, dict[str, int]]:
+    """{subscription: {state: number of tables}} for every subscription with tables."""
+    rows = conn.execute(
+        "SELECT subscription, state::text, count(*) FROM pgferry.subscription_table GROUP BY 1, 2"
+    ).fetchall()
+    counts: dict[str, dict[str, int]] = {}
+    for subscription, state, number in rows:
+        counts.setdefault(subscription, {})[state] = int(number)
+    return counts

@@ -1,0 +1,223 @@
+"""``pgferry subscription``: create, alter, drop and list subscriptions.
+
+::
+
+    pgferry [-d DSN] subscription create NAME --connection CONNINFO
+            --publication PUB [--publication PUB ...] [--with KEY=VALUE ...]
+    pgferry [-d DSN] subscription alter NAME
+            (--enable | --disable | --connection CONNINFO | --set-publication PUB ...
+             | --add-publication PUB | --drop-publication PUB | --refresh-publication
+             | --skip LSN | --with KEY=VALUE) ...
+    pgferry [-d DSN] subscription drop NAME [--if-exists]
+    pgferry [-d DSN] subscription list [--json]
+
+* ``-d`` is the SUBSCRIBER database: the catalog (schema ``pgferry``) lives there;
+  ``--connection`` is the publisher's conninfo, stored in the catalog (which
+  PUBLIC cannot read) and never printed unmasked.
+* ``--with`` keys are native's; see :mod:`pgferry.subscription.options`. For
+  ``alter`` they are ``slot_name``, ``binary``, ``streaming``,
+  ``disable_on_error``, ``synchronous_commit``, ``origin``,
+  ``password_required``, ``run_as_owner`` and ``two_phase`` (while disabled),
+  plus ``refresh`` and ``copy_data`` with a publication change or
+  ``--refresh-publication``.
+* Success prints one line on stdout; warnings print on stderr as
+  ``pgferry: warning: ...`` and do not change the exit status. Errors are one
+  ``pgferry: error:`` line (plus ``hint:``), exit status 1.
+* ``list`` prints a table; ``list --json`` the JSON array documented in
+  :mod:`pgferry.subscription.manage`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from pgferry import conninfo as ci
+from pgferry.subscription.manage import (
+    AlterRequest,
+    SubscriptionInfo,
+    alter_subscription,
+    create_subscription,
+    drop_subscription,
+    list_subscriptions,
+    shown,
+    to_json,
+)
+from pgferry.subscription.tables import printable
+
+
+def _warn(lines: tuple[str, ...]) -> None:
+    for line in lines:
+        click.echo(f"pgferry: warning: {printable(line)}", err=True)
+
+
+@click.group()
+def subscription() -> None:
+    """Manage subscriptions (-d DSN is the subscriber database)."""
+
+
+@subscription.command()
+@click.argument("name")
+@click.option(
+    "--connection", required=True, metavar="CONNINFO", help="The publisher's libpq conninfo."
+)
+@click.option(
+    "--publication",
+    "publications",
+    multiple=True,
+    required=True,
+    metavar="PUB",
+    help="Publication to subscribe to (repeatable).",
+)
+@click.option(
+    "--with",
+    "with_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Subscription option, as native's WITH (...) (repeatable).",
+)
+@click.pass_obj
+def create(
+    obj: dict[str, str],
+    name: str,
+    connection: str,
+    publications: tuple[str, ...],
+    with_options: tuple[str, ...],
+) -> None:
+    """Create subscription NAME: slot on the publisher, tables in the catalog."""
+    result = create_subscription(obj["dsn"], name, connection, publications, with_options)
+    _warn(result.warnings)
+    states = {t.state for t in result.tables}
+    tables = f"{len(result.tables)} table{'' if len(result.tables) == 1 else 's'}"
+    if states:
+        tables += f" (state {'/'.join(sorted(states))})"
+    slot = (
+        "no slot"
+        if result.slot_name is None
+        else f"slot {shown(result.slot_name)}"
+        + (" created on the publisher" if result.slot_created else " (not created)")
+    )
+    click.echo(
+        f"created subscription {shown(name)}: {slot}, {tables},"
+        f" {'enabled' if result.enabled else 'disabled'}"
+    )
+
+
+@subscription.command()
+@click.argument("name")
+@click.option("--enable", is_flag=True, help="Enable the subscription.")
+@click.option("--disable", is_flag=True, help="Disable the subscription.")
+@click.option("--connection", metavar="CONNINFO", help="New conninfo of the publisher.")
+@click.option(
+    "--set-publication",
+    "set_publications",
+    multiple=True,
+    metavar="PUB",
+    help="Replace the publications (repeatable).",
+)
+@click.option(
+    "--add-publication",
+    "add_publications",
+    multiple=True,
+    metavar="PUB",
+    help="Add a publication (repeatable).",
+)
+@click.option(
+    "--drop-publication",
+    "drop_publications",
+    multiple=True,
+    metavar="PUB",
+    help="Remove a publication (repeatable).",
+)
+@click.option(
+    "--refresh-publication",
+    is_flag=True,
+    help="Register newly published tables, forget tables no longer published.",
+)
+@click.option("--skip", metavar="LSN", help="Skip the remote transaction finishing at LSN.")
+@click.option("--with", "with_options", multiple=True, metavar="KEY=VALUE", help="Set an option.")
+@click.pass_obj
+def alter(
+    obj: dict[str, str],
+    name: str,
+    enable: bool,
+    disable: bool,
+    connection: str | None,
+    set_publications: tuple[str, ...],
+    add_publications: tuple[str, ...],
+    drop_publications: tuple[str, ...],
+    refresh_publication: bool,
+    skip: str | None,
+    with_options: tuple[str, ...],
+) -> None:
+    """Change subscription NAME."""
+    request = AlterRequest(
+        enable=enable,
+        disable=disable,
+        connection=connection,
+        set_publications=set_publications,
+        add_publications=add_publications,
+        drop_publications=drop_publications,
+        refresh_publication=refresh_publication,
+        skip=skip,
+        with_options=with_options,
+    )
+    result = alter_subscription(obj["dsn"], name, request)
+    _warn(result.warnings)
+    click.echo(f"altered subscription {shown(name)}: {'; '.join(result.changes)}")
+
+
+@subscription.command()
+@click.argument("name")
+@click.option("--if-exists", is_flag=True, help="No error if it does not exist.")
+@click.pass_obj
+def drop(obj: dict[str, str], name: str, if_exists: bool) -> None:
+    """Drop subscription NAME, its slot on the publisher and its origin."""
+    result = drop_subscription(obj["dsn"], name, if_exists=if_exists)
+    _warn(result.warnings)
+    if not result.dropped:
+        click.echo(f"subscription {shown(name)} does not exist; nothing dropped")
+        return
+    slot = (
+        f" (slot {shown(result.slot_dropped)} dropped on the publisher)"
+        if result.slot_dropped
+        else ""
+    )
+    click.echo(f"dropped subscription {shown(name)}{slot}")
+
+
+def _render(infos: list[SubscriptionInfo]) -> Table:
+    table = Table(show_lines=True)
+    for title in ("Name", "Enabled", "Publications", "Slot", "Connection", "Tables", "Last error"):
+        table.add_column(title, overflow="fold")
+    for info in infos:
+        sub = info.subscription
+        table.add_row(
+            Text(printable(sub.name)),
+            Text("yes" if sub.enabled else "no"),
+            Text(", ".join(printable(p) for p in sub.publications)),
+            Text("NONE" if sub.slot_name is None else printable(sub.slot_name)),
+            Text(printable(ci.mask(sub.conninfo))),
+            Text(info.states_summary or "-"),
+            Text(printable(sub.last_error or "")),
+        )
+    return table
+
+
+@subscription.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+@click.pass_obj
+def list_(obj: dict[str, str], as_json: bool) -> None:
+    """List the subscriptions."""
+    infos = list_subscriptions(obj["dsn"])
+    if as_json:
+        click.echo(to_json(infos))
+    elif not infos:
+        click.echo("no subscriptions")
+    else:
+        width = None if sys.stdout.isatty() else 200
+        Console(soft_wrap=False, width=width).print(_render(infos))

@@ -1,0 +1,89 @@
+"""Entry point of one worker process started by the launcher.
+
+    python -m pgferry.runner.child apply SUBSCRIPTION
+    python -m pgferry.runner.child sync SUBSCRIPTION SCHEMA TABLE
+
+The subscriber DSN comes in the environment (``PGFERRY_SUBSCRIBER_DSN``), not on
+the command line, so that no password shows in ``ps``. SIGTERM and SIGINT stop the
+worker cleanly (it finishes the transaction in hand, confirms, and exits 0). Exit
+status 1 means the worker failed (the error is logged and stored in the catalog);
+the launcher restarts it after a pause.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+from typing import Protocol
+
+from pgferry.errors import PgferryError
+
+DSN_ENV = "PGFERRY_SUBSCRIBER_DSN"
+LAUNCHER_PID_ENV = "PGFERRY_LAUNCHER_PID"
+
+
+class Worker(Protocol):
+    def run(self) -> None: ...
+
+    def request_stop(self) -> None: ...
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when the launcher dies, even by kill -9, so
+    a restarted launcher never finds orphans holding the slots."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the launcher's own cleanup only
+        pass
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if launcher and os.getppid() != int(launcher):
+        sys.exit(0)  # the launcher died before the request above took effect
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
+    logging.basicConfig(
+        level=os.environ.get("PGFERRY_LOG_LEVEL", "INFO"),
+        stream=sys.stderr,
+        format="%(asctime)s pgferry[%(process)d] %(levelname)s %(message)s",
+    )
+    dsn = os.environ.get(DSN_ENV, "")
+    worker: Worker
+    if len(args) == 2 and args[0] == "apply":
+        from pgferry.apply import ApplyWorker
+
+        worker = ApplyWorker(dsn, args[1])
+    elif len(args) == 4 and args[0] == "sync":
+        from pgferry.sync import TableSyncWorker
+
+        worker = TableSyncWorker(dsn, args[1], args[2], args[3])
+    else:
+        print("usage: child apply SUB | child sync SUB SCHEMA TABLE", file=sys.stderr)
+        return 2
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        worker.run()
+    except PgferryError as exc:
+        logging.getLogger("pgferry").error("%s", exc.message)
+        return 1
+    except Exception as exc:  # a worker must not die silently
+        logging.getLogger("pgferry").exception("worker failed: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

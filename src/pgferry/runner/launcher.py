@@ -1,0 +1,194 @@
+"""The launcher (``pgferry run``): keeps the right workers running for a database.
+
+Every ``poll_interval`` seconds it reads the catalog of the subscriber database
+and wants:
+
+* one apply worker per enabled subscription that has a slot;
+* one table sync worker per table not yet synchronised (state i, d or f), at most
+  ``max_sync_workers_per_subscription`` (default 2, as native) per subscription,
+  tables already copied (f) first.
+
+Workers are separate processes (:mod:`pgferry.runner.child`), so they use separate
+cores and a crash of one does not touch the others. A worker that is no longer
+wanted (subscription disabled or dropped) gets SIGTERM. A worker that exits with
+an error is started again after a pause that doubles from 1 s up to
+``retry_interval`` (5 s, native's ``wal_retrieve_retry_interval``). SIGTERM or
+SIGINT to the launcher stop every worker cleanly and then the launcher; a worker
+still running after ``stop_timeout`` seconds is killed (it loses nothing: its
+transaction in progress rolls back and is received again).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from pgferry.catalog import ensure_catalog, handover, store
+from pgferry.runner.child import DSN_ENV, LAUNCHER_PID_ENV
+
+logger = logging.getLogger("pgferry.runner")
+
+WorkerKey = tuple[str, ...]  # ("apply", sub) or ("sync", sub, schema, table)
+
+
+@dataclass
+class _Child:
+    key: WorkerKey
+    process: subprocess.Popen[bytes]
+    started: float
+
+
+class Launcher:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        max_sync_workers_per_subscription: int = 2,
+        poll_interval: float = 1.0,
+        retry_interval: float = 5.0,
+        stop_timeout: float = 30.0,
+    ) -> None:
+        self.dsn = dsn
+        self.max_sync = max_sync_workers_per_subscription
+        self.poll_interval = poll_interval
+        self.retry_interval = retry_interval
+        self.stop_timeout = stop_timeout
+        self.children: dict[WorkerKey, _Child] = {}
+        self._failures: dict[WorkerKey, int] = {}
+        self._retry_at: dict[WorkerKey, float] = {}
+        self._stop = False
+
+    def request_stop(self) -> None:
+        self._stop = True
+
+    # -- what should run ------------------------------------------------------------------
+
+    def wanted(self, conn: psycopg.Connection[Any]) -> set[WorkerKey]:
+        keys: set[WorkerKey] = set()
+        for sub in store.list_subscriptions(conn):
+            if not sub.enabled or sub.slot_name is None:
+                continue
+            keys.add(("apply", sub.name))
+            pending = [
+                s for s in handover.states(conn, sub.name).values() if s.state in ("i", "d", "f")
+            ]
+            # Copied tables first (they only need their catch-up), then by name.
+            pending.sort(key=lambda s: (s.state != "f", s.remote_schema, s.remote_name))
+            running = [k for k in self.children if k[0] == "sync" and k[1] == sub.name]
+            chosen: list[WorkerKey] = [
+                k
+                for k in running
+                if any((k[2], k[3]) == (s.remote_schema, s.remote_name) for s in pending)
+            ]
+            for s in pending:
+                if len(chosen) >= self.max_sync:
+                    break
+                key = ("sync", sub.name, s.remote_schema, s.remote_name)
+                if key not in chosen:
+                    chosen.append(key)
+            keys.update(chosen)
+        return keys
+
+    # -- processes -----------------------------------------------------------------------
+
+    def _spawn(self, key: WorkerKey) -> None:
+        env = dict(os.environ)
+        env[DSN_ENV] = self.dsn
+        env[LAUNCHER_PID_ENV] = str(os.getpid())
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pgferry.runner.child", *key],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        self.children[key] = _Child(key, process, time.monotonic())
+        logger.info("started %s worker (pid %d) for %s", key[0], process.pid, " ".join(key[1:]))
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for key, child in list(self.children.items()):
+            code = child.process.poll()
+            if code is None:
+                continue
+            del self.children[key]
+            if code == 0:
+                self._failures.pop(key, None)
+                self._retry_at.pop(key, None)
+                continue
+            failures = self._failures.get(key, 0) + 1
+            self._failures[key] = failures
+            pause = min(self.retry_interval, 2.0 ** (failures - 1))
+            self._retry_at[key] = now + pause
+            logger.warning(
+                "%s worker for %s exited with status %d; restarting in %.0f s",
+                key[0],
+                " ".join(key[1:]),
+                code,
+                pause,
+            )
+
+    def _terminate(self, keys: list[WorkerKey]) -> None:
+        for key in keys:
+            child = self.children.get(key)
+            if child is not None and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        for key in keys:
+            child = self.children.pop(key, None)
+            if child is None:
+                continue
+            try:
+                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("killing %s worker (pid %d)", key[0], child.process.pid)
+                child.process.kill()
+                child.process.wait()
+
+    def step(self, conn: psycopg.Connection[Any]) -> None:
+        """One round: reap, stop the unwanted, start the missing."""
+        self._reap()
+        wanted = self.wanted(conn)
+        unwanted = [k for k in self.children if k not in wanted]
+        if unwanted:
+            self._terminate(unwanted)
+        now = time.monotonic()
+        for key in sorted(wanted):
+            if key not in self.children and self._retry_at.get(key, 0.0) <= now:
+                self._spawn(key)
+
+    def run(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        pause = 1.0
+        try:
+            while not self._stop:
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(self.dsn, autocommit=True)
+                        ensure_catalog(conn)
+                        pause = 1.0
+                    self.step(conn)
+                except psycopg.OperationalError as exc:
+                    logger.error("catalog connection failed: %s; retrying in %.0f s", exc, pause)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    self._sleep(pause)
+                    pause = min(pause * 2, 30.0)
+                    continue
+                self._sleep(self.poll_interval)
+        finally:
+            self._terminate(list(self.children))
+            if conn is not None:
+                conn.close()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))

@@ -1,0 +1,42 @@
+"""Subscriptions: create, alter, drop and list them in the subscriber's catalog.
+
+See :mod:`pgferry.subscription.manage` for the behaviour,
+:mod:`pgferry.subscription.options` for the ``--with`` keys and
+:mod:`pgferry.subscription.tables` for the checks of published tables.
+"""
+
+from pgferry.subscription.manage import (
+    AlterRequest,
+    AlterResult,
+    CreateResult,
+    DropResult,
+    SubscriptionInfo,
+    alter_subscription,
+    create_subscription,
+    drop_subscription,
+    list_subscriptions,
+    origin_name,
+    to_json,
+)
+from pgferry.subscription.tables import (
+    ColumnListConflict,
+    PublishedTable,
+    SubscriberTablesMissing,
+)
+
+__all__ = [
+    "AlterRequest",
+    "AlterResult",
+    "ColumnListConflict",
+    "CreateResult",
+    "DropResult",
+    "PublishedTable",
+    "SubscriberTablesMissing",
+    "SubscriptionInfo",
+    "alter_subscription",
+    "create_subscription",
+    "drop_subscription",
+    "list_subscriptions",
+    "origin_name",
+    "to_json",
+]

@@ -1,0 +1,828 @@
+"""Subscriptions in the subscriber's catalog: create, alter, drop, list.
+
+Every function takes the subscriber DSN (where the catalog, schema ``pgferry``,
+lives) and works on an autocommit connection: each change to the catalog is one
+short transaction, and no transaction is ever open on the subscriber while pgferry
+talks to the publisher. That is what lets a publisher and a subscriber live in the
+same cluster: creating a slot waits for every running transaction of the cluster,
+which is why native ``CREATE SUBSCRIPTION`` hangs there and this does not.
+
+:func:`create_subscription`, in order (nothing is created before every check passed):
+
+1. checks the name, publications, conninfo and ``--with`` options
+   (:mod:`pgferry.subscription.options`); creates or upgrades the catalog; refuses
+   a name already in the catalog;
+2. unless ``connect=false``: connects to the publisher over a replication
+   connection (which needs the REPLICATION attribute), checks ``wal_level``, that
+   every publication exists (naming the missing ones) and that the publisher
+   supports the options asked for; lists the published tables and checks that the
+   subscriber has every published table and column (:mod:`.tables`);
+3. with ``create_slot``: creates the slot (pgoutput, permanent, no snapshot) on a
+   replication connection of its own;
+4. in one subscriber transaction: the catalog row (origin ``pgferry_<NAME>``),
+   the replication origin, and the tables in state ``i`` (``copy_data``) or ``r``.
+   If that fails, the slot created in step 3 is dropped again.
+
+:func:`drop_subscription` connects to the publisher, disables the subscription (so
+that ``pgferry run`` stops its workers, as native stops them), drops the sync
+slots of tables still being copied and the subscription's slot (a slot already
+gone is a warning; one still in use is retried until ``stop_timeout``), then, in
+one transaction, the replication origins and the catalog row. A publisher it
+cannot reach is an error saying to detach the slot first (``alter NAME --disable
+--with slot_name=NONE``), as native says; nothing is changed then.
+
+:func:`alter_subscription` applies, in one subscriber transaction and in this
+order: ``--disable``, ``--connection``, the publication list, ``--with`` options,
+the refreshed table list, ``--skip``, ``--enable``. Native's rules apply:
+``slot_name=NONE`` only while disabled, no enabling without a slot, ``two_phase``
+only while disabled, a publication change refreshes unless ``refresh=false``,
+``--skip`` takes an LSN after the origin's progress (``NONE`` clears it).
+Everything that needs the publisher (the refresh) happens before that
+transaction.
+
+Deliberate differences from native:
+
+* ``create`` checks the publications exist and that the subscriber has every
+  published table and column, and refuses options the publisher's version cannot
+  honour (``binary`` and ``streaming`` before 14, ``two_phase`` before 15,
+  ``origin=none`` and ``streaming=parallel`` before 16); native finds out later
+  or silently does without;
+* ``alter --refresh-publication`` (and a publication change) works on a disabled
+  subscription too: pgferry connects to the publisher for the refresh itself;
+* the replication origin is named ``pgferry_<NAME>``, not after an OID as native's
+  ``pg_<oid>``; origins are shared by all databases of a cluster, so ``create``
+  refuses a name whose origin already exists (another database of the subscriber
+  cluster may have a subscription of that name) before creating anything.
+
+``list --json`` prints :func:`to_json`: a JSON array, one object per subscription
+ordered by name, with exactly these keys: ``name``, ``enabled`` (bool),
+``conninfo`` (password masked), ``publications`` (array), ``slot_name`` (string or
+null), ``origin_name``, ``options`` (object: every stored option with its
+effective value), ``skip_lsn`` (string or null), ``tables`` (object: state letter
+-> number of tables, states with no table left out, in the order r s f d i), and
+``last_error`` (string or null).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from pgferry import conninfo as ci
+from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, store
+from pgferry.catalog.schema import current_version
+from pgferry.catalog.store import SubscriptionExists, SubscriptionNotFound
+from pgferry.errors import (
+    ConnectionFailed,
+    InterfaceError,
+    PgferryError,
+    PublicationNotFound,
+    ServerError,
+    SlotAlreadyExists,
+    SlotInUse,
+    SlotNotFound,
+)
+from pgferry.protocol.lsn import INVALID_LSN, Lsn
+from pgferry.stream import PgoutputOptions, ReplicationConnection
+from pgferry.subscription.options import (
+    ALTER_KEYS,
+    REFRESH_KEYS,
+    CreateOptions,
+    create_options,
+    effective,
+    parse_pairs,
+)
+from pgferry.subscription.tables import (
+    PublishedTable,
+    check_subscriber,
+    ident,
+    printable,
+    published_tables,
+)
+from pgferry.sync import sync_slot_name
+
+logger = logging.getLogger("pgferry.subscription")
+
+#: Longest subscription name: PostgreSQL's identifier limit (NAMEDATALEN - 1 bytes).
+MAX_NAME_BYTES = 63
+#: Table states as ``list`` shows them: ready first, then back through native's
+#: i -> d -> f -> s -> r progression.
+STATE_ORDER = ("r", "s", "f", "d", "i")
+
+Conn = psycopg.Connection[Any]
+
+
+def origin_name(name: str) -> str:
+    """The replication origin of subscription ``name`` (``pg_`` is reserved, so not that)."""
+    return f"pgferry_{name}"
+
+
+def shown(name: str) -> str:
+    """A subscription, slot or publication name for a message: quoted, one line."""
+    return printable(repr(name))
+
+
+# -- connections ----------------------------------------------------------------------
+
+
+def connect_subscriber(dsn: str) -> Conn:
+    """An autocommit connection to the subscriber database (the catalog's)."""
+    params = ci.parse(dsn)
+    params.setdefault("application_name", "pgferry")
+    try:
+        return psycopg.connect(make_conninfo(**params), autocommit=True)
+    except psycopg.Error as exc:
+        text = " ".join(str(exc).split())
+        raise ConnectionFailed(
+            f"cannot connect to the subscriber ({ci.mask(dsn)}): {text}",
+            hint="-d takes the subscriber database's conninfo (the catalog lives there)",
+        ) from None
+
+
+def _publisher(conninfo: str, name: str) -> ReplicationConnection:
+    return ReplicationConnection.connect(conninfo, application_name=f"pgferry_{name}"[:63])
+
+
+def _catalog_subscription(local: Conn, name: str) -> Subscription | None:
+    """The subscription, None when there is no catalog or no such row."""
+    if current_version(local) == 0:
+        return None
+    ensure_catalog(local)
+    try:
+        return store.get_subscription(local, name)
+    except SubscriptionNotFound:
+        return None
+
+
+def _not_found(name: str) -> SubscriptionNotFound:
+    return SubscriptionNotFound(
+        f"subscription {shown(name)} does not exist",
+        hint="pgferry subscription list shows the subscriptions of this database",
+    )
+
+
+# -- argument checks --------------------------------------------------------------------
+
+
+def check_name(name: str) -> str:
+    if not name:
+        raise InterfaceError("the subscription name is empty")
+    if "\0" in name:
+        raise InterfaceError("the subscription name contains a NUL character")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise InterfaceError(
+            f"subscription name {shown(name)} is longer than {MAX_NAME_BYTES} bytes"
+        )
+    return name
+
+
+def check_publications(publications: Iterable[str]) -> tuple[str, ...]:
+    names = tuple(publications)
+    if not names:
+        raise InterfaceError("at least one publication is needed", hint="--publication PUB")
+    seen: set[str] = set()
+    for pub in names:
+        if not pub or "\0" in pub or len(pub.encode()) > MAX_NAME_BYTES:
+            raise InterfaceError(f"invalid publication name {shown(pub)}")
+        if pub in seen:
+            raise InterfaceError(f"publication name {shown(pub)} used more than once")
+        seen.add(pub)
+    return names
+
+
+def _check_publisher(
+    repl: ReplicationConnection, publications: tuple[str, ...], options: dict[str, Any] | None
+) -> list[PublishedTable]:
+    """wal_level, publications exist, options supported; the published tables."""
+    repl.check_wal_level()
+    missing = repl.missing_publications(publications)
+    if missing:
+        listed = ", ".join(shown(p) for p in missing)
+        raise PublicationNotFound(
+            f"publication{'s' if len(missing) > 1 else ''} {listed}"
+            f" do{'' if len(missing) > 1 else 'es'} not exist on the publisher",
+            hint="create them on the publisher first (pgferry publication create)",
+        )
+    if options is not None:
+        origin = options.get("origin", "any")
+        PgoutputOptions(
+            publication_names=publications,
+            binary=bool(options.get("binary")),
+            streaming=options.get("streaming", "off"),
+            two_phase=bool(options.get("two_phase")),
+            origin="none" if origin == "none" else None,
+        ).resolve_protocol(repl.server_version)
+    return published_tables(repl, publications)
+
+
+def _table_row(sub: str, table: PublishedTable, state: str) -> SubscriptionTable:
+    return SubscriptionTable(
+        sub, table.schema, table.name, table.schema, table.name, state, None,
+        table.column_list, table.row_filter,
+    )  # fmt: skip
+
+
+# -- create ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    name: str
+    slot_name: str | None
+    slot_created: bool
+    enabled: bool
+    tables: tuple[SubscriptionTable, ...]
+    warnings: tuple[str, ...] = ()
+
+
+def create_subscription(
+    dsn: str,
+    name: str,
+    conninfo: str,
+    publications: Sequence[str],
+    with_options: Iterable[str] = (),
+) -> CreateResult:
+    """Create subscription ``name`` (see the module docstring for the steps)."""
+    check_name(name)
+    pubs = check_publications(publications)
+    ci.parse(conninfo)
+    opts = create_options(name, with_options)
+    warnings: list[str] = []
+    with connect_subscriber(dsn) as local:
+        ensure_catalog(local)
+        if store.subscription_exists(local, name):
+            raise SubscriptionExists(
+                f"subscription {shown(name)} already exists",
+                hint=f"drop it first (pgferry subscription drop {name}) or choose another name",
+            )
+        _check_origin_free(local, name)
+        published: list[PublishedTable] = []
+        if opts.connect:
+            with _publisher(conninfo, name) as repl:
+                published = _check_publisher(repl, pubs, opts.stored)
+                if (
+                    not opts.create_slot
+                    and opts.slot_name is not None
+                    and not repl.slot_exists(opts.slot_name)
+                ):
+                    warnings.append(
+                        f"replication slot {shown(opts.slot_name)} does not exist on the"
+                        " publisher; create it before enabling the subscription"
+                    )
+            check_subscriber(local, published)
+        slot_created = False
+        if opts.create_slot:
+            assert opts.slot_name is not None
+            two_phase = bool(opts.get("two_phase")) and not opts.copy_data
+            _create_slot(conninfo, name, opts.slot_name, two_phase)
+            slot_created = True
+        try:
+            rows = _register(local, name, conninfo, pubs, opts.slot_name, opts, published)
+        except BaseException as exc:
+            if slot_created:
+                assert opts.slot_name is not None
+                _drop_created_slot(conninfo, name, opts.slot_name, exc)
+            raise
+    return CreateResult(
+        name, opts.slot_name, slot_created, opts.enabled, tuple(rows), tuple(warnings)
+    )
+
+
+def _create_slot(conninfo: str, name: str, slot_name: str, two_phase: bool) -> None:
+    # Its own connection, and nothing open on the subscriber: in a shared cluster
+    # the slot waits for every running transaction, ours included.
+    with _publisher(conninfo, name) as repl:
+        try:
+            repl.create_slot(slot_name, snapshot="nothing", two_phase=two_phase)
+        except SlotAlreadyExists as exc:
+            exc.message = f"replication slot {shown(slot_name)} already exists on the publisher"
+            exc.hint = (
+                "use it with --with create_slot=false, or choose another slot with"
+                " --with slot_name=NAME"
+            )
+            raise
+
+
+def _drop_created_slot(conninfo: str, name: str, slot_name: str, cause: BaseException) -> None:
+    """Undo the slot of a create that failed; ``cause`` gets a hint if that fails too."""
+    try:
+        with _publisher(conninfo, name) as repl:
+            repl.drop_slot(slot_name)
+        logger.info("dropped replication slot %s again", slot_name)
+    except PgferryError as exc:
+        logger.error("could not drop replication slot %s again: %s", slot_name, exc)
+        if isinstance(cause, PgferryError):
+            cause.hint = (
+                f"the replication slot {shown(slot_name)} created on the publisher could not be"
+                f" dropped again ({exc.message}); drop it there, it retains WAL"
+            )
+
+
+def _register(
+    local: Conn,
+    name: str,
+    conninfo: str,
+    pubs: tuple[str, ...],
+    slot_name: str | None,
+    opts: CreateOptions,
+    published: list[PublishedTable],
+) -> list[SubscriptionTable]:
+    origin = origin_name(name)
+    state = "i" if opts.copy_data else "r"
+    rows = [_table_row(name, t, state) for t in published]
+    with local.transaction():
+        store.create_subscription(
+            local,
+            Subscription(
+                name,
+                conninfo,
+                pubs,
+                slot_name,
+                origin,
+                enabled=opts.enabled,
+                options=dict(opts.stored),
+            ),
+        )
+        local.execute("SELECT pg_catalog.pg_replication_origin_create(%s)", (origin,))
+        for row in rows:
+            store.upsert_table(local, row)
+    return rows
+
+
+def _check_origin_free(local: Conn, name: str) -> None:
+    origin = origin_name(name)
+    if _origin_exists(local, origin):
+        raise InterfaceError(
+            f"replication origin {shown(origin)} already exists: replication origins are"
+            " shared by every database of the cluster, and another database may have a"
+            f" subscription {shown(name)}",
+            hint="choose another name; if it is a leftover nothing uses, drop it first:"
+            f" SELECT pg_replication_origin_drop({_literal(origin)})",
+        )
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _origin_exists(local: Conn, origin: str) -> bool:
+    row = local.execute(
+        "SELECT pg_catalog.pg_replication_origin_oid(%s) IS NOT NULL", (origin,)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+# -- drop ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DropResult:
+    name: str
+    dropped: bool
+    slot_dropped: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def drop_subscription(
+    dsn: str, name: str, *, if_exists: bool = False, stop_timeout: float = 30.0
+) -> DropResult:
+    """Drop subscription ``name``, its slot on the publisher and its origins.
+
+    Like native, which stops the subscription's workers first: the subscription is
+    disabled before its slots are dropped, so that ``pgferry run`` stops its
+    workers, and slots and origins still in use are retried for up to
+    ``stop_timeout`` seconds.
+    """
+    warnings: list[str] = []
+    deadline = time.monotonic() + stop_timeout
+    with connect_subscriber(dsn) as local:
+        sub = _catalog_subscription(local, name)
+        if sub is None:
+            if if_exists:
+                return DropResult(name, dropped=False)
+            raise _not_found(name)
+        syncing = [
+            sync_slot_name(name, t.remote_schema, t.remote_name)
+            for t in store.tables(local, name)
+            if t.state != "r"
+        ]
+        slot_dropped = None
+        if sub.slot_name is not None or syncing:
+            slot_dropped = _drop_remote_slots(local, sub, syncing, warnings, deadline)
+        while True:
+            try:
+                with local.transaction():
+                    store.lock_subscription(local, name)
+                    local.execute(
+                        "SELECT pg_catalog.pg_replication_origin_drop(roname)"
+                        " FROM pg_catalog.pg_replication_origin WHERE roname = ANY(%s)",
+                        ([sub.origin_name, *syncing],),
+                    )
+                    store.delete_subscription(local, name)
+                break
+            except psycopg.errors.ObjectInUse as exc:
+                # A worker that just lost its slot has not exited yet.
+                if time.monotonic() >= deadline:
+                    raise ServerError(
+                        f"cannot drop subscription {shown(name)}: its replication origin is in"
+                        f" use: {exc.diag.message_primary or exc}",
+                        sqlstate=exc.sqlstate,
+                        hint=_STOP_WORKERS,
+                    ) from None
+                time.sleep(_RETRY_PAUSE)
+    return DropResult(name, True, slot_dropped, tuple(warnings))
+
+
+_RETRY_PAUSE = 0.2
+_STOP_WORKERS = (
+    "a worker still uses it; the subscription is now disabled, so pgferry run stops its"
+    " workers: run drop again once they stopped (or stop whatever else streams from it)"
+)
+
+
+def _drop_remote_slots(
+    local: Conn, sub: Subscription, syncing: list[str], warnings: list[str], deadline: float
+) -> str | None:
+    """Drop the subscription's slot and its sync slots; the main slot's name if dropped."""
+    try:
+        repl = _publisher(sub.conninfo, sub.name)
+    except PgferryError as exc:
+        if sub.slot_name is None:
+            warnings.append(
+                "could not connect to the publisher to drop the table sync slots "
+                + ", ".join(shown(s) for s in syncing)
+                + f"; drop them there, they retain WAL ({exc.message})"
+            )
+            return None
+        raise ConnectionFailed(
+            f"cannot drop subscription {shown(sub.name)}: could not connect to the publisher"
+            f" to drop replication slot {shown(sub.slot_name)}: {exc.message}",
+            hint=f"to drop the subscription without its slot: pgferry subscription alter"
+            f" {sub.name} --disable --with slot_name=NONE, then drop it again (and drop"
+            f" slot {shown(sub.slot_name)} on the publisher when it is reachable: it retains WAL)",
+        ) from None
+    with repl:
+        if sub.enabled:
+            store.set_enabled(local, sub.name, False)
+        for slot in syncing:
+            if repl.slot_exists(slot):
+                _drop_slot(repl, slot, warnings, deadline)
+        if sub.slot_name is None:
+            return None
+        if _drop_slot(repl, sub.slot_name, warnings, deadline):
+            return sub.slot_name
+        return None
+
+
+def _drop_slot(
+    repl: ReplicationConnection, slot: str, warnings: list[str], deadline: float
+) -> bool:
+    while True:
+        try:
+            repl.drop_slot(slot)
+        except SlotNotFound:
+            warnings.append(f"replication slot {shown(slot)} did not exist on the publisher")
+            return False
+        except SlotInUse as exc:
+            if time.monotonic() >= deadline:
+                exc.hint = _STOP_WORKERS
+                raise
+            time.sleep(_RETRY_PAUSE)
+            continue
+        return True
+
+
+# -- alter -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlterRequest:
+    """What ``alter`` changes; at least one field must ask for something."""
+
+    enable: bool = False
+    disable: bool = False
+    connection: str | None = None
+    set_publications: tuple[str, ...] = ()
+    add_publications: tuple[str, ...] = ()
+    drop_publications: tuple[str, ...] = ()
+    refresh_publication: bool = False
+    #: An LSN, or ``NONE`` to clear the skip LSN.
+    skip: str | None = None
+    with_options: tuple[str, ...] = ()
+
+    @property
+    def changes_publications(self) -> bool:
+        return bool(self.set_publications or self.add_publications or self.drop_publications)
+
+
+@dataclass(frozen=True)
+class AlterResult:
+    name: str
+    changes: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class _Refresh:
+    added: list[SubscriptionTable] = field(default_factory=list)
+    removed: list[SubscriptionTable] = field(default_factory=list)
+    kept: list[PublishedTable] = field(default_factory=list)
+
+
+def _parse_skip(text: str) -> Lsn | None:
+    if text.strip().lower() == "none":
+        return None
+    lsn = Lsn.parse(text)
+    if lsn == INVALID_LSN:
+        raise InterfaceError(f"invalid WAL location (LSN): {text}", hint="--skip NONE clears it")
+    return lsn
+
+
+def _new_publications(sub: Subscription, request: AlterRequest) -> tuple[str, ...]:
+    if request.set_publications:
+        return check_publications(request.set_publications)
+    pubs = list(sub.publications)
+    for pub in check_publications(request.add_publications) if request.add_publications else ():
+        if pub in pubs:
+            raise InterfaceError(
+                f"publication {shown(pub)} is already in subscription {shown(sub.name)}"
+            )
+        pubs.append(pub)
+    for pub in check_publications(request.drop_publications) if request.drop_publications else ():
+        if pub not in pubs:
+            raise InterfaceError(
+                f"publication {shown(pub)} is not in subscription {shown(sub.name)}"
+            )
+        pubs.remove(pub)
+    if not pubs:
+        raise InterfaceError("cannot drop all the publications from a subscription")
+    return tuple(pubs)
+
+
+def _check_request(request: AlterRequest) -> dict[str, Any]:
+    """Validate the request on its own; the parsed ``--with`` options."""
+    if request.enable and request.disable:
+        raise InterfaceError("--enable and --disable are mutually exclusive")
+    if request.set_publications and (request.add_publications or request.drop_publications):
+        raise InterfaceError(
+            "--set-publication cannot be combined with --add-publication or --drop-publication"
+        )
+    refreshing = request.changes_publications or request.refresh_publication
+    valid = ALTER_KEYS + REFRESH_KEYS if refreshing else ALTER_KEYS
+    for item in request.with_options:
+        key = item.partition("=")[0].strip().lower()
+        if key in REFRESH_KEYS and not refreshing:
+            raise InterfaceError(
+                f"{key} applies only to a publication change or --refresh-publication",
+                hint="e.g. alter NAME --refresh-publication --with copy_data=false",
+            )
+    options = parse_pairs(request.with_options, valid, what="alter")
+    if request.refresh_publication and "refresh" in options:
+        raise InterfaceError("refresh is implied by --refresh-publication; leave it out")
+    if "copy_data" in options and options.get("refresh") is False:
+        raise InterfaceError(
+            "copy_data applies to a refresh: it cannot go with refresh=false",
+            hint="run alter NAME --refresh-publication --with copy_data=... later",
+        )
+    if not (
+        request.enable
+        or request.disable
+        or request.connection is not None
+        or refreshing
+        or request.skip is not None
+        or options
+    ):
+        raise InterfaceError(
+            "nothing to alter",
+            hint="give --enable, --disable, --connection, --set-publication,"
+            " --add-publication, --drop-publication, --refresh-publication, --skip or --with",
+        )
+    if request.connection is not None:
+        ci.parse(request.connection)
+    return options
+
+
+def alter_subscription(dsn: str, name: str, request: AlterRequest) -> AlterResult:
+    """Change subscription ``name`` (see the module docstring for the order and rules)."""
+    options = _check_request(request)
+    skip = _parse_skip(request.skip) if request.skip is not None else None
+    refresh_wanted = request.refresh_publication or (
+        request.changes_publications and options.pop("refresh", True)
+    )
+    copy_data = bool(options.pop("copy_data", True))
+    changes: list[str] = []
+    warnings: list[str] = []
+    with connect_subscriber(dsn) as local:
+        sub = _catalog_subscription(local, name)
+        if sub is None:
+            raise _not_found(name)
+        conninfo = request.connection if request.connection is not None else sub.conninfo
+        publications = (
+            _new_publications(sub, request) if request.changes_publications else sub.publications
+        )
+        refresh: _Refresh | None = None
+        if refresh_wanted:
+            refresh = _plan_refresh(local, sub, conninfo, publications, copy_data)
+        with local.transaction():
+            current = store.lock_subscription(local, name)
+            if (current.conninfo, current.publications) != (sub.conninfo, sub.publications):
+                raise InterfaceError(
+                    f"subscription {shown(name)} was changed concurrently", hint="try again"
+                )
+            enabled = current.enabled
+            if request.disable:
+                enabled = False
+                store.set_enabled(local, name, False)
+                changes.append("disabled")
+            if request.connection is not None:
+                store.set_conninfo(local, name, request.connection)
+                changes.append(f"connection set to {printable(ci.mask(request.connection))}")
+            if request.changes_publications:
+                store.set_publications(local, name, publications)
+                changes.append("publications set to " + ", ".join(shown(p) for p in publications))
+            slot_name = current.slot_name
+            if options:
+                slot_name = _apply_options(local, current, enabled, options, changes)
+            if refresh is not None:
+                _apply_refresh(local, name, refresh, changes)
+            if request.skip is not None:
+                _apply_skip(local, current, skip, changes)
+            if request.enable:
+                if slot_name is None:
+                    raise InterfaceError(
+                        "cannot enable subscription that does not have a slot name",
+                        hint="set one first: --with slot_name=NAME",
+                    )
+                store.set_enabled(local, name, True)
+                changes.append("enabled")
+    return AlterResult(name, tuple(changes), tuple(warnings))
+
+
+def _apply_options(
+    local: Conn, sub: Subscription, enabled: bool, options: dict[str, Any], changes: list[str]
+) -> str | None:
+    """Store the ``--with`` options; the slot name in effect afterwards."""
+    slot_name = sub.slot_name
+    if "slot_name" in options:
+        slot_name = options.pop("slot_name")
+        if slot_name is None and enabled:
+            raise InterfaceError(
+                "cannot set slot_name = NONE for enabled subscription",
+                hint="disable it in the same command: --disable --with slot_name=NONE",
+            )
+        store.set_slot_name(local, sub.name, slot_name)
+        changes.append(f"slot_name set to {'NONE' if slot_name is None else shown(slot_name)}")
+    stored = effective(sub.options)
+    if "two_phase" in options and options["two_phase"] != stored["two_phase"] and enabled:
+        raise InterfaceError(
+            "cannot alter two_phase when the subscription is enabled",
+            hint="disable it in the same command: --disable --with two_phase=...",
+        )
+    if options:
+        merged = {**sub.options, **options}
+        store.set_options(local, sub.name, merged)
+        changes += [f"{key} set to {_value(value)}" for key, value in options.items()]
+    return slot_name
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return printable(str(value))
+
+
+def _plan_refresh(
+    local: Conn,
+    sub: Subscription,
+    conninfo: str,
+    publications: tuple[str, ...],
+    copy_data: bool,
+) -> _Refresh:
+    """Compare what the publications publish now with the registered tables."""
+    existing = {(t.remote_schema, t.remote_name): t for t in store.tables(local, sub.name)}
+    with _publisher(conninfo, sub.name) as repl:
+        published = _check_publisher(repl, publications, None)
+        check_subscriber(local, published)
+        plan = _Refresh()
+        state = "i" if copy_data else "r"
+        keys = {t.key for t in published}
+        for table in published:
+            if table.key in existing:
+                plan.kept.append(table)
+            else:
+                plan.added.append(_table_row(sub.name, table, state))
+        plan.removed = [t for key, t in existing.items() if key not in keys]
+        # A removed table still being copied has a sync slot: drop it now.
+        for gone in plan.removed:
+            if gone.state != "r":
+                slot = sync_slot_name(sub.name, gone.remote_schema, gone.remote_name)
+                if repl.slot_exists(slot):
+                    repl.drop_slot(slot)
+    return plan
+
+
+def _apply_refresh(local: Conn, name: str, plan: _Refresh, changes: list[str]) -> None:
+    for row in plan.added:
+        store.upsert_table(local, row)
+    for table in plan.kept:
+        store.set_table_shape(
+            local, name, table.schema, table.name, table.column_list, table.row_filter
+        )
+    syncing = []
+    for row in plan.removed:
+        store.delete_table(local, name, row.remote_schema, row.remote_name)
+        if row.state != "r":
+            syncing.append(sync_slot_name(name, row.remote_schema, row.remote_name))
+    if syncing:
+        local.execute(
+            "SELECT pg_catalog.pg_replication_origin_drop(roname)"
+            " FROM pg_catalog.pg_replication_origin WHERE roname = ANY(%s)",
+            (syncing,),
+        )
+    added = ", ".join(f"{ident(t.remote_schema)}.{ident(t.remote_name)}" for t in plan.added)
+    removed = ", ".join(f"{ident(t.remote_schema)}.{ident(t.remote_name)}" for t in plan.removed)
+    state = plan.added[0].state if plan.added else ""
+    changes.append(
+        "refreshed: "
+        + (f"{len(plan.added)} added (state {state}: {added})" if plan.added else "none added")
+        + (f", {len(plan.removed)} removed ({removed})" if plan.removed else ", none removed")
+    )
+
+
+def _apply_skip(local: Conn, sub: Subscription, skip: Lsn | None, changes: list[str]) -> None:
+    if skip is not None and _origin_exists(local, sub.origin_name):
+        row = local.execute(
+            "SELECT pg_catalog.pg_replication_origin_progress(%s, false)::text",
+            (sub.origin_name,),
+        ).fetchone()
+        progress = Lsn.parse(row[0]) if row and row[0] else INVALID_LSN
+        if skip <= progress:
+            raise InterfaceError(
+                f"skip WAL location (LSN {skip}) must be greater than origin LSN {progress}",
+                hint="the transaction at that LSN is already applied",
+            )
+    store.set_skip_lsn(local, sub.name, skip)
+    changes.append("skip LSN cleared" if skip is None else f"skip LSN set to {skip}")
+
+
+# -- list ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubscriptionInfo:
+    subscription: Subscription
+    table_states: dict[str, int]
+
+    @property
+    def states_summary(self) -> str:
+        return " ".join(f"{s}:{n}" for s, n in self.table_states.items())
+
+
+def list_subscriptions(dsn: str) -> list[SubscriptionInfo]:
+    """Every subscription in the catalog, ordered by name (none without a catalog)."""
+    with connect_subscriber(dsn) as local:
+        if current_version(local) == 0:
+            return []
+        ensure_catalog(local)
+        counts = store.table_state_counts(local)
+        subs = store.list_subscriptions(local)
+    return [
+        SubscriptionInfo(
+            sub,
+            {s: counts[sub.name][s] for s in STATE_ORDER if counts.get(sub.name, {}).get(s)},
+        )
+        for sub in subs
+    ]
+
+
+def _text(lsn: Lsn | None) -> str | None:
+    return None if lsn is None else str(lsn)
+
+
+def to_json(infos: Sequence[SubscriptionInfo]) -> str:
+    """The ``list --json`` document (keys in the module docstring); conninfo masked."""
+    return json.dumps(
+        [
+            {
+                "name": i.subscription.name,
+                "enabled": i.subscription.enabled,
+                "conninfo": ci.mask(i.subscription.conninfo),
+                "publications": list(i.subscription.publications),
+                "slot_name": i.subscription.slot_name,
+                "origin_name": i.subscription.origin_name,
+                "options": effective(i.subscription.options),
+                "skip_lsn": _text(i.subscription.skip_lsn),
+                "tables": i.table_states,
+                "last_error": i.subscription.last_error,
+            }
+            for i in infos
+        ],
+        indent=2,
+    )

@@ -1,0 +1,274 @@
+"""Subscription options (``--with KEY=VALUE``): parsing, validation, normalisation.
+
+The keys and defaults are native's (``CREATE SUBSCRIPTION ... WITH (...)``):
+
+===================  ========  ==================================================
+key                  default   values
+===================  ========  ==================================================
+copy_data            true      boolean
+create_slot          true      boolean
+enabled              true      boolean
+connect              true      boolean
+slot_name            NAME      a replication slot name, or ``NONE`` (no slot)
+binary               false     boolean
+streaming            off       off, on, parallel (or a boolean: on/off)
+two_phase            false     boolean
+disable_on_error     false     boolean
+synchronous_commit   off       on, off, local, remote_write, remote_apply
+origin               any       any, none
+password_required    true      boolean
+run_as_owner         false     boolean
+===================  ========  ==================================================
+
+Booleans are spelled as PostgreSQL accepts them: ``true/false``, ``on/off``,
+``yes/no``, ``1/0``, ``t/f``, ``y/n``, in any case. Values are normalised before
+they are stored: booleans as JSON booleans, the enumerations in lower case
+(``synchronous_commit`` given as a boolean becomes ``on``/``off``, ``streaming``
+likewise).
+
+Native rules kept: ``connect=false`` turns ``enabled``, ``create_slot`` and
+``copy_data`` off and conflicts with any of them set to true explicitly;
+``slot_name=NONE`` needs ``enabled=false`` and ``create_slot=false``; a key given
+twice is an error; an unknown key is an :class:`~pgferry.errors.InterfaceError`
+listing the valid ones.
+
+Deliberate differences:
+
+* the slot name is checked when the subscription is created, also when it is the
+  subscription's name (native finds out only when it creates the slot);
+* ``password_required`` and ``run_as_owner`` are validated and stored, but change
+  nothing: pgferry connects to the publisher from its own process with the
+  credentials in the conninfo (native's rule protects the server's OS identity),
+  and applies changes as the role of the subscriber DSN.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgferry.errors import InterfaceError, InternalError
+
+#: Every key ``create`` accepts, in the documented order.
+CREATE_KEYS = (
+    "copy_data",
+    "create_slot",
+    "enabled",
+    "connect",
+    "slot_name",
+    "binary",
+    "streaming",
+    "two_phase",
+    "disable_on_error",
+    "synchronous_commit",
+    "origin",
+    "password_required",
+    "run_as_owner",
+)
+#: Keys ``alter --with`` sets on an existing subscription (two_phase only while disabled).
+ALTER_KEYS = (
+    "slot_name",
+    "binary",
+    "streaming",
+    "disable_on_error",
+    "synchronous_commit",
+    "origin",
+    "password_required",
+    "run_as_owner",
+    "two_phase",
+)
+#: Keys ``alter --with`` takes for a publication change or refresh.
+REFRESH_KEYS = ("refresh", "copy_data")
+
+#: Keys stored in the catalog row's ``options`` (slot_name and enabled have columns).
+STORED_KEYS = tuple(k for k in CREATE_KEYS if k not in ("slot_name", "enabled"))
+
+_BOOLEAN_KEYS = frozenset(
+    {
+        "copy_data",
+        "create_slot",
+        "enabled",
+        "connect",
+        "binary",
+        "two_phase",
+        "disable_on_error",
+        "password_required",
+        "run_as_owner",
+        "refresh",
+    }
+)
+DEFAULTS: dict[str, Any] = {
+    "copy_data": True,
+    "create_slot": True,
+    "enabled": True,
+    "connect": True,
+    "binary": False,
+    "streaming": "off",
+    "two_phase": False,
+    "disable_on_error": False,
+    "synchronous_commit": "off",
+    "origin": "any",
+    "password_required": True,
+    "run_as_owner": False,
+}
+
+_TRUE = frozenset({"true", "t", "yes", "y", "on", "1"})
+_FALSE = frozenset({"false", "f", "no", "n", "off", "0"})
+_SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
+_STREAMING = ("off", "on", "parallel")
+_ORIGIN = ("any", "none")
+# PostgreSQL's ReplicationSlotValidateName: lower case letters, digits, underscore;
+# at most NAMEDATALEN - 1 = 63 bytes.
+_SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}", re.ASCII)
+
+
+def parse_bool(key: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InterfaceError(
+        f"{key} requires a Boolean value, not {value!r}",
+        hint="use true/false, on/off, yes/no or 1/0",
+    )
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> str:
+    text = value.strip().lower()
+    if text not in choices:
+        raise InterfaceError(
+            f"invalid value for {key}: {value!r}", hint=f"valid values: {', '.join(choices)}"
+        )
+    return text
+
+
+def check_slot_name(slot_name: str) -> str:
+    """``slot_name`` if PostgreSQL accepts it as a replication slot name."""
+    if not _SLOT_NAME.fullmatch(slot_name):
+        why = (
+            "is empty"
+            if not slot_name
+            else "is longer than 63 bytes"
+            if len(slot_name.encode()) > 63
+            else "contains characters other than a-z, 0-9 and _"
+        )
+        raise InterfaceError(
+            f"replication slot name {slot_name!r} {why}",
+            hint="replication slot names may only contain lower case letters, numbers and"
+            " underscores; choose one with --with slot_name=NAME",
+        )
+    return slot_name
+
+
+def normalise(key: str, value: str) -> Any:
+    """The stored form of one option's value (None for ``slot_name=NONE``)."""
+    if key in _BOOLEAN_KEYS:
+        return parse_bool(key, value)
+    if key == "slot_name":
+        if value.strip().lower() == "none":
+            return None
+        return check_slot_name(value)
+    if key == "streaming":
+        text = value.strip().lower()
+        if text in _TRUE:
+            return "on"
+        if text in _FALSE:
+            return "off"
+        return _choice(key, value, _STREAMING)
+    if key == "synchronous_commit":
+        text = value.strip().lower()
+        if text in _TRUE:
+            return "on"
+        if text in _FALSE:
+            return "off"
+        return _choice(key, value, _SYNCHRONOUS_COMMIT)
+    if key == "origin":
+        return _choice(key, value, _ORIGIN)
+    raise InternalError(f"no normaliser for subscription option {key!r}")
+
+
+def parse_pairs(items: Iterable[str], valid: tuple[str, ...], *, what: str) -> dict[str, Any]:
+    """``KEY=VALUE`` items -> {key: normalised value}; keys checked against ``valid``."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if not sep or not key:
+            raise InterfaceError(
+                f"--with expects KEY=VALUE, not {item!r}", hint=f"valid keys: {', '.join(valid)}"
+            )
+        if key not in valid:
+            raise InterfaceError(
+                f"unrecognized subscription parameter {key!r} for {what}",
+                hint=f"valid keys: {', '.join(valid)}",
+            )
+        if key in parsed:
+            raise InterfaceError(f"conflicting or redundant options: {key} given twice")
+        parsed[key] = normalise(key, value)
+    return parsed
+
+
+@dataclass(frozen=True)
+class CreateOptions:
+    """The effective options of a new subscription (defaults filled in)."""
+
+    slot_name: str | None
+    enabled: bool
+    connect: bool
+    create_slot: bool
+    copy_data: bool
+    stored: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str) -> Any:
+        return self.stored[key]
+
+
+def create_options(name: str, items: Iterable[str]) -> CreateOptions:
+    """Parse ``create --with`` items for subscription ``name``, applying native's rules."""
+    given = parse_pairs(items, CREATE_KEYS, what="create")
+    values = {**DEFAULTS, **given}
+    if not values["connect"]:
+        for key in ("enabled", "create_slot", "copy_data"):
+            if given.get(key) is True:
+                raise InterfaceError(
+                    f"connect = false and {key} = true are mutually exclusive options"
+                )
+            values[key] = False
+    if "slot_name" in given:
+        slot_name = given["slot_name"]
+    else:
+        try:
+            slot_name = check_slot_name(name)
+        except InterfaceError as exc:
+            raise InterfaceError(
+                f"the subscription name is the default slot name, but {exc.message}",
+                hint="give the slot a valid name with --with slot_name=NAME",
+            ) from None
+    if slot_name is None:
+        for key in ("enabled", "create_slot"):
+            if values[key]:
+                if key in given:
+                    raise InterfaceError(
+                        f"slot_name = NONE and {key} = true are mutually exclusive options"
+                    )
+                raise InterfaceError(
+                    f"subscription with slot_name = NONE must also set {key} = false",
+                    hint=f"add --with {key}=false",
+                )
+    stored = {key: values[key] for key in STORED_KEYS}
+    return CreateOptions(
+        slot_name=slot_name,
+        enabled=bool(values["enabled"]),
+        connect=bool(values["connect"]),
+        create_slot=bool(values["create_slot"]),
+        copy_data=bool(values["copy_data"]),
+        stored=stored,
+    )
+
+
+def effective(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored ``options`` object with defaults for missing keys, in documented order."""
+    return {key: options.get(key, DEFAULTS[key]) for key in STORED_KEYS}

@@ -1,0 +1,246 @@
+"""``pgferry subscription`` through the real command line (``python -m pgferry.cli``):
+output, exit codes, ``list --json`` for scripts, warnings, one-line errors, and
+never a password."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from pgferry.testing import Cluster
+from tests.support import PGFERRY
+
+PASSWORD = "s3cret-Pa55"  # noqa: S105 - never a real password
+UNREACHABLE = f"host=127.0.0.1 port=1 user=postgres password={PASSWORD} connect_timeout=3"
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(dsn: str, *args: str) -> Run:
+    """``pgferry -d DSN subscription ARGS``, wide enough that tables never wrap."""
+    proc = subprocess.run(
+        [*PGFERRY, "-d", dsn, "subscription", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "250"},
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_clean_failure(result: Run, *needles: str) -> None:
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("pgferry: error: "), result.stderr
+    assert len(lines) <= 2
+    if len(lines) == 2:
+        assert lines[1].startswith("hint: ")
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+    assert PASSWORD not in result.stderr
+
+
+@dataclass
+class Env:
+    cluster: Cluster
+    pub: str
+    sub: str
+
+    @property
+    def dsn(self) -> str:
+        """The subscriber (-d)."""
+        return self.cluster.dsn(self.sub)
+
+    @property
+    def publisher(self) -> str:
+        return self.cluster.dsn(self.pub)
+
+    def listed(self) -> list[dict[str, Any]]:
+        result = run(self.dsn, "list", "--json")
+        assert result.returncode == 0, result.stderr
+        document: list[dict[str, Any]] = json.loads(result.stdout)
+        return document
+
+
+@pytest.fixture
+def env(cluster: Cluster, dbname: str) -> Iterator[Env]:
+    sub = dbname[:50] + "_sub"
+    cluster.create_database(sub)
+    drop_origins = (
+        "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin"
+        " WHERE roname LIKE 'pgferry\\_%'"
+    )
+    cluster.sql(drop_origins)
+    ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY)"
+    cluster.sql(ddl, dbname=dbname)
+    cluster.sql(ddl, dbname=sub)
+    cluster.sql("CREATE PUBLICATION pub FOR TABLE t, u", dbname=dbname)
+    try:
+        yield Env(cluster, dbname, sub)
+    finally:
+        cluster.drop_database(sub)
+        cluster.sql(drop_origins)
+
+
+def test_create_list_alter_drop(env: Env) -> None:
+    created = run(env.dsn, "create", "ferry", "--connection", env.publisher, "--publication", "pub")
+    assert (created.returncode, created.stdout, created.stderr) == (
+        0,
+        "created subscription 'ferry': slot 'ferry' created on the publisher,"
+        " 2 tables (state i), enabled\n",
+        "",
+    )
+    (sub,) = env.listed()
+    assert (sub["name"], sub["enabled"], sub["slot_name"], sub["tables"]) == (
+        "ferry",
+        True,
+        "ferry",
+        {"i": 2},
+    )
+    altered = run(env.dsn, "alter", "ferry", "--disable", "--with", "binary=on", "--skip", "0/AB")
+    assert (altered.returncode, altered.stdout, altered.stderr) == (
+        0,
+        "altered subscription 'ferry': disabled; binary set to true; skip LSN set to 0/AB\n",
+        "",
+    )
+    (sub,) = env.listed()
+    assert (sub["enabled"], sub["options"]["binary"], sub["skip_lsn"]) == (False, True, "0/AB")
+    dropped = run(env.dsn, "drop", "ferry")
+    assert (dropped.returncode, dropped.stdout, dropped.stderr) == (
+        0,
+        "dropped subscription 'ferry' (slot 'ferry' dropped on the publisher)\n",
+        "",
+    )
+    assert env.listed() == []
+    assert env.cluster.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
+    again = run(env.dsn, "drop", "ferry", "--if-exists")
+    assert (again.returncode, again.stdout, again.stderr) == (
+        0,
+        "subscription 'ferry' does not exist; nothing dropped\n",
+        "",
+    )
+
+
+def test_human_list_masks_the_password(env: Env) -> None:
+    empty = run(env.dsn, "list")
+    assert (empty.returncode, empty.stdout) == (0, "no subscriptions\n")
+    conninfo = f"host=db.example password={PASSWORD} dbname=app"
+    created = run(
+        env.dsn, "create", "[red]away", "--connection", conninfo, "--publication", "p",
+        "--with", "connect=false", "--with", "slot_name=away",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith("created subscription '[red]away': slot 'away' (not created)")
+    shown = run(env.dsn, "list")
+    assert shown.returncode == 0, shown.stderr
+    assert "[red]away" in shown.stdout  # shown as is, not as rich markup
+    assert "password=********" in shown.stdout
+    assert PASSWORD not in shown.stdout
+    (sub,) = env.listed()
+    assert "password=********" in sub["conninfo"] and PASSWORD not in json.dumps(sub)
+
+
+def test_warnings_go_to_stderr(env: Env) -> None:
+    result = run(
+        env.dsn, "create", "ferry", "--connection", env.publisher, "--publication", "pub",
+        "--with", "create_slot=false", "--with", "copy_data=false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "pgferry: warning: replication slot 'ferry' does not exist on the publisher;"
+        " create it before enabling the subscription\n"
+    )
+    assert "2 tables (state r)" in result.stdout
+
+
+def test_errors_are_one_line_with_exit_status_1(env: Env) -> None:
+    assert_clean_failure(
+        run(env.dsn, "create", "ferry", "--connection", env.publisher, "--publication", "nope"),
+        "publication 'nope' does not exist on the publisher",
+        "hint: create them on the publisher",
+    )
+    assert_clean_failure(
+        run(
+            env.dsn,
+            "create",
+            "ferry",
+            "--connection",
+            env.publisher,
+            "--publication",
+            "pub",
+            "--with",
+            "colour=blue",
+        ),
+        "unrecognized subscription parameter 'colour'",
+        "hint: valid keys: copy_data, create_slot,",
+    )
+    assert_clean_failure(
+        run(
+            env.dsn,
+            "create",
+            "ferry",
+            "--connection",
+            f"host=x password={PASSWORD} bogus=1",
+            "--publication",
+            "pub",
+        ),
+        "invalid connection string",
+    )
+    assert_clean_failure(
+        run(env.dsn, "create", "ferry", "--connection", UNREACHABLE, "--publication", "pub"),
+        "cannot connect",
+        "password=********",
+    )
+    assert_clean_failure(run(env.dsn, "drop", "nope"), "subscription 'nope' does not exist")
+    assert_clean_failure(run(env.dsn, "alter", "nope", "--enable"), "'nope' does not exist")
+    assert_clean_failure(run(env.dsn, "alter", "nope"), "nothing to alter")
+    assert_clean_failure(run(env.dsn, "alter", "nope", "--skip", "xyz"), "invalid LSN 'xyz'")
+    assert env.cluster.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
+
+
+def test_missing_tables_error_names_them(env: Env) -> None:
+    env.cluster.sql("ALTER TABLE t ADD COLUMN extra int", dbname=env.pub)
+    env.cluster.sql("DROP TABLE u", dbname=env.sub)
+    result = run(env.dsn, "create", "ferry", "--connection", env.publisher, "--publication", "pub")
+    assert_clean_failure(
+        result, "table public.t lacks column extra", "table public.u does not exist"
+    )
+    assert env.cluster.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
+
+
+def test_drop_with_unreachable_publisher(env: Env) -> None:
+    created = run(
+        env.dsn, "create", "ferry", "--connection", UNREACHABLE, "--publication", "pub",
+        "--with", "connect=false",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert_clean_failure(
+        run(env.dsn, "drop", "ferry"),
+        "could not connect to the publisher to drop replication slot 'ferry'",
+        "hint: to drop the subscription without its slot: pgferry subscription alter ferry"
+        " --disable --with slot_name=NONE",
+    )
+    detached = run(env.dsn, "alter", "ferry", "--disable", "--with", "slot_name=NONE")
+    assert detached.returncode == 0, detached.stderr
+    dropped = run(env.dsn, "drop", "ferry")
+    assert (dropped.returncode, dropped.stdout) == (0, "dropped subscription 'ferry'\n")
+
+
+def test_bad_subscriber_dsn(env: Env) -> None:
+    result = run(f"host=127.0.0.1 port=1 password={PASSWORD} connect_timeout=3", "list")
+    assert_clean_failure(result, "cannot connect to the subscriber", "password=********")
