@@ -67,12 +67,14 @@ def main(ctx: click.Context, dsn: str, verbose: int) -> None:
 
 
 def _register() -> None:
+    from pgferry.cli.demo import demo
     from pgferry.cli.publication import publication
     from pgferry.cli.run import run
     from pgferry.cli.stream import stream
     from pgferry.cli.subscription import subscription
 
     main.add_command(stream)
+    main.add_command(demo)
     main.add_command(publication)
     main.add_command(run)
     main.add_command(subscription)

@@ -20,9 +20,7 @@ from types import FrameType
 from typing import Protocol
 
 from pgferry.errors import PgferryError
-
-DSN_ENV = "PGFERRY_SUBSCRIBER_DSN"
-LAUNCHER_PID_ENV = "PGFERRY_LAUNCHER_PID"
+from pgferry.runner.env import DSN_ENV, LAUNCHER_PID_ENV, LOG_LEVEL_ENV
 
 
 class Worker(Protocol):
@@ -51,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _die_with_parent()
     logging.basicConfig(
-        level=os.environ.get("PGFERRY_LOG_LEVEL", "INFO"),
+        level=os.environ.get(LOG_LEVEL_ENV, "INFO"),
         stream=sys.stderr,
         format="%(asctime)s pgferry[%(process)d] %(levelname)s %(message)s",
     )

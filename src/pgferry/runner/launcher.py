@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 
 from pgferry.catalog import ensure_catalog, handover, store
-from pgferry.runner.child import DSN_ENV, LAUNCHER_PID_ENV
+from pgferry.runner.env import DSN_ENV, LAUNCHER_PID_ENV
 
 logger = logging.getLogger("pgferry.runner")
 

@@ -440,6 +440,12 @@ class Cluster:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 
+    def detach(self) -> None:
+        """Leave the cluster running after this process exits (``pgferry demo
+        --keep``): the exit hook no longer destroys it; removing it is the user's."""
+        with _lock:
+            _live.discard(self)
+
     def destroy(self) -> None:
         """Stop the server and remove the directory; safe to call repeatedly."""
         try:
