@@ -237,6 +237,11 @@ class ApplyWorker:
                     if stream.ended:
                         break
                     confirm()
+                    if assembler.between_transactions:
+                        # Idle: ask the walsender where it is (it answers with a
+                        # keepalive), as native does, so that our position and the
+                        # slot move on without waiting for its own keepalives.
+                        stream.send_status(reply_requested=True)
                     continue
                 for item in batch:
                     if isinstance(item, XLogData):

@@ -197,8 +197,17 @@ class TableSyncWorker:
                 columns, row_filter = self._remote_shape(remote, publications)
                 column_list = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
                 table = sql.Identifier(self.schema, self.name)
-                source = sql.SQL("COPY (SELECT {} FROM ONLY {}{}) TO STDOUT").format(
+                # ONLY keeps inheritance children out; a partitioned table published
+                # through its root has its rows in the partitions, so not there.
+                kind = remote.execute(
+                    "SELECT c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+                    " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+                    (self.schema, self.name),
+                ).fetchone()
+                only = sql.SQL("" if kind and kind[0] == "p" else "ONLY ")
+                source = sql.SQL("COPY (SELECT {} FROM {}{}{}) TO STDOUT").format(
                     column_list,
+                    only,
                     table,
                     sql.SQL(" WHERE " + row_filter) if row_filter else sql.SQL(""),
                 )
@@ -288,7 +297,10 @@ class TableSyncWorker:
         done = start >= until
         try:
             while not done and not self._stop:
-                for item in stream.read_batch(timeout=0.5):
+                batch = stream.read_batch(timeout=0.5)
+                if not batch and assembler.between_transactions:
+                    stream.send_status(reply_requested=True)  # where is the walsender?
+                for item in batch:
                     if isinstance(item, XLogData):
                         msg = decoder.decode(item.payload)
                         position = delivery_position(msg)
