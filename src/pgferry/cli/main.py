@@ -70,6 +70,7 @@ def _register() -> None:
     from pgferry.cli.demo import demo
     from pgferry.cli.publication import publication
     from pgferry.cli.run import run
+    from pgferry.cli.status import status
     from pgferry.cli.stream import stream
     from pgferry.cli.subscription import subscription
 
@@ -78,6 +79,7 @@ def _register() -> None:
     main.add_command(publication)
     main.add_command(run)
     main.add_command(subscription)
+    main.add_command(status)
 
 
 _register()

@@ -10,6 +10,7 @@
              | --skip LSN | --with KEY=VALUE) ...
     pgferry [-d DSN] subscription drop NAME [--if-exists]
     pgferry [-d DSN] subscription list [--json]
+    pgferry [-d DSN] subscription wait NAME [--timeout SECONDS]
 
 * ``-d`` is the SUBSCRIBER database: the catalog (schema ``pgferry``) lives there;
   ``--connection`` is the publisher's conninfo, stored in the catalog (which
@@ -25,6 +26,9 @@
   ``pgferry: error:`` line (plus ``hint:``), exit status 1.
 * ``list`` prints a table; ``list --json`` the JSON array documented in
   :mod:`pgferry.subscription.manage`.
+* ``wait`` exits 0 once every table is ready and everything the publisher had
+  written when it started is applied; 1 with one line saying why on timeout, error
+  or a disabled subscription (see :mod:`pgferry.status.wait`).
 """
 
 from __future__ import annotations
@@ -221,3 +225,26 @@ def list_(obj: dict[str, str], as_json: bool) -> None:
     else:
         width = None if sys.stdout.isatty() else 200
         Console(soft_wrap=False, width=width).print(_render(infos))
+
+
+@subscription.command()
+@click.argument("name")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Give up after this long (exit status 1); default: no limit.",
+)
+@click.pass_obj
+def wait(obj: dict[str, str], name: str, timeout: float | None) -> None:
+    """Wait until NAME has every table ready and has applied the publisher's WAL
+    position of the moment wait was called."""
+    from pgferry.status.wait import wait_ready
+
+    result = wait_ready(obj["dsn"], name, timeout=timeout)
+    click.echo(
+        f"subscription {shown(name)} caught up: {result.tables}"
+        f" table{'' if result.tables == 1 else 's'} ready, applied {result.applied_lsn}"
+        f" (publisher at {result.target_lsn} when wait started) after {result.seconds:.1f} s"
+    )

@@ -1,0 +1,435 @@
+"""What every subscription of a subscriber database is doing: :func:`collect`.
+
+For each subscription in the catalog (schema ``pgferry`` of the ``-d`` database),
+read in one snapshot of the catalog, plus what the publisher says about its slot:
+
+* ``enabled``, the apply worker (``pgferry.worker``) and its positions, the last
+  error and the counters of ``pgferry.subscription_stats``, the table states;
+* from the publisher, over a normal (not replication) connection with the stored
+  conninfo: its current WAL position and the slot (active, ``restart_lsn``,
+  ``confirmed_flush_lsn``, retained WAL, ``wal_status``). A publisher that cannot
+  be reached is reported (masked conninfo, the error) and the local part is
+  still shown: one subscription never fails the whole report.
+
+Nothing is written: the catalog is neither created nor migrated.
+
+**Worker state.** ``running`` when the apply worker's row was refreshed within
+:data:`STALE_AFTER` seconds (3 x the 10 s status interval; a running apply
+worker refreshes it about every second between transactions), ``stale`` when a row
+exists but is older (the worker was killed, hangs, or is in one very long
+transaction), ``stopped`` when there is no row (no worker, or it stopped
+cleanly). The age is measured on the subscriber's clock, which wrote the row, so
+it holds when ``status`` runs on another machine.
+
+**Lag.** ``lag.bytes`` is the publisher's current WAL position minus the slot's
+``confirmed_flush_lsn``: WAL the subscriber has not yet confirmed as durably
+applied (the apply worker also confirms positions that carry nothing for it, so
+an idle subscription converges to 0). ``lag.seconds`` is the best estimate
+available, and ``lag.seconds_source`` says which one it is:
+
+* ``caught_up``: ``lag.bytes`` is 0, so 0 seconds;
+* ``publisher_flush_lag``: ``flush_lag`` of the slot's walsender in the
+  publisher's ``pg_stat_replication``, PostgreSQL's own measure: how long after
+  the publisher processed a WAL position the subscriber confirmed it durable;
+* ``since_last_report``: the apply worker is not running (stale): seconds since
+  it last reported a confirmed position, i.e. how long replication has stood
+  still;
+* ``null`` (with ``lag.seconds`` null): no estimate (the publisher was not
+  reached, there is no slot, or a worker is running but the publisher gives no
+  ``flush_lag``; native PostgreSQL gives none in that case either).
+
+**JSON** (``pgferry status --json``, :func:`pgferry.status.render.to_json`): an
+array, one object per subscription ordered by name, with exactly these keys. LSNs
+are ``"X/Y"`` strings, times ISO 8601 in UTC, absent values ``null``:
+
+* ``name``, ``enabled`` (bool), ``publications`` (array), ``slot_name``,
+  ``conninfo`` (password masked);
+* ``worker``: ``state`` (``running``/``stale``/``stopped``), ``pid``,
+  ``started_at``, ``received_lsn`` (last WAL position received from the
+  publisher), ``applied_lsn`` (last position confirmed to the publisher as
+  durably applied: ``latest_end_lsn``), ``last_msg_send_time``,
+  ``last_msg_receipt_time``, ``latest_end_time``, ``seconds_since_report``;
+* ``lag``: ``bytes``, ``seconds``, ``seconds_source`` (above);
+* ``last_error``, ``last_error_time``;
+* ``stats``: ``apply_error_count``, ``sync_error_count``, ``update_missing``,
+  ``delete_missing``, ``stats_reset``;
+* ``tables``: ``total``, ``states`` (state letter -> number of tables, in the
+  order r s f d i, states with no table left out), ``not_ready`` (array of
+  ``{"schema", "name", "state", "state_lsn"}`` for tables not in state ``r``);
+* ``publisher``: ``conninfo`` (masked), ``reachable`` (bool), ``error`` (why it
+  could not be reached or queried: the server's or libpq's message; or null),
+  ``wal_lsn`` (its current WAL position; the replay position on a standby),
+  ``slot`` (null when the subscription has no slot name or the publisher was not
+  reached, else ``name``, ``exists`` (bool), ``active`` (bool), ``active_pid``,
+  ``restart_lsn``, ``confirmed_flush_lsn``, ``retained_wal_bytes``
+  (``wal_lsn - restart_lsn``), ``wal_status``, ``flush_lag_seconds``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from pgferry import conninfo as ci
+from pgferry.catalog.schema import current_version
+from pgferry.errors import PgferryError
+from pgferry.protocol.lsn import Lsn
+from pgferry.subscription.manage import STATE_ORDER, connect_subscriber
+
+#: A worker row older than this (seconds) is ``stale``: 3 x the status interval.
+STALE_AFTER = 30.0
+#: libpq connect_timeout for the publisher when its conninfo sets none: a host
+#: that does not answer costs this long, once per publisher.
+CONNECT_TIMEOUT = 5
+
+#: The publisher's WAL position: the write position, or on a standby (slots there
+#: from PostgreSQL 16) the replayed one.
+WAL_POSITION_SQL = (
+    "CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()"
+    " ELSE pg_catalog.pg_current_wal_lsn() END"
+)
+
+Conn = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    #: ``running``, ``stale`` or ``stopped`` (see the module docstring).
+    state: str
+    pid: int | None = None
+    started_at: datetime | None = None
+    received_lsn: Lsn | None = None
+    #: The position confirmed to the publisher as durably applied (latest_end_lsn).
+    applied_lsn: Lsn | None = None
+    last_msg_send_time: datetime | None = None
+    last_msg_receipt_time: datetime | None = None
+    latest_end_time: datetime | None = None
+    #: Seconds since the row was last refreshed, on the subscriber's clock.
+    seconds_since_report: float | None = None
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    schema: str
+    name: str
+    state: str
+    state_lsn: Lsn | None
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    name: str
+    exists: bool
+    active: bool = False
+    active_pid: int | None = None
+    restart_lsn: Lsn | None = None
+    confirmed_flush_lsn: Lsn | None = None
+    retained_wal_bytes: int | None = None
+    wal_status: str | None = None
+    flush_lag_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class PublisherStatus:
+    #: The stored conninfo with its password masked.
+    conninfo: str
+    reachable: bool
+    error: str | None = None
+    wal_lsn: Lsn | None = None
+    slot: SlotStatus | None = None
+
+
+@dataclass(frozen=True)
+class SubscriptionStatus:
+    name: str
+    enabled: bool
+    publications: tuple[str, ...]
+    slot_name: str | None
+    #: Masked.
+    conninfo: str
+    worker: WorkerStatus
+    last_error: str | None
+    last_error_time: datetime | None
+    #: apply_error_count, sync_error_count, update_missing, delete_missing.
+    stats: dict[str, int]
+    stats_reset: datetime | None
+    tables: tuple[TableStatus, ...]
+    publisher: PublisherStatus
+    lag_bytes: int | None
+    lag_seconds: float | None
+    lag_seconds_source: str | None
+
+    @property
+    def table_states(self) -> dict[str, int]:
+        """State letter -> number of tables, in the order r s f d i, none with 0."""
+        counts = {s: sum(1 for t in self.tables if t.state == s) for s in STATE_ORDER}
+        return {s: n for s, n in counts.items() if n}
+
+    @property
+    def not_ready(self) -> tuple[TableStatus, ...]:
+        return tuple(t for t in self.tables if t.state != "r")
+
+
+def _lsn(text: str | None) -> Lsn | None:
+    return Lsn.parse(text) if text else None
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+# -- the subscriber's catalog ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Local:
+    name: str
+    conninfo: str
+    enabled: bool
+    publications: tuple[str, ...]
+    slot_name: str | None
+    last_error: str | None
+    last_error_time: datetime | None
+    stats: dict[str, int]
+    stats_reset: datetime | None
+    worker: WorkerStatus
+    tables: tuple[TableStatus, ...]
+
+
+_STATS_KEYS = ("apply_error_count", "sync_error_count", "update_missing", "delete_missing")
+
+
+def _read_catalog(local: Conn, stale_after: float) -> list[_Local]:
+    """Every subscription's local part, from one snapshot of the catalog."""
+    with local.transaction():
+        local.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        subs = local.execute(
+            "SELECT s.name, s.conninfo, s.enabled, s.publications, s.slot_name, s.last_error,"
+            " s.last_error_time, st.apply_error_count, st.sync_error_count, st.update_missing,"
+            " st.delete_missing, st.stats_reset"
+            " FROM pgferry.subscription s"
+            " LEFT JOIN pgferry.subscription_stats st ON st.subscription = s.name"
+            " ORDER BY s.name"
+        ).fetchall()
+        workers = {
+            r[0]: r[1:]
+            for r in local.execute(
+                "SELECT subscription, pid, started_at, received_lsn::text, last_msg_send_time,"
+                " last_msg_receipt_time, latest_end_lsn::text, latest_end_time,"
+                " extract(epoch FROM now() - greatest(latest_end_time, last_msg_receipt_time,"
+                " started_at))"
+                " FROM pgferry.worker WHERE relation = ''"
+            ).fetchall()
+        }
+        tables: dict[str, list[TableStatus]] = {}
+        for sub, schema, name, state, state_lsn in local.execute(
+            "SELECT subscription, remote_schema, remote_name, state::text, state_lsn::text"
+            " FROM pgferry.subscription_table ORDER BY subscription, remote_schema, remote_name"
+        ).fetchall():
+            tables.setdefault(sub, []).append(TableStatus(schema, name, state, _lsn(state_lsn)))
+    result = []
+    for row in subs:
+        name, conninfo, enabled, pubs, slot, error, error_time = row[:7]
+        counts, stats_reset = row[7:11], row[11]
+        result.append(
+            _Local(
+                name=name,
+                conninfo=conninfo,
+                enabled=bool(enabled),
+                publications=tuple(pubs),
+                slot_name=slot,
+                last_error=error,
+                last_error_time=error_time,
+                stats={k: int(v or 0) for k, v in zip(_STATS_KEYS, counts, strict=True)},
+                stats_reset=stats_reset,
+                worker=_worker(workers.get(name), stale_after),
+                tables=tuple(tables.get(name, ())),
+            )
+        )
+    return result
+
+
+def _worker(row: tuple[Any, ...] | None, stale_after: float) -> WorkerStatus:
+    if row is None:
+        return WorkerStatus("stopped")
+    pid, started, received, send_time, receipt_time, applied, end_time, age = row
+    seconds = _float(age)
+    state = "running" if seconds is not None and seconds <= stale_after else "stale"
+    return WorkerStatus(
+        state=state,
+        pid=int(pid),
+        started_at=started,
+        received_lsn=_lsn(received),
+        applied_lsn=_lsn(applied),
+        last_msg_send_time=send_time,
+        last_msg_receipt_time=receipt_time,
+        latest_end_time=end_time,
+        seconds_since_report=seconds,
+    )
+
+
+# -- the publisher ----------------------------------------------------------------------
+
+
+def scrub(message: str, conninfo: str) -> str:
+    """An error message on one line, without the conninfo's password (libpq does not
+    echo it, but a message must not depend on that)."""
+    text = " ".join(message.split())
+    try:
+        password = ci.parse(conninfo).get("password")
+    except PgferryError:
+        return ci.mask(text)
+    if password:
+        text = text.replace(password, "********")
+    return text
+
+
+def _open(conninfo: str) -> Conn:
+    params = ci.parse(conninfo)
+    params.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
+    params.setdefault("application_name", "pgferry status")
+    return psycopg.connect(make_conninfo(**params), autocommit=True)
+
+
+def connect_publisher(conninfo: str) -> Conn:
+    """A normal autocommit connection to the publisher with the stored conninfo
+    (``connect_timeout`` :data:`CONNECT_TIMEOUT` unless it sets one); a failure is a
+    :class:`PgferryError` whose message shows the masked conninfo and the reason."""
+    try:
+        return _open(conninfo)
+    except psycopg.Error as exc:
+        raise PgferryError(
+            f"cannot connect to the publisher ({ci.mask(conninfo)}): {scrub(str(exc), conninfo)}"
+        ) from None
+
+
+def _publisher(remote: Conn, conninfo: str, slot_name: str | None) -> PublisherStatus:
+    row = remote.execute(
+        f"SELECT ({WAL_POSITION_SQL})::text, s.slot_name IS NOT NULL, s.active, s.active_pid,"
+        " s.restart_lsn::text, s.confirmed_flush_lsn::text,"
+        f" pg_catalog.pg_wal_lsn_diff({WAL_POSITION_SQL}, s.restart_lsn), s.wal_status,"
+        " extract(epoch FROM r.flush_lag)"
+        " FROM (SELECT 1) AS one"
+        " LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = %s"
+        " LEFT JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid",
+        (slot_name,),
+    ).fetchone()
+    assert row is not None
+    wal, exists, active, active_pid, restart, flushed, retained, wal_status, lag = row
+    slot = None
+    if slot_name is not None:
+        slot = SlotStatus(
+            name=slot_name,
+            exists=bool(exists),
+            active=bool(active),
+            active_pid=None if active_pid is None else int(active_pid),
+            restart_lsn=_lsn(restart),
+            confirmed_flush_lsn=_lsn(flushed),
+            retained_wal_bytes=None if retained is None else int(retained),
+            wal_status=wal_status,
+            flush_lag_seconds=_float(lag),
+        )
+    return PublisherStatus(ci.mask(conninfo), True, None, _lsn(wal), slot)
+
+
+class _Publishers:
+    """One connection per distinct conninfo for one report (and one failure)."""
+
+    def __init__(self) -> None:
+        self._conns: dict[str, Conn | PgferryError] = {}
+
+    def status(self, conninfo: str, slot_name: str | None) -> PublisherStatus:
+        conn = self._conns.get(conninfo)
+        if conn is None:
+            try:
+                conn = _open(conninfo)
+            except PgferryError as exc:  # an unparsable conninfo, already masked
+                conn = exc
+            except psycopg.Error as exc:
+                conn = PgferryError(scrub(str(exc), conninfo))
+            self._conns[conninfo] = conn
+        if isinstance(conn, PgferryError):
+            return PublisherStatus(ci.mask(conninfo), False, conn.message)
+        try:
+            return _publisher(conn, conninfo, slot_name)
+        except psycopg.Error as exc:
+            return PublisherStatus(ci.mask(conninfo), False, scrub(str(exc), conninfo))
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            if isinstance(conn, psycopg.Connection):
+                conn.close()
+
+
+# -- together -----------------------------------------------------------------------------
+
+
+def _lag(
+    worker: WorkerStatus, publisher: PublisherStatus
+) -> tuple[int | None, float | None, str | None]:
+    slot = publisher.slot
+    if (
+        slot is None
+        or not slot.exists
+        or publisher.wal_lsn is None
+        or slot.confirmed_flush_lsn is None
+    ):
+        return None, None, None
+    lag_bytes = max(0, publisher.wal_lsn - slot.confirmed_flush_lsn)
+    if lag_bytes == 0:
+        return 0, 0.0, "caught_up"
+    if slot.flush_lag_seconds is not None:
+        return lag_bytes, slot.flush_lag_seconds, "publisher_flush_lag"
+    if worker.state == "stale" and worker.seconds_since_report is not None:
+        return lag_bytes, worker.seconds_since_report, "since_last_report"
+    return lag_bytes, None, None
+
+
+def _status(local: _Local, publisher: PublisherStatus) -> SubscriptionStatus:
+    lag_bytes, lag_seconds, source = _lag(local.worker, publisher)
+    return SubscriptionStatus(
+        name=local.name,
+        enabled=local.enabled,
+        publications=local.publications,
+        slot_name=local.slot_name,
+        conninfo=ci.mask(local.conninfo),
+        worker=local.worker,
+        last_error=local.last_error,
+        last_error_time=local.last_error_time,
+        stats=local.stats,
+        stats_reset=local.stats_reset,
+        tables=local.tables,
+        publisher=publisher,
+        lag_bytes=lag_bytes,
+        lag_seconds=lag_seconds,
+        lag_seconds_source=source,
+    )
+
+
+def collect(
+    dsn: str, *, stale_after: float = STALE_AFTER, names: Iterable[str] | None = None
+) -> list[SubscriptionStatus]:
+    """The status of every subscription of the subscriber database ``dsn``, ordered
+    by name (only those in ``names`` when given); none without a catalog.
+
+    The subscriber must be reachable (its failure is a
+    :class:`~pgferry.errors.ConnectionFailed`); a publisher need not be.
+    """
+    wanted = None if names is None else set(names)
+    with connect_subscriber(dsn) as local:
+        if current_version(local) == 0:
+            return []
+        locals_ = [
+            s for s in _read_catalog(local, stale_after) if wanted is None or s.name in wanted
+        ]
+    # The subscriber transaction is over before any publisher is contacted.
+    publishers = _Publishers()
+    try:
+        return [_status(s, publishers.status(s.conninfo, s.slot_name)) for s in locals_]
+    finally:
+        publishers.close()

@@ -1,0 +1,250 @@
+"""``pgferry subscription wait NAME``: block until a subscription has caught up.
+
+:func:`wait_ready` returns once both hold:
+
+* every table of the subscription is ready (state ``r``);
+* the slot's ``confirmed_flush_lsn`` on the publisher has reached the publisher's
+  WAL position taken when the wait started. The apply worker confirms only
+  positions it applied durably, and confirms the publisher's position while idle
+  too, so this means: everything committed on the publisher before the wait
+  started is applied on the subscriber.
+
+It polls the subscriber's catalog and the publisher every ``poll_interval``
+seconds (0.2 s) and raises :class:`WaitFailed`, with one line saying why, when
+
+* the subscription is disabled, at the start or meanwhile;
+* a new error is recorded (``last_error`` set, or set again, after the wait
+  started: the apply or sync worker failed and will fail again on the same change;
+  an error recorded before the start does not count, it may be history);
+* the slot does not exist on the publisher, or the subscription has none;
+* the publisher cannot be reached at the start (the target cannot be taken then;
+  later, connection failures are retried until the timeout);
+* the timeout passes (:class:`WaitTimeout`): the message names the tables not
+  ready, how many bytes the applied position is behind, and the worker's state.
+
+A subscription that does not exist is a
+:class:`~pgferry.catalog.SubscriptionNotFound`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from pgferry.catalog.schema import current_version
+from pgferry.catalog.store import SubscriptionNotFound
+from pgferry.errors import PgferryError
+from pgferry.protocol.lsn import INVALID_LSN, Lsn
+from pgferry.status.report import STALE_AFTER, WAL_POSITION_SQL, connect_publisher, scrub
+from pgferry.subscription.manage import connect_subscriber, shown
+from pgferry.subscription.tables import ident, printable
+
+POLL_INTERVAL = 0.2
+#: Not-ready tables named in a timeout message; the rest are counted.
+NAMED_TABLES = 5
+
+Conn = psycopg.Connection[Any]
+
+
+class WaitFailed(PgferryError):
+    """The subscription cannot get there: disabled, in error, no slot, timeout."""
+
+
+class WaitTimeout(WaitFailed):
+    """The timeout passed before the subscription caught up."""
+
+
+@dataclass(frozen=True)
+class WaitResult:
+    name: str
+    #: The publisher's WAL position when the wait started.
+    target_lsn: Lsn
+    #: The slot's confirmed_flush_lsn when the wait ended (at or past the target).
+    applied_lsn: Lsn
+    tables: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Local:
+    conninfo: str
+    enabled: bool
+    slot_name: str | None
+    error: tuple[str | None, datetime | None]
+    tables: int
+    #: (schema, name, state) of the tables not in state r.
+    not_ready: list[tuple[str, str, str]]
+    #: ``running``, ``stale`` or ``stopped``, as ``pgferry status`` says.
+    worker: str
+
+
+def _read(local: Conn, name: str) -> _Local:
+    with local.transaction():
+        local.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = local.execute(
+            "SELECT conninfo, enabled, slot_name, last_error, last_error_time"
+            " FROM pgferry.subscription WHERE name = %s",
+            (name,),
+        ).fetchone()
+        if row is None:
+            raise _not_found(name)
+        tables = local.execute(
+            "SELECT remote_schema, remote_name, state::text FROM pgferry.subscription_table"
+            " WHERE subscription = %s ORDER BY remote_schema, remote_name",
+            (name,),
+        ).fetchall()
+        age = local.execute(
+            "SELECT extract(epoch FROM now() - greatest(latest_end_time, last_msg_receipt_time,"
+            " started_at)) FROM pgferry.worker WHERE subscription = %s AND relation = ''",
+            (name,),
+        ).fetchone()
+    worker = "stopped" if age is None else "running" if float(age[0]) <= STALE_AFTER else "stale"
+    return _Local(
+        conninfo=row[0],
+        enabled=bool(row[1]),
+        slot_name=row[2],
+        error=(row[3], row[4]),
+        tables=len(tables),
+        not_ready=[(s, n, st) for s, n, st in tables if st != "r"],
+        worker=worker,
+    )
+
+
+def _not_found(name: str) -> SubscriptionNotFound:
+    return SubscriptionNotFound(
+        f"subscription {shown(name)} does not exist",
+        hint="pgferry subscription list shows the subscriptions of this database",
+    )
+
+
+def _check(name: str, sub: _Local, baseline: tuple[str | None, datetime | None]) -> None:
+    if not sub.enabled:
+        why = "" if sub.error[0] is None else f"; its last error: {printable(sub.error[0])}"
+        raise WaitFailed(
+            f"subscription {shown(name)} is disabled, so it cannot catch up"
+            f" (pgferry subscription alter {printable(name)} --enable){why}"
+        )
+    if sub.error != baseline and sub.error[0] is not None:
+        raise WaitFailed(f"subscription {shown(name)} failed: {printable(sub.error[0])}")
+    if sub.slot_name is None:
+        raise WaitFailed(f"subscription {shown(name)} has no slot (slot_name = NONE)")
+
+
+def _wal_position(remote: Conn) -> Lsn:
+    row = remote.execute(f"SELECT ({WAL_POSITION_SQL})::text").fetchone()
+    assert row is not None and row[0] is not None
+    return Lsn.parse(row[0])
+
+
+def _confirmed(remote: Conn, slot: str) -> Lsn | None:
+    """The slot's confirmed_flush_lsn; None when the slot does not exist."""
+    row = remote.execute(
+        "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots"
+        " WHERE slot_name = %s",
+        (slot,),
+    ).fetchone()
+    if row is None:
+        return None
+    return Lsn.parse(row[0]) if row[0] else INVALID_LSN
+
+
+def _missing(
+    name: str,
+    sub: _Local,
+    target: Lsn,
+    applied: Lsn | None,
+    remote_error: str | None,
+    seconds: float,
+) -> str:
+    """The timeout message: what is not there yet."""
+    parts: list[str] = []
+    if sub.not_ready:
+        named = [f"{ident(s)}.{ident(n)} ({st})" for s, n, st in sub.not_ready[:NAMED_TABLES]]
+        more = len(sub.not_ready) - len(named)
+        count = len(sub.not_ready)
+        parts.append(
+            f"{count} of {sub.tables} table{'s' if sub.tables != 1 else ''} not ready:"
+            f" {', '.join(named)}{f' and {more} more' if more else ''}"
+        )
+    if remote_error is not None:
+        parts.append(f"publisher unreachable: {remote_error}")
+    elif applied is not None and applied < target:
+        parts.append(
+            f"applied position {applied} is {target - applied} bytes behind {target}"
+            " (the publisher's WAL position when wait started)"
+        )
+    if sub.worker == "stopped":
+        parts.append("no apply worker is running (is pgferry run running for this database?)")
+    elif sub.worker == "stale":
+        parts.append(f"the apply worker has not reported for more than {STALE_AFTER:.0f} s")
+    missing = "; ".join(parts)
+    return f"timed out after {seconds:.1f} s waiting for subscription {shown(name)}: {missing}"
+
+
+def wait_ready(
+    dsn: str, name: str, *, timeout: float | None = None, poll_interval: float = POLL_INTERVAL
+) -> WaitResult:
+    """Wait until subscription ``name`` of the subscriber ``dsn`` is ready and has
+    applied everything the publisher had written when the wait started (see the
+    module docstring); ``timeout`` None waits as long as it takes."""
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    with connect_subscriber(dsn) as local:
+        if current_version(local) == 0:
+            raise _not_found(name)
+        sub = _read(local, name)
+        baseline = sub.error
+        _check(name, sub, baseline)
+        assert sub.slot_name is not None
+        conninfo = sub.conninfo
+        first = connect_publisher(conninfo)
+        remote: Conn | None = first
+        try:
+            target = _wal_position(first)
+            while True:
+                remote_error = None
+                applied: Lsn | None = None
+                try:
+                    if remote is None:
+                        remote = connect_publisher(conninfo)
+                    applied = _confirmed(remote, sub.slot_name)
+                except PgferryError as exc:
+                    remote_error = exc.message
+                except psycopg.Error as exc:
+                    remote_error = scrub(str(exc), conninfo)
+                    if remote is not None:
+                        remote.close()
+                    remote = None
+                if remote_error is None and applied is None:
+                    raise WaitFailed(
+                        f"replication slot {shown(sub.slot_name)} of subscription {shown(name)}"
+                        " does not exist on the publisher"
+                    )
+                if not sub.not_ready and applied is not None and applied >= target:
+                    return WaitResult(name, target, applied, sub.tables, time.monotonic() - started)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(
+                        _missing(
+                            name, sub, target, applied, remote_error, time.monotonic() - started
+                        )
+                    )
+                pause = poll_interval
+                if deadline is not None:
+                    pause = min(pause, max(0.0, deadline - time.monotonic()))
+                time.sleep(pause)
+                sub = _read(local, name)
+                _check(name, sub, baseline)
+                if sub.conninfo != conninfo:
+                    # alter --connection meanwhile: follow it (the target stays).
+                    conninfo = sub.conninfo
+                    if remote is not None:
+                        remote.close()
+                    remote = None
+                assert sub.slot_name is not None
+        finally:
+            if remote is not None:
+                remote.close()
