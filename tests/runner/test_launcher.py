@@ -138,13 +138,6 @@ def test_run_syncs_applies_and_follows_the_catalog(setup: Setup) -> None:
     _wait(lambda: not _walsender_active(setup), timeout=20, what="the slot to be released")
 
 
-@pytest.mark.xfail(
-    reason="known defect, open: in about half the runs exactly one remote transaction, the one"
-    " the publisher committed 1-5 ms before an apply worker was SIGKILLed, never reaches the"
-    " subscriber (reproduced with apply-worker kills only). See the closing note of the"
-    " session that added this test.",
-    strict=False,
-)
 def test_kill_9_of_workers_and_launcher_during_load(setup: Setup) -> None:
     stop = threading.Event()
     errors: list[BaseException] = []

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -62,6 +63,21 @@ TableFilter = Callable[[Relation, Transaction], bool]
 
 def _all_tables(relation: Relation, tx: Transaction) -> bool:
     return True
+
+
+def commit_with_origin(remote_lsn: Lsn, remote_time: datetime) -> sql.Composed:
+    """``SELECT pg_replication_origin_xact_setup(...); COMMIT`` as ONE message.
+
+    PostgreSQL advances the session's replication origin to the LSN given to
+    ``pg_replication_origin_xact_setup`` at the end of the transaction *whether it
+    commits or aborts* (``RecordTransactionAbort`` moves it too). Sent as two
+    round trips, a worker killed between them leaves a backend that aborts the
+    transaction yet records it as replayed: that remote transaction would be lost.
+    In one simple-query message the server receives both or neither.
+    """
+    return sql.SQL(
+        "SELECT pg_catalog.pg_replication_origin_xact_setup({}::pg_lsn, {}); COMMIT"
+    ).format(sql.Literal(str(remote_lsn)), sql.Literal(remote_time))
 
 
 class Applier:
@@ -156,11 +172,7 @@ class Applier:
                 # and the skip is cleared in the same commit.
                 store.set_skip_lsn(conn, self.subscription, None)
                 self.skip_lsn = None
-            conn.execute(
-                "SELECT pg_catalog.pg_replication_origin_xact_setup(%s::pg_lsn, %s)",
-                (str(end_lsn), to_datetime(tx.commit_time)),
-            )
-            conn.execute("COMMIT")
+            conn.execute(commit_with_origin(end_lsn, to_datetime(tx.commit_time)))
         except psycopg.Error as exc:
             raise self._error(exc, tx, None, "COMMIT") from None
         self._in_tx = False

@@ -219,6 +219,10 @@ class ApplyWorker:
                 candidate = min(candidate, floor)
             if candidate > stream.flush_lsn:
                 stream.confirm(candidate)
+                # Tell the publisher now (at most once per confirm interval), not at
+                # the next status interval: the slot releases WAL sooner, and a
+                # restart re-sends less.
+                stream.send_status()
             if not applier.in_transaction:
                 handover.report_worker(
                     local,

@@ -118,6 +118,7 @@ class StreamRunner:
                 candidate = min(candidate, floor)
             if candidate > stream.flush_lsn:
                 stream.confirm(candidate)
+                stream.send_status()  # at most once per confirm interval
 
         decode = decoder.decode
         feed = assembler.feed

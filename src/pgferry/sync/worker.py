@@ -31,12 +31,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from pgferry.apply.applier import Applier
+from pgferry.apply.applier import Applier, commit_with_origin
 from pgferry.assembler import Assembler, Transaction, delivery_position
 from pgferry.catalog import handover, store
 from pgferry.errors import ApplyError, PgferryError
@@ -229,11 +230,7 @@ class TableSyncWorker:
                         "f",
                         slot.consistent_point,
                     )
-                    local.execute(
-                        "SELECT pg_catalog.pg_replication_origin_xact_setup(%s::pg_lsn, now())",
-                        (str(slot.consistent_point),),
-                    )
-                    local.execute("COMMIT")
+                    local.execute(commit_with_origin(slot.consistent_point, datetime.now(UTC)))
                 except psycopg.Error as exc:
                     local.execute("ROLLBACK")
                     raise ApplyError(
