@@ -257,3 +257,37 @@ def test_unchanged_toast_keeps_the_local_value(pair: Pair) -> None:
     pair.sync()
     expected = pair.cluster.sql("SELECT md5(doc), n FROM big", dbname=pair.pub)
     assert pair.rows("SELECT md5(doc), n FROM big") == expected == [(expected[0][0], 1)]
+
+
+def test_check_constraint_and_type_conversion_errors_name_what_failed(pair: Pair) -> None:
+    pair.cluster.sql("CREATE TABLE t (id int PRIMARY KEY, v int, code text)", dbname=pair.pub)
+    pair.cluster.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int CONSTRAINT v_positive CHECK (v > 0), code int)",
+        dbname=pair.sub,
+    )
+    pair.cluster.sql("CREATE PUBLICATION pub FOR TABLE t", dbname=pair.pub)
+    create_slot(pair.cluster, pair.pub, "ferry")
+    with pair.cluster.connect(pair.sub) as conn:
+        ensure_catalog(conn)
+        store.create_subscription(
+            conn,
+            Subscription("ferry", pair.cluster.dsn(pair.pub), ("pub",), "ferry", "pgferry_ferry"),
+        )
+        store.upsert_table(
+            conn, SubscriptionTable("ferry", "public", "t", "public", "t", "r", None)
+        )
+    pair.cluster.sql("INSERT INTO t VALUES (1, -5, '7')", dbname=pair.pub)
+    with pytest.raises(ApplyError) as exc:
+        pair.sync()
+    assert exc.value.sqlstate == "23514" and "constraint v_positive" in exc.value.message
+    pair.rows("ALTER TABLE t DROP CONSTRAINT v_positive")
+    pair.cluster.sql("INSERT INTO t VALUES (2, 1, 'not a number')", dbname=pair.pub)
+    with pytest.raises(ApplyError) as exc:
+        pair.sync()
+    # The first transaction went through once the constraint was gone.
+    assert pair.rows("SELECT id, v, code FROM t") == [(1, -5, 7)]
+    assert exc.value.sqlstate == "22P02" and "column code" in exc.value.message
+    assert "table public.t" in exc.value.message and exc.value.xid is not None
+    pair.rows("ALTER TABLE t ALTER COLUMN code TYPE text")
+    pair.sync()
+    assert pair.rows("SELECT id, code FROM t ORDER BY id") == [(1, "7"), (2, "not a number")]

@@ -159,7 +159,16 @@ class Applier:
                 if self.conn.execute(query, params).rowcount == 0:
                     self._delete_missing += 1
         except psycopg.Error as exc:
-            raise self._error(exc, tx, table.display, type(change).__name__.upper()) from None
+            column = None
+            if (exc.sqlstate or "").startswith("22") and not isinstance(change, Delete):
+                # A data exception (bad input for the local type...): find the
+                # column, which PostgreSQL does not name for input conversions.
+                self.conn.execute("ROLLBACK")
+                self._in_tx = False
+                column = table.failing_column(self.conn, change.new)
+            raise self._error(
+                exc, tx, table.display, type(change).__name__.upper(), column=column
+            ) from None
 
     def commit(self, tx: Transaction, end_lsn: Lsn) -> None:
         conn = self.conn
@@ -236,14 +245,22 @@ class Applier:
             names = ", ".join(t.display for t in targets)
             raise self._error(exc, tx, names, "TRUNCATE") from None
 
-    def _error(self, exc: psycopg.Error, tx: Transaction, table: str | None, op: str) -> ApplyError:
+    def _error(
+        self,
+        exc: psycopg.Error,
+        tx: Transaction,
+        table: str | None,
+        op: str,
+        *,
+        column: str | None = None,
+    ) -> ApplyError:
         diag = exc.diag
         text = (diag.message_primary or str(exc)).strip()
         where = []
         if table:
             where.append(f"table {table}")
-        if diag.column_name:
-            where.append(f"column {diag.column_name}")
+        if diag.column_name or column:
+            where.append(f"column {diag.column_name or column}")
         if diag.constraint_name:
             where.append(f"constraint {diag.constraint_name}")
         detail = f" ({diag.message_detail})" if diag.message_detail else ""

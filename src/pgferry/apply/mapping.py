@@ -132,6 +132,19 @@ class TableMap:
             self._cache[("d", used)] = query
         return query, params
 
+    def failing_column(
+        self, conn: psycopg.Connection[Any], values: tuple[Value, ...]
+    ) -> str | None:
+        """The first column whose value its local type refuses (error path only)."""
+        for i, value in enumerate(values):
+            if value is UNCHANGED_TOAST or value is None:
+                continue
+            try:
+                conn.execute(sql.SQL("SELECT {}").format(self._value(i)), [_text(value)])
+            except psycopg.DataError:
+                return self.names[i]
+        return None
+
 
 def _text(value: Value) -> str | None:
     if value is None:
