@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, handover, store
+from pgferry.protocol import Lsn
 from pgferry.testing import Cluster
 from pgferry.testing.pytest_plugin import ClusterFactory
 from tests.support import PGFERRY, create_slot
@@ -131,6 +132,16 @@ def test_run_syncs_applies_and_follows_the_catalog(setup: Setup) -> None:
         with setup.subscriber.connect("sub") as conn:
             store.set_enabled(conn, "ferry", True)
         _wait(lambda: _same(setup), timeout=30, what="resume after enable")
+        # Altered: the worker restarts with the new settings.
+        _wait(lambda: _apply_pid(setup) is not None, timeout=30, what="the worker row")
+        before = _apply_pid(setup)
+        with setup.subscriber.connect("sub") as conn:
+            store.set_skip_lsn(conn, "ferry", Lsn.parse("FFFFFFFF/0"))
+        _wait(
+            lambda: _apply_pid(setup) not in (None, before),
+            timeout=30,
+            what="a restart after ALTER",
+        )
     finally:
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(timeout=60) == 0

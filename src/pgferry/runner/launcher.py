@@ -10,7 +10,9 @@ and wants:
 
 Workers are separate processes (:mod:`pgferry.runner.child`), so they use separate
 cores and a crash of one does not touch the others. A worker that is no longer
-wanted (subscription disabled or dropped) gets SIGTERM. A worker that exits with
+wanted (subscription disabled or dropped) gets SIGTERM; so does one whose
+subscription was altered (connection, publications, slot, options, skip LSN), and
+the next round starts it again with the new settings. A worker that exits with
 an error is started again after a pause that doubles from 1 s up to
 ``retry_interval`` (5 s, native's ``wal_retrieve_retry_interval``). SIGTERM or
 SIGINT to the launcher stop every worker cleanly and then the launcher; a worker
@@ -44,6 +46,8 @@ class _Child:
     key: WorkerKey
     process: subprocess.Popen[bytes]
     started: float
+    #: The subscription's settings when the worker started (see ``wanted``).
+    settings: str | None = None
 
 
 class Launcher:
@@ -64,6 +68,7 @@ class Launcher:
         self.children: dict[WorkerKey, _Child] = {}
         self._failures: dict[WorkerKey, int] = {}
         self._retry_at: dict[WorkerKey, float] = {}
+        self._settings: dict[str, str] = {}  # subscription -> its settings, this round
         self._stop = False
 
     def request_stop(self) -> None:
@@ -73,10 +78,23 @@ class Launcher:
 
     def wanted(self, conn: psycopg.Connection[Any]) -> set[WorkerKey]:
         keys: set[WorkerKey] = set()
+        self._settings = {}
         for sub in store.list_subscriptions(conn):
             if not sub.enabled or sub.slot_name is None:
                 continue
             keys.add(("apply", sub.name))
+            # What a running worker read at its start: when it changes (ALTER
+            # SUBSCRIPTION ... CONNECTION/PUBLICATION/SKIP/SET), restart it, as
+            # native's apply worker exits when its subscription changes.
+            self._settings[sub.name] = repr(
+                (
+                    sub.conninfo,
+                    sub.publications,
+                    sub.slot_name,
+                    sorted(sub.options.items()),
+                    sub.skip_lsn,
+                )
+            )
             pending = [
                 s for s in handover.states(conn, sub.name).values() if s.state in ("i", "d", "f")
             ]
@@ -108,7 +126,7 @@ class Launcher:
             env=env,
             stdin=subprocess.DEVNULL,
         )
-        self.children[key] = _Child(key, process, time.monotonic())
+        self.children[key] = _Child(key, process, time.monotonic(), self._settings.get(key[1]))
         logger.info("started %s worker (pid %d) for %s", key[0], process.pid, " ".join(key[1:]))
 
     def _reap(self) -> None:
@@ -152,10 +170,14 @@ class Launcher:
                 child.process.wait()
 
     def step(self, conn: psycopg.Connection[Any]) -> None:
-        """One round: reap, stop the unwanted, start the missing."""
+        """One round: reap, stop the unwanted or outdated, start the missing."""
         self._reap()
         wanted = self.wanted(conn)
-        unwanted = [k for k in self.children if k not in wanted]
+        unwanted = [
+            k
+            for k, child in self.children.items()
+            if k not in wanted or child.settings != self._settings.get(k[1])
+        ]
         if unwanted:
             self._terminate(unwanted)
         now = time.monotonic()
