@@ -113,3 +113,34 @@ class ApplyError(ServerError):
         self.table = table
         self.xid = xid
         self.finish_lsn = finish_lsn
+
+
+class ConflictError(ApplyError):
+    """A remote change conflicts with the local data and the policy says stop.
+
+    ``conflict_type`` is PostgreSQL 18's name (``insert_exists``...); the SQLSTATE
+    is native's: 23505 for the unique conflicts, 40001 for the others.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        conflict_type: str,
+        subscription: str,
+        table: str | None,
+        xid: int | None,
+        finish_lsn: str | None,
+        hint: str | None = None,
+    ) -> None:
+        unique = conflict_type.endswith("exists") or conflict_type.startswith("multiple")
+        super().__init__(
+            message,
+            subscription=subscription,
+            table=table,
+            xid=xid,
+            finish_lsn=finish_lsn,
+            sqlstate="23505" if unique else "40001",
+            hint=hint,
+        )
+        self.conflict_type = conflict_type

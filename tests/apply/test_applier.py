@@ -7,110 +7,13 @@ origin has caught up with the publisher or the worker fails.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-
 import pytest
 
-from pgferry.apply import ApplyWorker
 from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, store
-from pgferry.errors import ApplyError
+from pgferry.errors import ApplyError, ConflictError
 from pgferry.protocol import Lsn
-from pgferry.testing import Cluster
+from tests.apply.pair import Pair
 from tests.support import create_slot, current_lsn
-
-
-@dataclass
-class Pair:
-    cluster: Cluster
-    pub: str
-    sub: str
-    tables: list[str] = field(default_factory=list)
-
-    def publish(self, ddl: str, tables: list[str], **options: object) -> None:
-        """Create the tables on both sides, the publication, slot and subscription."""
-        self.cluster.sql(ddl, dbname=self.pub)
-        self.cluster.sql(ddl, dbname=self.sub)
-        self.cluster.sql("CREATE PUBLICATION pub FOR TABLE " + ", ".join(tables), dbname=self.pub)
-        create_slot(self.cluster, self.pub, "ferry")
-        with self.cluster.connect(self.sub) as conn:
-            ensure_catalog(conn)
-            store.create_subscription(
-                conn,
-                Subscription(
-                    "ferry",
-                    self.cluster.dsn(self.pub),
-                    ("pub",),
-                    "ferry",
-                    "pgferry_ferry",
-                    options=dict(options),
-                ),
-            )
-            for table in tables:
-                store.upsert_table(
-                    conn, SubscriptionTable("ferry", "public", table, "public", table, "r", None)
-                )
-
-    def progress(self) -> Lsn:
-        row = self.cluster.sql(
-            "SELECT remote_lsn::text FROM pg_replication_origin_status s"
-            " JOIN pg_replication_origin o ON o.roident = s.local_id"
-            " WHERE o.roname = 'pgferry_ferry'",
-            dbname=self.sub,
-        )
-        return Lsn.parse(row[0][0]) if row and row[0][0] else Lsn(0)
-
-    def sync(self, timeout: float = 30) -> None:
-        """Run the worker until everything written so far is applied; re-raise its error."""
-        target = current_lsn(self.cluster, self.pub)
-        worker = ApplyWorker(self.cluster.dsn(self.sub), "ferry", status_interval=1)
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                worker.run()
-            except BaseException as exc:
-                failure.append(exc)
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + timeout
-        # The origin records the end LSN of the last applied commit.
-        while not failure and self.progress() < target and time.monotonic() < deadline:
-            if not thread.is_alive():
-                break
-            time.sleep(0.1)
-            target_now = current_lsn(self.cluster, self.pub)
-            # Other activity (e.g. the catalog) does not produce commits to apply:
-            # stop once the slot has confirmed past the target instead.
-            if self.confirmed() >= target and target_now >= target:
-                break
-        worker.request_stop()
-        thread.join(timeout=30)
-        if failure:
-            raise failure[0]
-
-    def confirmed(self) -> Lsn:
-        row = self.cluster.sql(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'ferry'",
-            dbname=self.pub,
-        )
-        return Lsn.parse(row[0][0])
-
-    def rows(self, query: str) -> list[tuple[object, ...]]:
-        return self.cluster.sql(query, dbname=self.sub)
-
-
-@pytest.fixture
-def pair(cluster: Cluster, dbname: str) -> Iterator[Pair]:
-    sub = dbname[:50] + "_sub"
-    cluster.create_database(sub)
-    try:
-        yield Pair(cluster, dbname, sub)
-    finally:
-        cluster.drop_database(sub)
 
 
 def test_duplicate_key_is_a_clear_error_then_fixing_the_data_resumes(pair: Pair) -> None:
@@ -123,7 +26,9 @@ def test_duplicate_key_is_a_clear_error_then_fixing_the_data_resumes(pair: Pair)
     err = exc.value
     assert err.subscription == "ferry" and err.table == "public.t"
     assert err.sqlstate == "23505"
-    assert "constraint t_pkey" in err.message and "duplicate key" in err.message
+    assert isinstance(err, ConflictError) and err.conflict_type == "insert_exists"
+    assert 'conflict=insert_exists' in err.message and 'unique index "t_pkey"' in err.message
+    assert '"v": "local"' in err.message and '"v": "remote"' in err.message
     assert err.finish_lsn is not None and Lsn.parse(err.finish_lsn) < finish
     assert f"--skip {err.finish_lsn}" in (err.hint or "")
     # Nothing of the failed transaction was applied, and the error is recorded.
@@ -132,6 +37,7 @@ def test_duplicate_key_is_a_clear_error_then_fixing_the_data_resumes(pair: Pair)
         sub = store.get_subscription(conn, "ferry")
         assert sub.last_error == err.message
         assert store.stats(conn, "ferry")["apply_error_count"] == 1
+        assert store.stats(conn, "ferry")["confl_insert_exists"] == 1
     # The same transaction fails again on retry...
     with pytest.raises(ApplyError):
         pair.sync()
@@ -194,7 +100,7 @@ def test_missing_rows_are_skipped_and_counted(pair: Pair) -> None:
     assert pair.rows("SELECT * FROM t") == [(3, "x")]
     with pair.cluster.connect(pair.sub) as conn:
         counts = store.stats(conn, "ferry")
-    assert counts["update_missing"] == 2 and counts["delete_missing"] == 2
+    assert counts["confl_update_missing"] == 2 and counts["confl_delete_missing"] == 2
 
 
 def test_replica_identity_full_with_a_type_without_equality(pair: Pair) -> None:

@@ -165,7 +165,7 @@ def test_native_and_pgferry_end_with_identical_tables(setup: Setup) -> None:
         assert notes == [("local",)]
         # Exactly what native counts as skipped: nothing was missing.
         with setup.subscriber.connect("ferry") as conn:
-            assert store.stats(conn, "ferry")["update_missing"] == 0
+            assert store.stats(conn, "ferry")["confl_update_missing"] == 0
     finally:
         worker.request_stop()
         thread.join(timeout=30)

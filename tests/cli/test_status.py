@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pgferry.catalog import store
 from pgferry.testing import Cluster
 from tests.status import Env, environment
 from tests.support import PGFERRY
@@ -100,8 +101,7 @@ def test_status_of_a_subscription_without_launcher(env: Env) -> None:
     assert doc["stats"] == {
         "apply_error_count": 0,
         "sync_error_count": 0,
-        "update_missing": 0,
-        "delete_missing": 0,
+        **{k: 0 for k in store.STATS_KEYS[2:]},
         "stats_reset": None,
     }
     assert set(doc["lag"]) == {"bytes", "seconds", "seconds_source"}

@@ -150,16 +150,17 @@ def test_apply_error_is_reported_and_ends_a_wait(env: Env) -> None:
     env.on_pub("INSERT INTO t VALUES (1, 'publisher')")  # duplicate key on the subscriber
     until(lambda: _one(env).last_error is not None, 30, "the error")
     status = _one(env)
-    assert status.last_error is not None and "duplicate key" in status.last_error
+    assert status.last_error is not None and "conflict=insert_exists" in status.last_error
     assert status.last_error_time is not None
     assert status.stats["apply_error_count"] >= 1
+    assert status.stats["confl_insert_exists"] >= 1
     assert status.lag_bytes is not None and status.lag_bytes > 0
     doc = to_document(status)
-    assert "duplicate key" in doc["last_error"] and doc["last_error_time"].endswith("+00:00")
-    assert "duplicate key" in _rendered([status])
+    assert "insert_exists" in doc["last_error"] and doc["last_error_time"].endswith("+00:00")
+    assert "insert_exists" in _rendered([status])
     # The worker fails again on the same change: a wait ends with the error.
     started = time.monotonic()
-    with pytest.raises(WaitFailed, match=r"failed: .*duplicate key"):
+    with pytest.raises(WaitFailed, match=r"failed: .*conflict=insert_exists"):
         wait_ready(env.sub_dsn, "ferry", timeout=30)
     assert time.monotonic() - started < 15
 

@@ -12,11 +12,20 @@ The session runs with ``session_replication_role = replica`` (only ENABLE REPLIC
 and ENABLE ALWAYS triggers fire, foreign keys are not checked), ``search_path = ''``
 (every name is qualified) and the subscription's ``synchronous_commit``.
 
-Behaviour per change, as native:
+Behaviour per change, as native by default (see :mod:`pgferry.conflict` for the
+conflict types and policies):
 
-* INSERT inserts (a duplicate key is an error);
-* UPDATE and DELETE of a row that is not there are skipped and counted
-  (``update_missing`` / ``delete_missing``);
+* INSERT inserts; one that collides with local rows on a unique index is an
+  ``insert_exists`` (or ``multiple_unique_conflicts``) conflict: the worker stops;
+* UPDATE and DELETE find the row by the replica identity; a row that is not there
+  is ``update_missing`` / ``delete_missing``: skipped; a row last written by
+  another origin (with ``track_commit_timestamp`` on) is ``*_origin_differs``:
+  applied; an UPDATE whose new values collide with other rows is ``update_exists``
+  (or ``multiple_unique_conflicts``): the worker stops;
+* every conflict is counted and logged (``pgferry.conflict``) in the same local
+  transaction as its resolution; the conflict resolution policies change what
+  happens, inside that transaction, so a resolution and the origin's progress
+  commit together;
 * TRUNCATE truncates every listed table it applies, in one statement, with
   RESTART IDENTITY when the publisher used it and without CASCADE (native does not
   cascade on the subscriber);
@@ -31,6 +40,7 @@ move.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -40,9 +50,11 @@ from psycopg import sql
 
 from pgferry.assembler import Transaction
 from pgferry.catalog import store
-from pgferry.errors import ApplyError
+from pgferry.conflict import ConflictType, Outcome, Policy, decide
+from pgferry.errors import ApplyError, ConflictError
 from pgferry.protocol.lsn import Lsn
 from pgferry.protocol.messages import (
+    UNCHANGED_TOAST,
     Change,
     Delete,
     Insert,
@@ -50,11 +62,13 @@ from pgferry.protocol.messages import (
     Relation,
     Truncate,
     Update,
+    Value,
 )
 from pgferry.protocol.relations import RelationCache
 from pgferry.protocol.timestamps import to_datetime
 
-from .mapping import MappingError, TableMap, build_map
+from .conflicts import ConflictContext, LocalRow
+from .mapping import MappingError, Stamps, TableMap, build_map
 
 #: Decides whether this worker applies a table's change in a given transaction
 #: (the table sync handover uses it); default: every table.
@@ -65,7 +79,7 @@ def _all_tables(relation: Relation, tx: Transaction) -> bool:
     return True
 
 
-def commit_with_origin(remote_lsn: Lsn, remote_time: datetime) -> sql.Composed:
+def commit_with_origin(remote_lsn: Lsn, remote_time: datetime | str) -> sql.Composed:
     """``SELECT pg_replication_origin_xact_setup(...); COMMIT`` as ONE message.
 
     PostgreSQL advances the session's replication origin to the LSN given to
@@ -76,7 +90,7 @@ def commit_with_origin(remote_lsn: Lsn, remote_time: datetime) -> sql.Composed:
     In one simple-query message the server receives both or neither.
     """
     return sql.SQL(
-        "SELECT pg_catalog.pg_replication_origin_xact_setup({}::pg_lsn, {}); COMMIT"
+        "SELECT pg_catalog.pg_replication_origin_xact_setup({}::pg_lsn, {}::timestamptz); COMMIT"
     ).format(sql.Literal(str(remote_lsn)), sql.Literal(remote_time))
 
 
@@ -90,7 +104,12 @@ class Applier:
         *,
         applies: TableFilter = _all_tables,
         skip_lsn: Lsn | None = None,
+        conflicts: ConflictContext | None = None,
+        skip_origins: bool = False,
     ) -> None:
+        """``skip_origins``: apply nothing of the transactions that reached the
+        publisher through replication (``origin = none`` on a publisher older than
+        16, which cannot filter them itself)."""
         if not conn.autocommit:
             raise ValueError("the applier manages its transactions: pass an autocommit connection")
         self.conn = conn
@@ -102,10 +121,10 @@ class Applier:
         #: End LSN and local commit order of the last applied remote transaction.
         self.applied_lsn: Lsn | None = None
         self.applied_count = 0
+        self.conflicts = conflicts or ConflictContext.load(conn, subscription, origin)
+        self.skip_origins = skip_origins
         self._maps: dict[int, TableMap] = {}
         self._skipping = False
-        self._update_missing = 0
-        self._delete_missing = 0
         self._in_tx = False
 
     # -- session ------------------------------------------------------------------
@@ -131,8 +150,10 @@ class Applier:
     # -- TransactionConsumer --------------------------------------------------------
 
     def begin(self, tx: Transaction) -> None:
-        self._skipping = self.skip_lsn is not None and tx.commit_lsn == self.skip_lsn
-        self._update_missing = self._delete_missing = 0
+        self._skipping = (self.skip_lsn is not None and tx.commit_lsn == self.skip_lsn) or (
+            self.skip_origins and tx.origin is not None
+        )
+        self.conflicts.reset()
         self.conn.execute("BEGIN")
         self._in_tx = True
 
@@ -147,17 +168,12 @@ class Applier:
             return
         try:
             if isinstance(change, Insert):
-                query, params = table.insert(change.new)
-                self.conn.execute(query, params)
+                self._insert(tx, table, change.new)
             elif isinstance(change, Update):
-                query, params = table.update(change.old, change.new)
-                if self.conn.execute(query, params).rowcount == 0:
-                    self._update_missing += 1
+                self._update(tx, table, change.old, change.new)
             else:
                 assert isinstance(change, Delete)
-                query, params = table.delete(change.old)
-                if self.conn.execute(query, params).rowcount == 0:
-                    self._delete_missing += 1
+                self._delete(tx, table, change.old)
         except psycopg.Error as exc:
             column = None
             if (exc.sqlstate or "").startswith("22") and not isinstance(change, Delete):
@@ -170,12 +186,250 @@ class Applier:
                 exc, tx, table.display, type(change).__name__.upper(), column=column
             ) from None
 
+    # -- changes and their conflicts ---------------------------------------------------
+
+    def _rows(self, query: Any, params: Any) -> list[LocalRow]:
+        return [LocalRow.from_row(r) for r in self.conn.execute(query, params).fetchall()]
+
+    def _insert(self, tx: Transaction, table: TableMap, new: tuple[Value, ...]) -> None:
+        if not table.uniques or not table.on_conflict_ok:
+            # Nothing to collide with, or collisions we cannot resolve (a deferrable
+            # or expression index): they surface as errors, as in native.
+            self.conn.execute(*table.insert(new))
+            return
+        if self.conn.execute(*table.insert(new, skip_conflicts=True)).rowcount == 1:
+            return
+        located = table.find_conflicts(new)
+        rows = self._rows(*located) if located else []
+        if not rows:
+            # The colliding row is gone (not possible while we hold the locks of
+            # this transaction, but then the plain INSERT says what is wrong).
+            self.conn.execute(*table.insert(new))
+            return
+        ctype = (
+            ConflictType.MULTIPLE_UNIQUE_CONFLICTS
+            if sum(len(r.indexes) for r in rows) > 1
+            else ConflictType.INSERT_EXISTS
+        )
+        if not self._resolve(tx, table, ctype, rows, key=None, remote=new):
+            return
+        present = {i for i, v in enumerate(new) if v is not UNCHANGED_TOAST}
+        if len(rows) == 1 and not table.identity_always.intersection(present):
+            # The remote row replaces the local one in place (an UPDATE, which
+            # keeps what references it).
+            self.conn.execute(*table.update_row(new, rows[0].address))
+            return
+        for row in rows:
+            self.conn.execute(*table.delete_row(row.address))
+        self.conn.execute(*table.insert(new))
+
+    def _update(
+        self,
+        tx: Transaction,
+        table: TableMap,
+        old: tuple[Value, ...] | None,
+        new: tuple[Value, ...],
+    ) -> None:
+        conflicts = self.conflicts
+        relation = table.relation
+        identity = old if old is not None else new
+        key = table.row_json(identity, key_only=True)
+        # update_exists is possible on an index other than the replica identity's,
+        # or on any when the identity (hence maybe the key) changed.
+        check_unique = bool(table.uniques) and (
+            old is not None
+            or table.full
+            or any(set(ix.positions) != set(table.key) for ix in table.uniques)
+        )
+        policy = conflicts.policy(relation, ConflictType.UPDATE_ORIGIN_DIFFERS)
+        if not check_unique and (table.stamps is Stamps.NONE or policy is Policy.APPLY_REMOTE):
+            # One statement: the outcome does not depend on the local row.
+            if table.stamps is Stamps.NONE:
+                found = self.conn.execute(*table.update(old, new)).rowcount > 0
+                rows: list[LocalRow] = []
+            else:
+                rows = self._rows(*table.update_returning(old, new))
+                found = bool(rows)
+                if rows and conflicts.origin_differs(rows[0]):
+                    conflicts.record(
+                        self.conn,
+                        tx,
+                        relation,
+                        ConflictType.UPDATE_ORIGIN_DIFFERS,
+                        policy,
+                        True,
+                        key=key,
+                        local=rows,
+                        remote_row=table.row_json(new),
+                    )
+            if not found:
+                self._update_missing(tx, table, key, new)
+            return
+        located = self._rows(*table.locate_row(identity))
+        if not located:
+            self._update_missing(tx, table, key, new)
+            return
+        row = located[0]
+        if conflicts.origin_differs(row) and not self._resolve(
+            tx, table, ConflictType.UPDATE_ORIGIN_DIFFERS, [row], key=key, remote=new
+        ):
+            return
+        if check_unique:
+            query = table.find_conflicts(new, exclude=row.address)
+            others = self._rows(*query) if query else []
+            if others:
+                ctype = (
+                    ConflictType.MULTIPLE_UNIQUE_CONFLICTS
+                    if sum(len(r.indexes) for r in others) > 1
+                    else ConflictType.UPDATE_EXISTS
+                )
+                if not self._resolve(tx, table, ctype, others, key=key, remote=new):
+                    return
+                for other in others:
+                    self.conn.execute(*table.delete_row(other.address))
+        self.conn.execute(*table.update_row(new, row.address, key_unchanged=old is None))
+
+    def _update_missing(
+        self,
+        tx: Transaction,
+        table: TableMap,
+        key: dict[str, Any] | None,
+        new: tuple[Value, ...],
+    ) -> None:
+        if not self._resolve(tx, table, ConflictType.UPDATE_MISSING, [], key=key, remote=new):
+            return
+        # apply_remote: the new version is the row, if all of it was sent.
+        if all(v is not UNCHANGED_TOAST for v in new):
+            self._insert(tx, table, new)
+
+    def _delete(self, tx: Transaction, table: TableMap, old: tuple[Value, ...]) -> None:
+        conflicts = self.conflicts
+        relation = table.relation
+        key = table.row_json(old, key_only=True)
+        policy = conflicts.policy(relation, ConflictType.DELETE_ORIGIN_DIFFERS)
+        if table.stamps is Stamps.NONE:
+            if self.conn.execute(*table.delete(old)).rowcount == 0:
+                self._resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
+            return
+        if policy is Policy.APPLY_REMOTE:
+            rows = self._rows(*table.delete_returning(old))
+            if not rows:
+                self._resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
+            elif conflicts.origin_differs(rows[0]):
+                conflicts.record(
+                    self.conn,
+                    tx,
+                    relation,
+                    ConflictType.DELETE_ORIGIN_DIFFERS,
+                    policy,
+                    True,
+                    key=key,
+                    local=rows,
+                    remote_row=None,
+                )
+            return
+        located = self._rows(*table.locate_row(old))
+        if not located:
+            self._resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
+            return
+        row = located[0]
+        if conflicts.origin_differs(row) and not self._resolve(
+            tx, table, ConflictType.DELETE_ORIGIN_DIFFERS, [row], key=key, remote=None
+        ):
+            return
+        self.conn.execute(*table.delete_row(row.address))
+
+    def _resolve(
+        self,
+        tx: Transaction,
+        table: TableMap,
+        ctype: ConflictType,
+        local: list[LocalRow],
+        *,
+        key: dict[str, Any] | None,
+        remote: tuple[Value, ...] | None,
+    ) -> bool:
+        """Decide a conflict and log it; True when the remote change is to be applied.
+
+        Raises :class:`ConflictError` (after rolling back and logging the conflict
+        in a transaction of its own) when the policy says stop.
+        """
+        conflicts = self.conflicts
+        policy = conflicts.policy(table.relation, ctype)
+        stamps = [conflicts.local_stamp(self.conn, r) for r in local]
+        outcome = decide(ctype, policy, conflicts.remote_stamp(tx), stamps)
+        record = conflicts.record(
+            self.conn,
+            tx,
+            table.relation,
+            ctype,
+            policy,
+            outcome is Outcome.APPLY,
+            key=key if key is not None else (table.row_json(remote, key_only=True)),
+            local=local,
+            remote_row=table.row_json(remote),
+        )
+        if outcome is not Outcome.ERROR:
+            return outcome is Outcome.APPLY
+        self.conn.execute("ROLLBACK")
+        self._in_tx = False
+        conflicts.records[:] = [record]
+        conflicts.counts.clear()
+        conflicts.counts[ctype] = 1
+        with self.conn.transaction():
+            conflicts.flush(self.conn)
+        raise self._conflict_error(tx, table, ctype, record, local)
+
+    def _conflict_error(
+        self,
+        tx: Transaction,
+        table: TableMap,
+        ctype: ConflictType,
+        record: Any,
+        local: list[LocalRow],
+    ) -> ConflictError:
+        def show(value: Any) -> str:
+            text = json.dumps(value, default=str)
+            return text if len(text) <= 200 else text[:197] + "..."
+
+        parts = []
+        indexes = sorted({name for row in local for name in row.indexes})
+        if indexes:
+            listed = ", ".join(f'"{name}"' for name in indexes)
+            parts.append(f"unique index{'es' if len(indexes) > 1 else ''} {listed}")
+        if record.key:
+            parts.append(f"key {show(record.key)}")
+        if record.local_row is not None:
+            who = (
+                f"origin {record.local_origin!r}"
+                if record.local_origin
+                else "locally"
+                if record.local_commit_time
+                else "by an unknown writer"
+            )
+            when = f" at {record.local_commit_time}" if record.local_commit_time else ""
+            parts.append(f"existing local row {show(record.local_row)} (written {who}{when})")
+        if record.remote_row is not None:
+            parts.append(f"remote row {show(record.remote_row)}")
+        return ConflictError(
+            f"subscription {self.subscription!r}: conflict detected on relation"
+            f' "{table.display}": conflict={ctype} ({"; ".join(parts)}) in remote'
+            f" transaction {tx.xid} finished at {tx.commit_lsn}",
+            conflict_type=str(ctype),
+            subscription=self.subscription,
+            table=table.display,
+            xid=tx.xid,
+            finish_lsn=str(tx.commit_lsn),
+            hint=f"resolve it by policy (pgferry subscription alter {self.subscription}"
+            f" --with conflict_resolution=...), fix the local data, or skip the"
+            f" transaction with pgferry subscription alter {self.subscription}"
+            f" --skip {tx.commit_lsn}",
+        )
+
     def commit(self, tx: Transaction, end_lsn: Lsn) -> None:
         conn = self.conn
         try:
-            store.add_missing_counts(
-                conn, self.subscription, self._update_missing, self._delete_missing
-            )
+            self.conflicts.flush(conn)
             if self._skipping:
                 # ALTER SUBSCRIPTION ... SKIP: the transaction is consumed, not applied,
                 # and the skip is cleared in the same commit.
@@ -202,6 +456,7 @@ class Applier:
             with contextlib.suppress(psycopg.Error):
                 self.conn.execute("ROLLBACK")
         self._in_tx = False
+        self.conflicts.reset()
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -212,7 +467,7 @@ class Applier:
         table = self._maps.get(relation_id)
         if table is None or table.relation is not relation:
             try:
-                table = build_map(self.conn, relation)
+                table = build_map(self.conn, relation, self.conflicts.stamps)
             except MappingError as exc:
                 raise ApplyError(
                     f"subscription {self.subscription!r}: {exc} (remote transaction {tx.xid}"

@@ -15,10 +15,17 @@ catalog, the way native's ``logicalrep_rel_open`` does:
 
 Statements are composed with ``psycopg.sql`` (every identifier quoted) and cached
 per shape (which columns are present, unchanged-TOAST or NULL-keyed).
+
+For conflict detection (see :mod:`pgferry.apply.applier`) a map also knows the
+table's unique indexes and builds the statements that read a local row with its
+commit timestamp and origin (``pg_xact_commit_timestamp_origin(xmin)``), find the
+rows a new version would collide with, and change one row by its address
+(``tableoid``, ``ctid``, both needed on a partitioned table).
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +37,41 @@ from pgferry.protocol.messages import UNCHANGED_TOAST, Relation, Value
 
 class MappingError(Exception):
     """The local table does not fit the remote relation (missing table or column)."""
+
+
+class Stamps(enum.Enum):
+    """What the subscriber can tell about who wrote a local row, and when."""
+
+    ORIGIN = "origin"  # track_commit_timestamp on, PG 14+: time and origin
+    TIME = "time"  # track_commit_timestamp on, PG 13: time only
+    NONE = "none"  # track_commit_timestamp off
+
+
+#: Alias of the local table in the statements that read local rows.
+_L = "pgferry_l"
+
+
+def _stamp_columns(stamps: Stamps) -> sql.SQL:
+    """Commit time and origin id of the row ``pgferry_l`` (NULL when unknown)."""
+    if stamps is Stamps.ORIGIN:
+        call = f"pg_catalog.pg_xact_commit_timestamp_origin({_L}.xmin)"
+        return sql.SQL(f"({call}).timestamp, ({call}).roident")
+    if stamps is Stamps.TIME:
+        return sql.SQL(f"pg_catalog.pg_xact_commit_timestamp({_L}.xmin), NULL::oid")
+    return sql.SQL("NULL::timestamptz, NULL::oid")
+
+
+@dataclass(frozen=True)
+class UniqueIndex:
+    """A unique index whose key columns are all replicated (so a change's values
+    can be checked against it)."""
+
+    name: str
+    #: Remote positions of its key columns.
+    positions: tuple[int, ...]
+    nulls_not_distinct: bool = False
+    #: Its predicate (a partial index), as ``pg_get_expr`` prints it.
+    predicate: str | None = None
 
 
 @dataclass
@@ -47,6 +89,12 @@ class TableMap:
     no_equality: frozenset[str]
     #: Remote positions of local GENERATED ALWAYS AS IDENTITY columns.
     identity_always: frozenset[int] = frozenset()
+    #: The unique indexes conflicts are detected on (immediate ones; see build_map).
+    uniques: tuple[UniqueIndex, ...] = ()
+    #: INSERT ... ON CONFLICT DO NOTHING detects exactly the unique conflicts: no
+    #: deferrable unique index, exclusion constraint or index we cannot check.
+    on_conflict_ok: bool = True
+    stamps: Stamps = Stamps.NONE
     _cache: dict[Any, sql.Composed] = field(default_factory=dict)
 
     @property
@@ -58,20 +106,26 @@ class TableMap:
     def _value(self, i: int) -> sql.Composed:
         return sql.SQL("%s::{}").format(sql.SQL(self.types[i]))
 
-    def insert(self, values: tuple[Value, ...]) -> tuple[sql.Composed, list[str | None]]:
+    def insert(
+        self, values: tuple[Value, ...], *, skip_conflicts: bool = False
+    ) -> tuple[sql.Composed, list[str | None]]:
+        """INSERT; with ``skip_conflicts``, ``ON CONFLICT DO NOTHING`` (rowcount 0:
+        a unique conflict, to be resolved by the caller)."""
         present = tuple(i for i, v in enumerate(values) if v is not UNCHANGED_TOAST)
-        query = self._cache.get(("i", present))
+        shape = ("i", present, skip_conflicts)
+        query = self._cache.get(shape)
         if query is None:
             # The publisher's value wins over a local GENERATED ALWAYS identity,
             # as it does when native writes the row directly.
             overriding = any(i in self.identity_always for i in present)
-            query = sql.SQL("INSERT INTO {} ({}){} VALUES ({})").format(
+            query = sql.SQL("INSERT INTO {} ({}){} VALUES ({}){}").format(
                 self.target,
                 sql.SQL(", ").join(sql.Identifier(self.names[i]) for i in present),
                 sql.SQL(" OVERRIDING SYSTEM VALUE" if overriding else ""),
                 sql.SQL(", ").join(self._value(i) for i in present),
+                sql.SQL(" ON CONFLICT DO NOTHING" if skip_conflicts else ""),
             )
-            self._cache[("i", present)] = query
+            self._cache[shape] = query
         return query, [_text(values[i]) for i in present]
 
     def _match(self, identity: tuple[Value, ...]) -> tuple[tuple[int, ...], list[str | None]]:
@@ -85,20 +139,25 @@ class TableMap:
         return used, [_text(identity[i]) for i in used]
 
     def _locate(self, used: tuple[int, ...]) -> sql.Composable:
+        cond = self._conds(used, None)
+        if not self.full:
+            return cond
+        # FULL may match several identical rows; touch one, as native does.
+        return sql.SQL("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)").format(self.target, cond)
+
+    def _conds(self, used: tuple[int, ...], alias: str | None) -> sql.Composable:
         conds: list[sql.Composable] = []
         for i in used:
-            column = sql.Identifier(self.names[i])
+            column = (
+                sql.Identifier(alias, self.names[i]) if alias else sql.Identifier(self.names[i])
+            )
             if not self.full:
                 conds.append(sql.SQL("{} = {}").format(column, self._value(i)))
             elif self.names[i] in self.no_equality:
                 conds.append(sql.SQL("{}::text IS NOT DISTINCT FROM %s::text").format(column))
             else:
                 conds.append(sql.SQL("{} IS NOT DISTINCT FROM {}").format(column, self._value(i)))
-        cond = sql.SQL(" AND ").join(conds)
-        if not self.full:
-            return cond
-        # FULL may match several identical rows; touch one, as native does.
-        return sql.SQL("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)").format(self.target, cond)
+        return sql.SQL(" AND ").join(conds)
 
     def update(
         self, old: tuple[Value, ...] | None, new: tuple[Value, ...]
@@ -132,6 +191,183 @@ class TableMap:
             self._cache[("d", used)] = query
         return query, params
 
+    # -- statements for conflict detection and resolution ---------------------------
+
+    def _set_list(self, new: tuple[Value, ...], skip: frozenset[int]) -> tuple[int, ...]:
+        return tuple(i for i, v in enumerate(new) if v is not UNCHANGED_TOAST and i not in skip)
+
+    def _row_columns(self) -> sql.Composed:
+        """Address, commit time, origin id and the whole row of ``pgferry_l``."""
+        return sql.SQL("{l}.tableoid, {l}.ctid::text, {stamps}, pg_catalog.to_jsonb({l}.*)").format(
+            l=sql.Identifier(_L), stamps=_stamp_columns(self.stamps)
+        )
+
+    def locate_row(self, identity: tuple[Value, ...]) -> tuple[sql.Composed, list[str | None]]:
+        """The local row the identity finds, locked, as (tableoid, ctid, commit time,
+        origin id, row as jsonb); no row: missing."""
+        used, params = self._match(identity)
+        shape = ("locate", used)
+        query = self._cache.get(shape)
+        if query is None:
+            query = sql.SQL("SELECT {} FROM {} AS {} WHERE {} LIMIT 1 FOR UPDATE").format(
+                self._row_columns(), self.target, sql.Identifier(_L), self._conds(used, _L)
+            )
+            self._cache[shape] = query
+        return query, params
+
+    def find_conflicts(
+        self, values: tuple[Value, ...], exclude: tuple[int, str] | None = None
+    ) -> tuple[sql.Composed, list[Any]] | None:
+        """The local rows (other than ``exclude``) that ``values`` collide with on a
+        unique index, locked, as :meth:`locate_row`'s columns plus the names of the
+        indexes each collides on; None when no index can collide."""
+        checks: list[tuple[UniqueIndex, tuple[int, ...]]] = []
+        for index in self.uniques:
+            if any(values[i] is UNCHANGED_TOAST for i in index.positions):
+                continue
+            if not index.nulls_not_distinct and any(values[i] is None for i in index.positions):
+                continue  # NULLs never collide
+            checks.append((index, index.positions))
+        if not checks:
+            return None
+        shape = ("conflicts", tuple(ix.name for ix, _ in checks), exclude is not None)
+        query = self._cache.get(shape)
+        alias = sql.Identifier(_L)
+        if query is None:
+            conds: list[sql.Composable] = []
+            for index, positions in checks:
+                op = "IS NOT DISTINCT FROM" if index.nulls_not_distinct else "="
+                parts: list[sql.Composable] = [
+                    sql.SQL("{} {} {}").format(
+                        sql.Identifier(_L, self.names[i]), sql.SQL(op), self._value(i)
+                    )
+                    for i in positions
+                ]
+                if index.predicate:
+                    # From pg_get_expr: trusted SQL; its column names resolve to the
+                    # only table in the query.
+                    parts.append(sql.SQL("(" + index.predicate + ")"))
+                conds.append(sql.SQL("({})").format(sql.SQL(" AND ").join(parts)))
+            names = sql.SQL(", ").join(
+                sql.SQL("CASE WHEN {} THEN {} END").format(cond, sql.Literal(index.name))
+                for cond, (index, _) in zip(conds, checks, strict=True)
+            )
+            exclusion = sql.SQL(
+                " AND ({l}.tableoid, {l}.ctid) <> (%s::oid, %s::tid)" if exclude else ""
+            ).format(l=alias)
+            query = sql.SQL(
+                "SELECT {}, pg_catalog.array_remove(ARRAY[{}], NULL) FROM {} AS {}"
+                " WHERE ({}){} FOR UPDATE"
+            ).format(
+                self._row_columns(),
+                names,
+                self.target,
+                alias,
+                sql.SQL(" OR ").join(conds),
+                exclusion,
+            )
+            self._cache[shape] = query
+        params: list[Any] = []
+        for _index, positions in checks:
+            params += [_text(values[i]) for i in positions]
+        # The CASE list repeats the conditions: their parameters come first there.
+        params = params + params
+        if exclude is not None:
+            params += [exclude[0], exclude[1]]
+        return query, params
+
+    def update_row(
+        self, new: tuple[Value, ...], address: tuple[int, str], *, key_unchanged: bool = False
+    ) -> tuple[sql.Composed, list[Any]]:
+        """UPDATE the row at ``address`` to ``new`` (a GENERATED ALWAYS identity
+        column is left out when ``key_unchanged``: it may not be set)."""
+        skip = frozenset(self.identity_always) if key_unchanged else frozenset()
+        present = self._set_list(new, skip)
+        shape = ("u@", present)
+        query = self._cache.get(shape)
+        if query is None:
+            query = sql.SQL("UPDATE {} SET {} WHERE tableoid = %s::oid AND ctid = %s::tid").format(
+                self.target,
+                sql.SQL(", ").join(
+                    sql.SQL("{} = {}").format(sql.Identifier(self.names[i]), self._value(i))
+                    for i in present
+                ),
+            )
+            self._cache[shape] = query
+        return query, [_text(new[i]) for i in present] + [address[0], address[1]]
+
+    def delete_row(self, address: tuple[int, str]) -> tuple[sql.Composed, list[Any]]:
+        query = self._cache.get("d@")
+        if query is None:
+            query = sql.SQL("DELETE FROM {} WHERE tableoid = %s::oid AND ctid = %s::tid").format(
+                self.target
+            )
+            self._cache["d@"] = query
+        return query, [address[0], address[1]]
+
+    def update_returning(
+        self, old: tuple[Value, ...] | None, new: tuple[Value, ...]
+    ) -> tuple[sql.Composed, list[str | None]]:
+        """UPDATE in one statement that also returns the old row's commit time,
+        origin id and jsonb (no row: missing): for when the outcome does not depend
+        on them."""
+        used, key_params = self._match(old if old is not None else new)
+        unchanged_key = self.identity_always.intersection(self.key) if old is None else ()
+        present = tuple(
+            i for i, v in enumerate(new) if v is not UNCHANGED_TOAST and i not in unchanged_key
+        )
+        shape = ("u*", present, used)
+        query = self._cache.get(shape)
+        if query is None:
+            query = sql.SQL(
+                "WITH pgferry_old AS (SELECT {row} FROM {t} AS {l} WHERE {conds} LIMIT 1"
+                " FOR UPDATE) UPDATE {t} AS pgferry_u SET {sets} FROM pgferry_old AS o"
+                " WHERE pgferry_u.tableoid = o.tableoid AND pgferry_u.ctid = o.ctid::tid"
+                " RETURNING o.*"
+            ).format(
+                row=self._row_columns(),
+                t=self.target,
+                l=sql.Identifier(_L),
+                conds=self._conds(used, _L),
+                sets=sql.SQL(", ").join(
+                    sql.SQL("{} = {}").format(sql.Identifier(self.names[i]), self._value(i))
+                    for i in present
+                ),
+            )
+            self._cache[shape] = query
+        return query, key_params + [_text(new[i]) for i in present]
+
+    def delete_returning(self, old: tuple[Value, ...]) -> tuple[sql.Composed, list[str | None]]:
+        """DELETE in one statement returning what :meth:`update_returning` does."""
+        used, params = self._match(old)
+        shape = ("d*", used)
+        query = self._cache.get(shape)
+        if query is None:
+            query = sql.SQL(
+                "WITH pgferry_old AS (SELECT {row} FROM {t} AS {l} WHERE {conds} LIMIT 1"
+                " FOR UPDATE) DELETE FROM {t} AS pgferry_d USING pgferry_old AS o"
+                " WHERE pgferry_d.tableoid = o.tableoid AND pgferry_d.ctid = o.ctid::tid"
+                " RETURNING o.*"
+            ).format(
+                row=self._row_columns(),
+                t=self.target,
+                l=sql.Identifier(_L),
+                conds=self._conds(used, _L),
+            )
+            self._cache[shape] = query
+        return query, params
+
+    def row_json(
+        self, values: tuple[Value, ...] | None, *, key_only: bool = False
+    ) -> dict[str, Any] | None:
+        """A remote tuple as a JSON object of text values (unchanged TOAST left out)."""
+        if values is None:
+            return None
+        positions = self.key if key_only and not self.full else range(len(self.names))
+        return {
+            self.names[i]: _text(values[i]) for i in positions if values[i] is not UNCHANGED_TOAST
+        }
+
     def failing_column(
         self, conn: psycopg.Connection[Any], values: tuple[Value, ...]
     ) -> str | None:
@@ -153,7 +389,58 @@ def _text(value: Value) -> str | None:
     return value.decode()
 
 
-def build_map(conn: psycopg.Connection[Any], relation: Relation) -> TableMap:
+_UNIQUE_INDEXES = """
+SELECT ic.relname, i.indimmediate, i.indexprs IS NOT NULL,
+    pg_catalog.pg_get_expr(i.indpred, i.indrelid),
+    coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false),
+    ARRAY(SELECT a.attname FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+          WHERE k.n <= i.indnkeyatts ORDER BY k.n)::text[],
+    i.indnkeyatts
+FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indisready
+ORDER BY ic.relname
+"""
+
+
+def _unique_indexes(
+    conn: psycopg.Connection[Any], target: str, names: tuple[str, ...]
+) -> tuple[tuple[UniqueIndex, ...], bool]:
+    """The table's immediate unique indexes on replicated columns, and whether
+    ON CONFLICT DO NOTHING would detect exactly the conflicts on them."""
+    exclusion = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint"
+        " WHERE conrelid = %s::regclass AND contype = 'x')",
+        (target,),
+    ).fetchone()
+    exact = not (exclusion and exclusion[0])
+    position = {n: i for i, n in enumerate(names)}
+    uniques = []
+    for name, immediate, expressions, predicate, nnd, columns, nkeys in conn.execute(
+        _UNIQUE_INDEXES, (target,)
+    ):
+        if not immediate:
+            # Native does not treat deferrable indexes as conflicts either; but
+            # ON CONFLICT refuses them.
+            exact = False
+            continue
+        if expressions or len(columns) != nkeys or any(c not in position for c in columns):
+            exact = False  # cannot be checked with the remote values
+            continue
+        uniques.append(
+            UniqueIndex(
+                str(name),
+                tuple(position[c] for c in columns),
+                bool(nnd),
+                str(predicate) if predicate else None,
+            )
+        )
+    return tuple(uniques), exact
+
+
+def build_map(
+    conn: psycopg.Connection[Any], relation: Relation, stamps: Stamps = Stamps.NONE
+) -> TableMap:
     """Resolve ``relation`` against the subscriber's catalog."""
     target = sql.SQL("{}.{}").format(
         sql.Identifier(relation.namespace), sql.Identifier(relation.name)
@@ -183,6 +470,7 @@ def build_map(conn: psycopg.Connection[Any], relation: Relation) -> TableMap:
             f" is missing replicated column{'s' if len(missing) > 1 else ''}: {listed}"
         )
     names = tuple(c.name for c in relation.columns)
+    uniques, exact = _unique_indexes(conn, target.as_string(conn), names)
     return TableMap(
         relation=relation,
         target=target,
@@ -192,4 +480,7 @@ def build_map(conn: psycopg.Connection[Any], relation: Relation) -> TableMap:
         full=relation.replica_identity == "f",
         no_equality=frozenset(n for n in names if local[n][1]),
         identity_always=frozenset(i for i, n in enumerate(names) if local[n][2]),
+        uniques=uniques,
+        on_conflict_ok=exact,
+        stamps=stamps,
     )

@@ -28,7 +28,8 @@ from typing import Any
 import psycopg
 
 from pgferry.assembler import Assembler, Transaction
-from pgferry.catalog import handover, store
+from pgferry.catalog import conflicts, handover, store
+from pgferry.conflict import Resolution
 from pgferry.errors import ApplyError, PgferryError
 from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
@@ -39,6 +40,7 @@ from pgferry.protocol.timestamps import to_datetime
 from pgferry.stream import PgoutputOptions, ReplicationConnection, ReplicationStream
 
 from .applier import Applier
+from .conflicts import ConflictContext, node_name
 
 logger = logging.getLogger("pgferry.apply")
 
@@ -129,22 +131,36 @@ class ApplyWorker:
             )
 
         relations = RelationCache()
-        applier = Applier(
-            local,
-            self.name,
-            sub.origin_name,
-            relations,
-            applies=applies,
-            skip_lsn=sub.skip_lsn,
-        )
         origin = sub.option("origin", "any")
-        options = PgoutputOptions(
-            publication_names=sub.publications,
-            streaming="on" if sub.option("streaming", "off") != "off" else "off",
-            origin=origin if origin == "none" else None,
-        )
         remote = ReplicationConnection.connect(sub.conninfo, application_name=self.name)
         try:
+            system = remote.identify_system()
+            remote_node = node_name(system.system_id, system.dbname)
+            conflicts.set_remote_node(local, self.name, remote_node)
+            context = ConflictContext.load(
+                local,
+                self.name,
+                sub.origin_name,
+                resolution=Resolution.parse(sub.option("conflict_resolution", None)),
+                remote_node=remote_node,
+            )
+            # origin = none: the publisher filters from 16 on; before, we do.
+            server_filters = remote.major >= 16
+            applier = Applier(
+                local,
+                self.name,
+                sub.origin_name,
+                relations,
+                applies=applies,
+                skip_lsn=sub.skip_lsn,
+                conflicts=context,
+                skip_origins=origin == "none" and not server_filters,
+            )
+            options = PgoutputOptions(
+                publication_names=sub.publications,
+                streaming="on" if sub.option("streaming", "off") != "off" else "off",
+                origin="none" if origin == "none" and server_filters else None,
+            )
             stream = remote.start_replication(
                 sub.slot_name, options, start_lsn=start, status_interval=self.status_interval
             )

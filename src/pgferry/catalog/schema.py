@@ -9,7 +9,8 @@ subscriber database, the way native keeps ``pg_subscription`` and
 * ``subscription_table``: each published table with its sync state
   (i/d/f/s/r as native's ``srsubstate``) and state LSN;
 * ``subscription_stats``: error and conflict counters (``pg_stat_subscription_stats``);
-* ``worker``: live worker statistics (``pg_stat_subscription``).
+* ``worker``: live worker statistics (``pg_stat_subscription``);
+* ``conflict``: the conflict log (see :mod:`pgferry.catalog.conflicts`).
 
 :func:`ensure_catalog` creates the schema on first use and applies the migrations
 not yet applied, in order, each in the same transaction as its version bump, under
@@ -81,6 +82,40 @@ MIGRATIONS: tuple[str, ...] = (
     # worker that finished its copy (native keeps it in shared memory).
     """
     ALTER TABLE pgferry.subscription_table ADD COLUMN catchup_lsn pg_lsn;
+    """,
+    # 3: conflicts: PG 18's counters, the conflict log, per-table resolution, and
+    # the publisher's node name (ties of last/first_update_wins are broken by it).
+    """
+    ALTER TABLE pgferry.subscription_stats RENAME update_missing TO confl_update_missing;
+    ALTER TABLE pgferry.subscription_stats RENAME delete_missing TO confl_delete_missing;
+    ALTER TABLE pgferry.subscription_stats
+        ADD COLUMN confl_insert_exists bigint NOT NULL DEFAULT 0,
+        ADD COLUMN confl_update_origin_differs bigint NOT NULL DEFAULT 0,
+        ADD COLUMN confl_update_exists bigint NOT NULL DEFAULT 0,
+        ADD COLUMN confl_delete_origin_differs bigint NOT NULL DEFAULT 0,
+        ADD COLUMN confl_multiple_unique_conflicts bigint NOT NULL DEFAULT 0;
+    ALTER TABLE pgferry.subscription ADD COLUMN remote_node text;
+    ALTER TABLE pgferry.subscription_table ADD COLUMN conflict_resolution text;
+    CREATE TABLE pgferry.conflict (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        subscription text NOT NULL REFERENCES pgferry.subscription ON DELETE CASCADE,
+        table_schema text NOT NULL,
+        table_name text NOT NULL,
+        conflict_type text NOT NULL,
+        resolution text NOT NULL,
+        applied boolean NOT NULL,
+        remote_xid bigint,
+        remote_commit_lsn pg_lsn,
+        remote_commit_time timestamptz,
+        remote_origin text,
+        local_origin text,
+        local_commit_time timestamptz,
+        key jsonb,
+        local_row jsonb,
+        remote_row jsonb,
+        logged_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    CREATE INDEX conflict_subscription_time ON pgferry.conflict (subscription, logged_at);
     """,
 )
 

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from pgferry.conflict import CONFLICT_TYPES
 from pgferry.errors import InterfaceError
 from pgferry.protocol.lsn import Lsn
 
@@ -150,27 +151,22 @@ def record_error(
         )
 
 
-def add_missing_counts(
-    conn: psycopg.Connection[Any], name: str, update_missing: int, delete_missing: int
-) -> None:
-    if update_missing or delete_missing:
-        conn.execute(
-            "UPDATE pgferry.subscription_stats SET update_missing = update_missing + %s,"
-            " delete_missing = delete_missing + %s WHERE subscription = %s",
-            (update_missing, delete_missing, name),
-        )
+#: The counters of ``pgferry.subscription_stats``, in pg_stat_subscription_stats order.
+STATS_KEYS: tuple[str, ...] = (
+    "apply_error_count",
+    "sync_error_count",
+    *(t.counter for t in CONFLICT_TYPES),
+)
 
 
 def stats(conn: psycopg.Connection[Any], name: str) -> dict[str, int]:
     row = conn.execute(
-        "SELECT apply_error_count, sync_error_count, update_missing, delete_missing"
-        " FROM pgferry.subscription_stats WHERE subscription = %s",
+        f"SELECT {', '.join(STATS_KEYS)} FROM pgferry.subscription_stats WHERE subscription = %s",
         (name,),
     ).fetchone()
     if row is None:
         raise SubscriptionNotFound(f"subscription {name!r} does not exist")
-    keys = ("apply_error_count", "sync_error_count", "update_missing", "delete_missing")
-    return dict(zip(keys, (int(v) for v in row), strict=True))
+    return dict(zip(STATS_KEYS, (int(v) for v in row), strict=True))
 
 
 def upsert_table(conn: psycopg.Connection[Any], table: SubscriptionTable) -> None:

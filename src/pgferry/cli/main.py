@@ -67,6 +67,7 @@ def main(ctx: click.Context, dsn: str, verbose: int) -> None:
 
 
 def _register() -> None:
+    from pgferry.cli.conflicts import conflicts
     from pgferry.cli.demo import demo
     from pgferry.cli.publication import publication
     from pgferry.cli.run import run
@@ -80,6 +81,7 @@ def _register() -> None:
     main.add_command(run)
     main.add_command(subscription)
     main.add_command(status)
+    main.add_command(conflicts)
 
 
 _register()

@@ -7,7 +7,7 @@
     pgferry [-d DSN] subscription alter NAME
             (--enable | --disable | --connection CONNINFO | --set-publication PUB ...
              | --add-publication PUB | --drop-publication PUB | --refresh-publication
-             | --skip LSN | --with KEY=VALUE) ...
+             | --skip LSN | --with KEY=VALUE | --table-resolution TABLE=SPEC) ...
     pgferry [-d DSN] subscription drop NAME [--if-exists]
     pgferry [-d DSN] subscription list [--json]
     pgferry [-d DSN] subscription wait NAME [--timeout SECONDS]
@@ -20,7 +20,9 @@
   ``disable_on_error``, ``synchronous_commit``, ``origin``,
   ``password_required``, ``run_as_owner`` and ``two_phase`` (while disabled),
   plus ``refresh`` and ``copy_data`` with a publication change or
-  ``--refresh-publication``.
+  ``--refresh-publication``; pgferry adds ``conflict_resolution`` (create and
+  alter; see :mod:`pgferry.conflict`), and ``--table-resolution`` gives one
+  table its own spec.
 * Success prints one line on stdout; warnings print on stderr as
   ``pgferry: warning: ...`` and do not change the exit status. Errors are one
   ``pgferry: error:`` line (plus ``hint:``), exit status 1.
@@ -144,6 +146,13 @@ def create(
 )
 @click.option("--skip", metavar="LSN", help="Skip the remote transaction finishing at LSN.")
 @click.option("--with", "with_options", multiple=True, metavar="KEY=VALUE", help="Set an option.")
+@click.option(
+    "--table-resolution",
+    "table_resolutions",
+    multiple=True,
+    metavar="TABLE=SPEC",
+    help="A table's own conflict_resolution (SPEC 'default' removes it; repeatable).",
+)
 @click.pass_obj
 def alter(
     obj: dict[str, str],
@@ -157,6 +166,7 @@ def alter(
     refresh_publication: bool,
     skip: str | None,
     with_options: tuple[str, ...],
+    table_resolutions: tuple[str, ...],
 ) -> None:
     """Change subscription NAME."""
     request = AlterRequest(
@@ -169,6 +179,7 @@ def alter(
         refresh_publication=refresh_publication,
         skip=skip,
         with_options=with_options,
+        table_resolutions=table_resolutions,
     )
     result = alter_subscription(obj["dsn"], name, request)
     _warn(result.warnings)

@@ -33,7 +33,7 @@ from typing import Any
 
 import psycopg
 
-from pgferry.catalog import ensure_catalog, handover, store
+from pgferry.catalog import conflicts, ensure_catalog, handover, store
 from pgferry.runner.env import DSN_ENV, LAUNCHER_PID_ENV
 
 logger = logging.getLogger("pgferry.runner")
@@ -93,6 +93,9 @@ class Launcher:
                     sub.slot_name,
                     sorted(sub.options.items()),
                     sub.skip_lsn,
+                    sorted(
+                        (k, str(v)) for k, v in conflicts.table_resolutions(conn, sub.name).items()
+                    ),
                 )
             )
             pending = [

@@ -195,9 +195,14 @@ def _slot_cell(status: SubscriptionStatus) -> Text:
 
 def _errors_cell(status: SubscriptionStatus) -> Text:
     stats = status.stats
+    conflicts = [
+        f"{key.removeprefix('confl_')} {stats[key]}"
+        for key in stats
+        if key.startswith("confl_") and stats[key]
+    ]
     lines = [
         f"apply {stats['apply_error_count']}, sync {stats['sync_error_count']};"
-        f" missing: update {stats['update_missing']}, delete {stats['delete_missing']}"
+        f" conflicts: {', '.join(conflicts) if conflicts else 'none'}"
     ]
     if status.last_error is not None:
         when = _time(status.last_error_time) or "?"

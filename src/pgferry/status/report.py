@@ -51,8 +51,9 @@ are ``"X/Y"`` strings, times ISO 8601 in UTC, absent values ``null``:
   ``last_msg_receipt_time``, ``latest_end_time``, ``seconds_since_report``;
 * ``lag``: ``bytes``, ``seconds``, ``seconds_source`` (above);
 * ``last_error``, ``last_error_time``;
-* ``stats``: ``apply_error_count``, ``sync_error_count``, ``update_missing``,
-  ``delete_missing``, ``stats_reset``;
+* ``stats``: ``apply_error_count``, ``sync_error_count``, the conflict counters
+  ``confl_insert_exists`` ... ``confl_multiple_unique_conflicts`` (PostgreSQL 18's
+  ``pg_stat_subscription_stats`` columns), ``stats_reset``;
 * ``tables``: ``total``, ``states`` (state letter -> number of tables, in the
   order r s f d i, states with no table left out), ``not_ready`` (array of
   ``{"schema", "name", "state", "state_lsn"}`` for tables not in state ``r``);
@@ -76,6 +77,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from pgferry import conninfo as ci
+from pgferry.catalog import store
 from pgferry.catalog.schema import current_version
 from pgferry.errors import PgferryError
 from pgferry.protocol.lsn import Lsn
@@ -155,7 +157,7 @@ class SubscriptionStatus:
     worker: WorkerStatus
     last_error: str | None
     last_error_time: datetime | None
-    #: apply_error_count, sync_error_count, update_missing, delete_missing.
+    #: apply_error_count, sync_error_count, confl_* (see store.STATS_KEYS).
     stats: dict[str, int]
     stats_reset: datetime | None
     tables: tuple[TableStatus, ...]
@@ -201,7 +203,7 @@ class _Local:
     tables: tuple[TableStatus, ...]
 
 
-_STATS_KEYS = ("apply_error_count", "sync_error_count", "update_missing", "delete_missing")
+_STATS_KEYS = store.STATS_KEYS
 
 
 def _read_catalog(local: Conn, stale_after: float) -> list[_Local]:
@@ -210,8 +212,7 @@ def _read_catalog(local: Conn, stale_after: float) -> list[_Local]:
         local.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         subs = local.execute(
             "SELECT s.name, s.conninfo, s.enabled, s.publications, s.slot_name, s.last_error,"
-            " s.last_error_time, st.apply_error_count, st.sync_error_count, st.update_missing,"
-            " st.delete_missing, st.stats_reset"
+            " s.last_error_time, " + ", ".join(f"st.{k}" for k in _STATS_KEYS) + ", st.stats_reset"
             " FROM pgferry.subscription s"
             " LEFT JOIN pgferry.subscription_stats st ON st.subscription = s.name"
             " ORDER BY s.name"
@@ -235,7 +236,7 @@ def _read_catalog(local: Conn, stale_after: float) -> list[_Local]:
     result = []
     for row in subs:
         name, conninfo, enabled, pubs, slot, error, error_time = row[:7]
-        counts, stats_reset = row[7:11], row[11]
+        counts, stats_reset = row[7 : 7 + len(_STATS_KEYS)], row[7 + len(_STATS_KEYS)]
         result.append(
             _Local(
                 name=name,

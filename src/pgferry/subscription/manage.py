@@ -76,9 +76,10 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from pgferry import conninfo as ci
-from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, store
+from pgferry.catalog import Subscription, SubscriptionTable, conflicts, ensure_catalog, store
 from pgferry.catalog.schema import current_version
 from pgferry.catalog.store import SubscriptionExists, SubscriptionNotFound
+from pgferry.conflict import Resolution
 from pgferry.errors import (
     ConnectionFailed,
     InterfaceError,
@@ -90,7 +91,9 @@ from pgferry.errors import (
     SlotNotFound,
 )
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
+from pgferry.publisher.spec import parse_table_name
 from pgferry.stream import PgoutputOptions, ReplicationConnection
+from pgferry.stream.commands import quote_literal
 from pgferry.subscription.options import (
     ALTER_KEYS,
     REFRESH_KEYS,
@@ -105,6 +108,7 @@ from pgferry.subscription.tables import (
     ident,
     printable,
     published_tables,
+    qualified,
 )
 from pgferry.sync import sync_slot_name
 
@@ -217,9 +221,58 @@ def _check_publisher(
             binary=bool(options.get("binary")),
             streaming=options.get("streaming", "off"),
             two_phase=bool(options.get("two_phase")),
-            origin="none" if origin == "none" else None,
+            # Before 16 the publisher cannot filter; the apply worker does.
+            origin="none" if origin == "none" and repl.major >= 16 else None,
         ).resolve_protocol(repl.server_version)
     return published_tables(repl, publications)
+
+
+def _replicated_on_publisher(
+    repl: ReplicationConnection, publications: tuple[str, ...]
+) -> list[str]:
+    """Published tables the publisher itself subscribes to (natively or with
+    pgferry): their rows may have come from another origin."""
+    pubs = ", ".join(quote_literal(p) for p in publications)
+    published = (
+        "SELECT DISTINCT gpt.relid, n.nspname, c.relname FROM pg_catalog.pg_publication p,"
+        " LATERAL pg_catalog.pg_get_publication_tables(p.pubname) gpt"
+        " JOIN pg_catalog.pg_class c ON c.oid = gpt.relid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        f" WHERE p.pubname IN ({pubs})"
+    )
+    rows = repl.execute(
+        f"SELECT t.nspname, t.relname FROM ({published}) t WHERE EXISTS"
+        " (SELECT 1 FROM pg_catalog.pg_subscription_rel r WHERE r.srrelid = t.relid)"
+    )
+    found = {(str(r[0]), str(r[1])) for r in rows}
+    readable = repl.execute(
+        "SELECT pg_catalog.to_regclass('pgferry.subscription_table') IS NOT NULL AND"
+        " pg_catalog.has_table_privilege('pgferry.subscription_table', 'SELECT')"
+    )
+    if readable and readable[0][0] == "t":
+        rows = repl.execute(
+            f"SELECT t.nspname, t.relname FROM ({published}) t WHERE EXISTS"
+            " (SELECT 1 FROM pgferry.subscription_table s"
+            "  WHERE s.local_schema = t.nspname AND s.local_name = t.relname)"
+        )
+        found |= {(str(r[0]), str(r[1])) for r in rows}
+    return [qualified(schema, name) for schema, name in sorted(found)]
+
+
+def _origin_warning(
+    name: str, repl: ReplicationConnection, publications: tuple[str, ...]
+) -> str | None:
+    """Native's warning for ``copy_data`` with ``origin = none``."""
+    tables = _replicated_on_publisher(repl, publications)
+    if not tables:
+        return None
+    listed = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+    return (
+        f"subscription {shown(name)} requested copy_data with origin = none but might copy"
+        f" data that had a different origin: published tables {listed} are written to by"
+        " subscriptions on the publisher; verify that the initial data copied from them did"
+        " not come from other origins"
+    )
 
 
 def _table_row(sub: str, table: PublishedTable, state: str) -> SubscriptionTable:
@@ -267,6 +320,10 @@ def create_subscription(
         if opts.connect:
             with _publisher(conninfo, name) as repl:
                 published = _check_publisher(repl, pubs, opts.stored)
+                if opts.copy_data and opts.get("origin") == "none":
+                    warning = _origin_warning(name, repl, pubs)
+                    if warning:
+                        warnings.append(warning)
                 if (
                     not opts.create_slot
                     and opts.slot_name is not None
@@ -516,6 +573,9 @@ class AlterRequest:
     #: An LSN, or ``NONE`` to clear the skip LSN.
     skip: str | None = None
     with_options: tuple[str, ...] = ()
+    #: ``SCHEMA.TABLE=SPEC`` items: a table's own conflict resolution (``default``
+    #: removes it, so the subscription's applies).
+    table_resolutions: tuple[str, ...] = ()
 
     @property
     def changes_publications(self) -> bool:
@@ -534,6 +594,7 @@ class _Refresh:
     added: list[SubscriptionTable] = field(default_factory=list)
     removed: list[SubscriptionTable] = field(default_factory=list)
     kept: list[PublishedTable] = field(default_factory=list)
+    warning: str | None = None
 
 
 def _parse_skip(text: str) -> Lsn | None:
@@ -598,12 +659,16 @@ def _check_request(request: AlterRequest) -> dict[str, Any]:
         or refreshing
         or request.skip is not None
         or options
+        or request.table_resolutions
     ):
         raise InterfaceError(
             "nothing to alter",
             hint="give --enable, --disable, --connection, --set-publication,"
-            " --add-publication, --drop-publication, --refresh-publication, --skip or --with",
+            " --add-publication, --drop-publication, --refresh-publication, --skip, --with"
+            " or --table-resolution",
         )
+    for item in request.table_resolutions:
+        _parse_table_resolution(item)
     if request.connection is not None:
         ci.parse(request.connection)
     return options
@@ -630,6 +695,8 @@ def alter_subscription(dsn: str, name: str, request: AlterRequest) -> AlterResul
         refresh: _Refresh | None = None
         if refresh_wanted:
             refresh = _plan_refresh(local, sub, conninfo, publications, copy_data)
+            if refresh.warning and refresh.added:
+                warnings.append(refresh.warning)
         with local.transaction():
             current = store.lock_subscription(local, name)
             if (current.conninfo, current.publications) != (sub.conninfo, sub.publications):
@@ -654,6 +721,13 @@ def alter_subscription(dsn: str, name: str, request: AlterRequest) -> AlterResul
                 _apply_refresh(local, name, refresh, changes)
             if request.skip is not None:
                 _apply_skip(local, current, skip, changes)
+            for item in request.table_resolutions:
+                schema, table, resolution = _parse_table_resolution(item)
+                conflicts.set_table_resolution(local, name, schema, table, resolution)
+                changes.append(
+                    f"conflict_resolution of {qualified(schema, table)} set to"
+                    f" {resolution if resolution is not None else 'the subscription default'}"
+                )
             if request.enable:
                 if slot_name is None:
                     raise InterfaceError(
@@ -663,6 +737,22 @@ def alter_subscription(dsn: str, name: str, request: AlterRequest) -> AlterResul
                 store.set_enabled(local, name, True)
                 changes.append("enabled")
     return AlterResult(name, tuple(changes), tuple(warnings))
+
+
+def _parse_table_resolution(item: str) -> tuple[str, str, Resolution | None]:
+    """``SCHEMA.TABLE=SPEC`` (or ``TABLE=SPEC``: schema public) -> its parts."""
+    target, sep, spec = item.rpartition("=")
+    if not sep or not target.strip():
+        raise InterfaceError(
+            f"--table-resolution expects TABLE=SPEC, not {item!r}",
+            hint="e.g. --table-resolution public.accounts=last_update_wins",
+        )
+    spec_name = parse_table_name(target.strip())
+    schema, name = spec_name.schema or "public", spec_name.name
+    if spec.strip().lower() == "default":
+        return schema, name, None
+    resolution = Resolution.parse(spec, what=f"--table-resolution {target.strip()}")
+    return schema, name, None if resolution.empty else resolution
 
 
 def _apply_options(
@@ -711,6 +801,8 @@ def _plan_refresh(
         published = _check_publisher(repl, publications, None)
         check_subscriber(local, published)
         plan = _Refresh()
+        if copy_data and sub.option("origin", "any") == "none":
+            plan.warning = _origin_warning(sub.name, repl, publications)
         state = "i" if copy_data else "r"
         keys = {t.key for t in published}
         for table in published:

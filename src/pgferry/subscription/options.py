@@ -18,6 +18,8 @@ synchronous_commit   off       on, off, local, remote_write, remote_apply
 origin               any       any, none
 password_required    true      boolean
 run_as_owner         false     boolean
+conflict_resolution  error     a resolution spec (pgferry's own; see
+                               :mod:`pgferry.conflict`), e.g. ``last_update_wins``
 ===================  ========  ==================================================
 
 Booleans are spelled as PostgreSQL accepts them: ``true/false``, ``on/off``,
@@ -49,6 +51,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgferry.conflict import Resolution
 from pgferry.errors import InterfaceError, InternalError
 
 #: Every key ``create`` accepts, in the documented order.
@@ -66,6 +69,7 @@ CREATE_KEYS = (
     "origin",
     "password_required",
     "run_as_owner",
+    "conflict_resolution",
 )
 #: Keys ``alter --with`` sets on an existing subscription (two_phase only while disabled).
 ALTER_KEYS = (
@@ -78,6 +82,7 @@ ALTER_KEYS = (
     "password_required",
     "run_as_owner",
     "two_phase",
+    "conflict_resolution",
 )
 #: Keys ``alter --with`` takes for a publication change or refresh.
 REFRESH_KEYS = ("refresh", "copy_data")
@@ -112,6 +117,7 @@ DEFAULTS: dict[str, Any] = {
     "origin": "any",
     "password_required": True,
     "run_as_owner": False,
+    "conflict_resolution": "error",
 }
 
 _TRUE = frozenset({"true", "t", "yes", "y", "on", "1"})
@@ -187,6 +193,8 @@ def normalise(key: str, value: str) -> Any:
         return _choice(key, value, _SYNCHRONOUS_COMMIT)
     if key == "origin":
         return _choice(key, value, _ORIGIN)
+    if key == "conflict_resolution":
+        return str(Resolution.parse(value)) or "error"
     raise InternalError(f"no normaliser for subscription option {key!r}")
 
 

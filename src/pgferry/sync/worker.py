@@ -31,15 +31,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from pgferry.apply.applier import Applier, commit_with_origin
+from pgferry.apply.conflicts import ConflictContext, node_name
 from pgferry.assembler import Assembler, Transaction, delivery_position
 from pgferry.catalog import handover, store
+from pgferry.conflict import Resolution
 from pgferry.errors import ApplyError, PgferryError
 from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
 from pgferry.protocol.lsn import Lsn
@@ -114,7 +115,7 @@ class TableSyncWorker:
         if catchup is None:
             return  # asked to stop
         if catchup > consistent:
-            self._catch_up(local, sub.conninfo, sub.publications, catchup, synchronous_commit)
+            self._catch_up(local, sub, catchup, synchronous_commit)
         handover_lsn = max(consistent, catchup)
         store.set_table_state(local, self.subscription, self.schema, self.name, "s", handover_lsn)
         logger.info("table %s: synchronized, handed over at %s", self.display, handover_lsn)
@@ -185,6 +186,11 @@ class TableSyncWorker:
         with ReplicationConnection.connect(
             conninfo, application_name=f"{self.subscription} sync"
         ) as repl:
+            # The copy commits with the publisher's time from just before its
+            # snapshot as its commit timestamp: every remote change the copy lacks
+            # committed later, so last_update_wins never prefers copied rows to them.
+            ((before_snapshot,),) = repl.execute("SELECT pg_catalog.now()::text")
+            assert before_snapshot is not None
             slot = repl.create_slot(self.slot, snapshot="export")
             assert slot.snapshot_name is not None
             remote = psycopg.connect(conninfo, autocommit=True)
@@ -230,7 +236,7 @@ class TableSyncWorker:
                         "f",
                         slot.consistent_point,
                     )
-                    local.execute(commit_with_origin(slot.consistent_point, datetime.now(UTC)))
+                    local.execute(commit_with_origin(slot.consistent_point, before_snapshot))
                 except psycopg.Error as exc:
                     local.execute("ROLLBACK")
                     raise ApplyError(
@@ -268,12 +274,13 @@ class TableSyncWorker:
     def _catch_up(
         self,
         local: psycopg.Connection[Any],
-        conninfo: str,
-        publications: tuple[str, ...],
+        sub: store.Subscription,
         until: Lsn,
         synchronous_commit: str,
     ) -> None:
-        """Step 5: this table's changes of the transactions that end up to ``until``."""
+        """Step 5: this table's changes of the transactions that end up to ``until``
+        (applied as the apply worker would: same conflict policies, same origin
+        filter)."""
         start = Applier.prepare_session(local, self.slot, synchronous_commit)
         target = (self.schema, self.name)
 
@@ -281,14 +288,41 @@ class TableSyncWorker:
             return (relation.namespace, relation.name) == target
 
         relations = RelationCache()
-        applier = Applier(local, self.subscription, self.slot, relations, applies=applies)
-        repl = ReplicationConnection.connect(conninfo, application_name=f"{self.subscription} sync")
-        stream = repl.start_replication(
-            self.slot,
-            PgoutputOptions(publication_names=publications),
-            start_lsn=start,
-            status_interval=self.status_interval,
+        repl = ReplicationConnection.connect(
+            sub.conninfo, application_name=f"{self.subscription} sync"
         )
+        try:
+            system = repl.identify_system()
+            context = ConflictContext.load(
+                local,
+                self.subscription,
+                self.slot,
+                resolution=Resolution.parse(sub.option("conflict_resolution", None)),
+                remote_node=node_name(system.system_id, system.dbname),
+            )
+            origin_none = sub.option("origin", "any") == "none"
+            server_filters = repl.major >= 16
+            applier = Applier(
+                local,
+                self.subscription,
+                self.slot,
+                relations,
+                applies=applies,
+                conflicts=context,
+                skip_origins=origin_none and not server_filters,
+            )
+            stream = repl.start_replication(
+                self.slot,
+                PgoutputOptions(
+                    publication_names=sub.publications,
+                    origin="none" if origin_none and server_filters else None,
+                ),
+                start_lsn=start,
+                status_interval=self.status_interval,
+            )
+        except BaseException:
+            repl.close()
+            raise
         decoder = PgoutputDecoder(stream.protocol_version)
         assembler = Assembler(applier, stream.protocol_version, relations=relations)
         done = start >= until

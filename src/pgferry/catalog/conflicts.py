@@ -1,0 +1,204 @@
+"""The conflict log, the conflict counters and per-table resolution in the catalog.
+
+* ``pgferry.conflict``: one row per conflict, written in the same local transaction
+  as its resolution (so a resolved conflict is logged exactly when its effect
+  commits), or, when the policy stops the worker, in a transaction of its own after
+  the rollback (like native's counters, which count every attempt);
+* ``pgferry.subscription_stats.confl_*``: counters per type, PostgreSQL 18's
+  ``pg_stat_subscription_stats`` columns;
+* ``pgferry.subscription_table.conflict_resolution``: a table's own resolution
+  spec, overriding the subscription's ``conflict_resolution`` option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from pgferry.conflict import ConflictType, Resolution
+from pgferry.errors import InterfaceError
+from pgferry.protocol.lsn import Lsn
+
+JsonValue = dict[str, Any] | list[dict[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class ConflictRecord:
+    subscription: str
+    table_schema: str
+    table_name: str
+    conflict_type: ConflictType
+    resolution: str
+    applied: bool
+    remote_xid: int | None
+    remote_commit_lsn: Lsn | None
+    remote_commit_time: datetime | None
+    remote_origin: str | None
+    local_origin: str | None
+    local_commit_time: datetime | None
+    key: JsonValue
+    local_row: JsonValue
+    remote_row: JsonValue
+
+
+@dataclass(frozen=True)
+class LoggedConflict(ConflictRecord):
+    id: int = 0
+    logged_at: datetime | None = None
+
+
+_COLUMNS = (
+    "subscription, table_schema, table_name, conflict_type, resolution, applied,"
+    " remote_xid, remote_commit_lsn, remote_commit_time, remote_origin, local_origin,"
+    " local_commit_time, key, local_row, remote_row"
+)
+
+
+def _json(value: JsonValue) -> Jsonb | None:
+    return None if value is None else Jsonb(value)
+
+
+def insert(conn: psycopg.Connection[Any], records: Iterable[ConflictRecord]) -> None:
+    """Append ``records`` to the log (in the caller's transaction)."""
+    rows = [
+        (
+            r.subscription,
+            r.table_schema,
+            r.table_name,
+            str(r.conflict_type),
+            r.resolution,
+            r.applied,
+            r.remote_xid,
+            None if r.remote_commit_lsn is None else str(r.remote_commit_lsn),
+            r.remote_commit_time,
+            r.remote_origin,
+            r.local_origin,
+            r.local_commit_time,
+            _json(r.key),
+            _json(r.local_row),
+            _json(r.remote_row),
+        )
+        for r in records
+    ]
+    if not rows:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO pgferry.conflict ({_COLUMNS})"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s::pg_lsn, %s, %s, %s, %s, %s, %s, %s)",
+            rows,
+        )
+
+
+def add_counts(
+    conn: psycopg.Connection[Any], subscription: str, counts: Mapping[ConflictType, int]
+) -> None:
+    """Add to the subscription's ``confl_*`` counters (in the caller's transaction)."""
+    counted = [(t, n) for t, n in counts.items() if n]
+    if not counted:
+        return
+    sets = ", ".join(f"{t.counter} = {t.counter} + %s" for t, _ in counted)
+    conn.execute(
+        f"UPDATE pgferry.subscription_stats SET {sets} WHERE subscription = %s",
+        [*(n for _, n in counted), subscription],
+    )
+
+
+def list_conflicts(
+    conn: psycopg.Connection[Any],
+    *,
+    subscription: str | None = None,
+    since: datetime | None = None,
+    limit: int | None = None,
+) -> list[LoggedConflict]:
+    """Logged conflicts, oldest first (the newest ``limit`` of them)."""
+    where = ["(%(sub)s::text IS NULL OR subscription = %(sub)s)"]
+    where.append("(%(since)s::timestamptz IS NULL OR logged_at >= %(since)s)")
+    query = (
+        f"SELECT id, logged_at, {_COLUMNS.replace('remote_commit_lsn', 'remote_commit_lsn::text')}"
+        f" FROM pgferry.conflict WHERE {' AND '.join(where)} ORDER BY id DESC"
+    )
+    if limit is not None:
+        query += " LIMIT %(limit)s"
+    rows = conn.execute(query, {"sub": subscription, "since": since, "limit": limit}).fetchall()
+    result = []
+    for row in reversed(rows):
+        result.append(
+            LoggedConflict(
+                subscription=row[2],
+                table_schema=row[3],
+                table_name=row[4],
+                conflict_type=ConflictType(row[5]),
+                resolution=row[6],
+                applied=row[7],
+                remote_xid=row[8],
+                remote_commit_lsn=Lsn.parse(row[9]) if row[9] else None,
+                remote_commit_time=row[10],
+                remote_origin=row[11],
+                local_origin=row[12],
+                local_commit_time=row[13],
+                key=row[14],
+                local_row=row[15],
+                remote_row=row[16],
+                id=row[0],
+                logged_at=row[1],
+            )
+        )
+    return result
+
+
+def set_table_resolution(
+    conn: psycopg.Connection[Any],
+    subscription: str,
+    schema: str,
+    name: str,
+    resolution: Resolution | None,
+) -> None:
+    """Set (None: clear) a table's own resolution spec."""
+    cur = conn.execute(
+        "UPDATE pgferry.subscription_table SET conflict_resolution = %s"
+        " WHERE subscription = %s AND remote_schema = %s AND remote_name = %s",
+        (
+            None if resolution is None or resolution.empty else str(resolution),
+            subscription,
+            schema,
+            name,
+        ),
+    )
+    if cur.rowcount == 0:
+        raise InterfaceError(
+            f"table {schema}.{name} is not part of subscription {subscription!r}",
+            hint="list its tables with pgferry status, or refresh the subscription first",
+        )
+
+
+def table_resolutions(
+    conn: psycopg.Connection[Any], subscription: str
+) -> dict[tuple[str, str], Resolution]:
+    rows = conn.execute(
+        "SELECT remote_schema, remote_name, conflict_resolution FROM pgferry.subscription_table"
+        " WHERE subscription = %s AND conflict_resolution IS NOT NULL",
+        (subscription,),
+    ).fetchall()
+    return {(r[0], r[1]): Resolution.parse(r[2]) for r in rows}
+
+
+def set_remote_node(conn: psycopg.Connection[Any], subscription: str, node: str) -> None:
+    conn.execute(
+        "UPDATE pgferry.subscription SET remote_node = %s"
+        " WHERE name = %s AND remote_node IS DISTINCT FROM %s",
+        (node, subscription, node),
+    )
+
+
+def origin_nodes(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """Replication origin name -> the publisher node of the subscription using it."""
+    rows = conn.execute(
+        "SELECT origin_name, remote_node FROM pgferry.subscription WHERE remote_node IS NOT NULL"
+    ).fetchall()
+    return {str(r[0]): str(r[1]) for r in rows}

@@ -1,0 +1,108 @@
+"""A publisher and a subscriber database in one cluster, and an apply worker run
+in a thread until the subscriber has caught up (or the worker failed)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from pgferry.apply import ApplyWorker
+from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, store
+from pgferry.protocol import Lsn
+from pgferry.testing import Cluster
+from tests.support import create_slot, current_lsn
+
+
+@dataclass
+class Pair:
+    cluster: Cluster
+    pub: str
+    sub: str
+    tables: list[str] = field(default_factory=list)
+
+    def publish(self, ddl: str, tables: list[str], **options: object) -> None:
+        """Create the tables on both sides, the publication, slot and subscription."""
+        self.cluster.sql(ddl, dbname=self.pub)
+        self.cluster.sql(ddl, dbname=self.sub)
+        self.cluster.sql("CREATE PUBLICATION pub FOR TABLE " + ", ".join(tables), dbname=self.pub)
+        create_slot(self.cluster, self.pub, "ferry")
+        with self.cluster.connect(self.sub) as conn:
+            ensure_catalog(conn)
+            store.create_subscription(
+                conn,
+                Subscription(
+                    "ferry",
+                    self.cluster.dsn(self.pub),
+                    ("pub",),
+                    "ferry",
+                    "pgferry_ferry",
+                    options=dict(options),
+                ),
+            )
+            for table in tables:
+                store.upsert_table(
+                    conn, SubscriptionTable("ferry", "public", table, "public", table, "r", None)
+                )
+
+    def progress(self) -> Lsn:
+        row = self.cluster.sql(
+            "SELECT remote_lsn::text FROM pg_replication_origin_status s"
+            " JOIN pg_replication_origin o ON o.roident = s.local_id"
+            " WHERE o.roname = 'pgferry_ferry'",
+            dbname=self.sub,
+        )
+        return Lsn.parse(row[0][0]) if row and row[0][0] else Lsn(0)
+
+    def sync(self, timeout: float = 30) -> None:
+        """Run the worker until everything written so far is applied; re-raise its error."""
+        target = current_lsn(self.cluster, self.pub)
+        worker = ApplyWorker(self.cluster.dsn(self.sub), "ferry", status_interval=1)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                worker.run()
+            except BaseException as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + timeout
+        # The origin records the end LSN of the last applied commit.
+        while not failure and self.progress() < target and time.monotonic() < deadline:
+            if not thread.is_alive():
+                break
+            time.sleep(0.1)
+            target_now = current_lsn(self.cluster, self.pub)
+            # Other activity (e.g. the catalog) does not produce commits to apply:
+            # stop once the slot has confirmed past the target instead.
+            if self.confirmed() >= target and target_now >= target:
+                break
+        worker.request_stop()
+        thread.join(timeout=30)
+        if failure:
+            raise failure[0]
+
+    def confirmed(self) -> Lsn:
+        row = self.cluster.sql(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'ferry'",
+            dbname=self.pub,
+        )
+        return Lsn.parse(row[0][0])
+
+    def rows(self, query: str) -> list[tuple[object, ...]]:
+        return self.cluster.sql(query, dbname=self.sub)
+
+
+@pytest.fixture
+def pair(cluster: Cluster, dbname: str) -> Iterator[Pair]:
+    sub = dbname[:50] + "_sub"
+    cluster.create_database(sub)
+    try:
+        yield Pair(cluster, dbname, sub)
+    finally:
+        cluster.drop_database(sub)
