@@ -27,7 +27,7 @@ def test_duplicate_key_is_a_clear_error_then_fixing_the_data_resumes(pair: Pair)
     assert err.subscription == "ferry" and err.table == "public.t"
     assert err.sqlstate == "23505"
     assert isinstance(err, ConflictError) and err.conflict_type == "insert_exists"
-    assert 'conflict=insert_exists' in err.message and 'unique index "t_pkey"' in err.message
+    assert "conflict=insert_exists" in err.message and 'unique index "t_pkey"' in err.message
     assert '"v": "local"' in err.message and '"v": "remote"' in err.message
     assert err.finish_lsn is not None and Lsn.parse(err.finish_lsn) < finish
     assert f"--skip {err.finish_lsn}" in (err.hint or "")

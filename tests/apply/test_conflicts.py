@@ -220,7 +220,9 @@ def test_key_change_onto_an_existing_key_is_update_exists(pair: Pair) -> None:
 # -- update_missing / delete_missing --------------------------------------------------------
 
 
-@pytest.mark.parametrize("policy", [None, "update_missing:error", "apply_remote", "last_update_wins"])
+@pytest.mark.parametrize(
+    "policy", [None, "update_missing:error", "apply_remote", "last_update_wins"]
+)
 def test_update_missing(pair: Pair, policy: str | None) -> None:
     setup(pair, policy, "(1, 10, 'one')")
     local(pair, "DELETE FROM t")
