@@ -170,6 +170,7 @@ def test_create_with_defaults(published: Env) -> None:
         "origin": "any",
         "password_required": True,
         "run_as_owner": False,
+        "conflict_resolution": "error",
     }
     assert published.tables() == {"public.t1": "i", "public.t2": "i"}
     assert "pgferry_ferry" in published.origins()
@@ -361,9 +362,12 @@ def test_a_role_without_replication_is_refused(published: Env) -> None:
 
 @pytest.mark.pg_max(15)
 def test_options_the_publisher_cannot_honour_are_refused(published: Env) -> None:
-    with pytest.raises(FeatureNotSupported, match="origin needs PostgreSQL 16"):
-        published.create("ferry", "origin=none")
+    with pytest.raises(FeatureNotSupported, match="streaming = parallel needs PostgreSQL 16"):
+        published.create("ferry", "streaming=parallel")
     assert published.slots() == {}
+    # origin = none before 16: pgferry filters the Origin messages itself.
+    published.create("ferry", "origin=none")
+    assert published.row().options["origin"] == "none"
 
 
 @pytest.mark.pg_min(16)
@@ -773,7 +777,8 @@ def test_option_rules() -> None:
     assert "colour" in exc.value.message
     assert exc.value.hint == (
         "valid keys: copy_data, create_slot, enabled, connect, slot_name, binary, streaming,"
-        " two_phase, disable_on_error, synchronous_commit, origin, password_required, run_as_owner"
+        " two_phase, disable_on_error, synchronous_commit, origin, password_required,"
+        " run_as_owner, conflict_resolution"
     )
     with pytest.raises(InterfaceError, match="given twice"):
         create_options("s", ["binary=true", "BINARY=false"])

@@ -467,7 +467,9 @@ class Applier:
         table = self._maps.get(relation_id)
         if table is None or table.relation is not relation:
             try:
-                table = build_map(self.conn, relation, self.conflicts.stamps)
+                table = build_map(
+                    self.conn, relation, self.conflicts.stamps, self.conflicts.origin_id
+                )
             except MappingError as exc:
                 raise ApplyError(
                     f"subscription {self.subscription!r}: {exc} (remote transaction {tx.xid}"

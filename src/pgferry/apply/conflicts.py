@@ -43,7 +43,8 @@ class LocalRow(NamedTuple):
     ctid: str
     time: datetime | None
     origin_id: int | None
-    row: dict[str, Any]
+    #: None when the statement did not need it (see TableMap._row_columns).
+    row: dict[str, Any] | None
     #: The unique indexes it collides on (find_conflicts only).
     indexes: tuple[str, ...] = ()
 
@@ -196,7 +197,7 @@ class ConflictContext:
         if len(local) == 1:
             rows = local[0].row
         elif local:
-            rows = [r.row for r in local]
+            rows = [r.row for r in local if r.row is not None]
         record = catalog.ConflictRecord(
             self.subscription,
             relation.namespace,

@@ -95,6 +95,8 @@ class TableMap:
     #: deferrable unique index, exclusion constraint or index we cannot check.
     on_conflict_ok: bool = True
     stamps: Stamps = Stamps.NONE
+    #: The apply session's replication origin id (rows it wrote are no conflict).
+    origin_id: int = 0
     _cache: dict[Any, sql.Composed] = field(default_factory=dict)
 
     @property
@@ -196,10 +198,21 @@ class TableMap:
     def _set_list(self, new: tuple[Value, ...], skip: frozenset[int]) -> tuple[int, ...]:
         return tuple(i for i, v in enumerate(new) if v is not UNCHANGED_TOAST and i not in skip)
 
-    def _row_columns(self) -> sql.Composed:
-        """Address, commit time, origin id and the whole row of ``pgferry_l``."""
-        return sql.SQL("{l}.tableoid, {l}.ctid::text, {stamps}, pg_catalog.to_jsonb({l}.*)").format(
-            l=sql.Identifier(_L), stamps=_stamp_columns(self.stamps)
+    def _row_columns(self, *, only_differing: bool = False) -> sql.Composed:
+        """Address, commit time, origin id and the whole row of ``pgferry_l``;
+        with ``only_differing`` the row only when another origin wrote it (the
+        statements that change every row they find do not pay for the rest)."""
+        row: sql.Composable = sql.SQL("pg_catalog.to_jsonb({l}.*)").format(l=sql.Identifier(_L))
+        if only_differing:
+            if self.stamps is Stamps.ORIGIN:
+                call = f"pg_catalog.pg_xact_commit_timestamp_origin({_L}.xmin)"
+                row = sql.SQL("CASE WHEN ({}).roident <> {} THEN {} END").format(
+                    sql.SQL(call), sql.Literal(self.origin_id), row
+                )
+            else:
+                row = sql.SQL("NULL::jsonb")
+        return sql.SQL("{l}.tableoid, {l}.ctid::text, {stamps}, {row}").format(
+            l=sql.Identifier(_L), stamps=_stamp_columns(self.stamps), row=row
         )
 
     def locate_row(self, identity: tuple[Value, ...]) -> tuple[sql.Composed, list[str | None]]:
@@ -325,7 +338,7 @@ class TableMap:
                 " WHERE pgferry_u.tableoid = o.tableoid AND pgferry_u.ctid = o.ctid::tid"
                 " RETURNING o.*"
             ).format(
-                row=self._row_columns(),
+                row=self._row_columns(only_differing=True),
                 t=self.target,
                 l=sql.Identifier(_L),
                 conds=self._conds(used, _L),
@@ -349,7 +362,7 @@ class TableMap:
                 " WHERE pgferry_d.tableoid = o.tableoid AND pgferry_d.ctid = o.ctid::tid"
                 " RETURNING o.*"
             ).format(
-                row=self._row_columns(),
+                row=self._row_columns(only_differing=True),
                 t=self.target,
                 l=sql.Identifier(_L),
                 conds=self._conds(used, _L),
@@ -439,7 +452,10 @@ def _unique_indexes(
 
 
 def build_map(
-    conn: psycopg.Connection[Any], relation: Relation, stamps: Stamps = Stamps.NONE
+    conn: psycopg.Connection[Any],
+    relation: Relation,
+    stamps: Stamps = Stamps.NONE,
+    origin_id: int = 0,
 ) -> TableMap:
     """Resolve ``relation`` against the subscriber's catalog."""
     target = sql.SQL("{}.{}").format(
@@ -483,4 +499,5 @@ def build_map(
         uniques=uniques,
         on_conflict_ok=exact,
         stamps=stamps,
+        origin_id=origin_id,
     )

@@ -1,0 +1,5 @@
+"""Fixtures of the command line tests."""
+
+from tests.apply.pair import pair
+
+__all__ = ["pair"]
