@@ -197,3 +197,29 @@ def test_check_constraint_and_type_conversion_errors_name_what_failed(pair: Pair
     pair.rows("ALTER TABLE t ALTER COLUMN code TYPE text")
     pair.sync()
     assert pair.rows("SELECT id, code FROM t ORDER BY id") == [(1, "7"), (2, "not a number")]
+
+
+def test_a_deferred_constraint_failing_at_commit_loses_nothing(pair: Pair) -> None:
+    """An abort advances the origin when xact_setup ran: deferred checks must fail
+    before it, or the transaction would be recorded as applied and lost."""
+    pair.publish("CREATE TABLE t (id int PRIMARY KEY, u int)", ["t"])
+    # A deferred constraint trigger that fires for replicated rows (ENABLE ALWAYS).
+    pair.rows(
+        "CREATE FUNCTION no_negative() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN IF NEW.u < 0 THEN RAISE EXCEPTION 'negative u %', NEW.u; END IF;"
+        " RETURN NULL; END $$;"
+        " CREATE CONSTRAINT TRIGGER no_negative AFTER INSERT ON t"
+        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION no_negative();"
+        " ALTER TABLE t ENABLE ALWAYS TRIGGER no_negative"
+    )
+    pair.cluster.sql("INSERT INTO t VALUES (1, -1)", dbname=pair.pub)
+    progress = pair.progress()
+    with pytest.raises(ApplyError) as exc:
+        pair.sync()
+    assert "negative u -1" in exc.value.message and "COMMIT" in exc.value.message
+    assert pair.progress() == progress
+    with pytest.raises(ApplyError):
+        pair.sync()  # still there: not lost
+    pair.rows("ALTER TABLE t DISABLE TRIGGER no_negative")
+    pair.sync()
+    assert pair.rows("SELECT * FROM t") == [(1, -1)]

@@ -120,14 +120,23 @@ def converge(nodes: list[Node], timeout: float = 120) -> list[tuple[object, ...]
         time.sleep(1)
 
 
-def quiet(nodes: list[Node], seconds: float = 3) -> None:
-    """No loop: once converged, no node applies anything more (origin progress
-    stays put) and WAL grows by little (the workers' own bookkeeping)."""
-    before = [
-        (n.progress(), Lsn.parse(str(n.sql("SELECT pg_current_wal_lsn()")[0][0]))) for n in nodes
-    ]
+def quiet(nodes: list[Node], seconds: float = 3, settle: float = 90) -> None:
+    """No loop: once converged, the nodes stop applying (origin progress settles;
+    before PostgreSQL 16 each node still receives and drops the echoes of what it
+    sent, so that can take a moment), then stay put while WAL grows by little (the
+    workers' own bookkeeping). A loop never settles."""
+    deadline = time.monotonic() + settle
+    last = [n.progress() for n in nodes]
+    while True:
+        time.sleep(1.5)
+        now = [n.progress() for n in nodes]
+        if now == last:
+            break
+        assert time.monotonic() < deadline, f"origin progress never settles: a loop ({now})"
+        last = now
+    before = [Lsn.parse(str(n.sql("SELECT pg_current_wal_lsn()")[0][0])) for n in nodes]
     time.sleep(seconds)
-    for node, (progress, wal) in zip(nodes, before, strict=True):
+    for node, progress, wal in zip(nodes, last, before, strict=True):
         assert node.progress() == progress, f"{node.name} still applies: a loop"
         grown = Lsn.parse(str(node.sql("SELECT pg_current_wal_lsn()")[0][0])) - wal
         assert grown < 256 * 1024, f"{node.name}: {grown} bytes of WAL in {seconds}s"

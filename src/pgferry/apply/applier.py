@@ -80,17 +80,23 @@ def _all_tables(relation: Relation, tx: Transaction) -> bool:
 
 
 def commit_with_origin(remote_lsn: Lsn, remote_time: datetime | str) -> sql.Composed:
-    """``SELECT pg_replication_origin_xact_setup(...); COMMIT`` as ONE message.
+    """``SET CONSTRAINTS ALL IMMEDIATE; SELECT pg_replication_origin_xact_setup(...);
+    COMMIT`` as ONE message.
 
     PostgreSQL advances the session's replication origin to the LSN given to
     ``pg_replication_origin_xact_setup`` at the end of the transaction *whether it
     commits or aborts* (``RecordTransactionAbort`` moves it too). Sent as two
     round trips, a worker killed between them leaves a backend that aborts the
     transaction yet records it as replayed: that remote transaction would be lost.
-    In one simple-query message the server receives both or neither.
+    In one simple-query message the server receives both or neither. For the same
+    reason nothing may fail at COMMIT once the origin is set up: deferred
+    constraints and constraint triggers are checked first, by SET CONSTRAINTS ALL
+    IMMEDIATE (an error there skips the rest of the message).
     """
     return sql.SQL(
-        "SELECT pg_catalog.pg_replication_origin_xact_setup({}::pg_lsn, {}::timestamptz); COMMIT"
+        "SET CONSTRAINTS ALL IMMEDIATE;"
+        " SELECT pg_catalog.pg_replication_origin_xact_setup({}::pg_lsn, {}::timestamptz);"
+        " COMMIT"
     ).format(sql.Literal(str(remote_lsn)), sql.Literal(remote_time))
 
 
