@@ -41,7 +41,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -100,6 +102,23 @@ def commit_with_origin(remote_lsn: Lsn, remote_time: datetime | str) -> sql.Comp
     ).format(sql.Literal(str(remote_lsn)), sql.Literal(remote_time))
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How many remote transactions may share one local commit.
+
+    ``max_transactions = 1`` is exact per-transaction apply (a local commit per
+    remote one); more groups consecutive remote transactions into one local
+    transaction, committed with the last one's end LSN as the origin's progress,
+    once ``max_transactions`` are in or ``max_latency`` seconds after the first
+    (and whenever the worker is idle or needs a commit point). Either way every
+    local commit is a remote commit boundary, and a crash rolls back whole remote
+    transactions that the origin then sends again.
+    """
+
+    max_transactions: int = 1
+    max_latency: float = 0.1
+
+
 class Applier:
     def __init__(
         self,
@@ -112,6 +131,7 @@ class Applier:
         skip_lsn: Lsn | None = None,
         conflicts: ConflictContext | None = None,
         skip_origins: bool = False,
+        batching: Batching = Batching(),
     ) -> None:
         """``skip_origins``: apply nothing of the transactions that reached the
         publisher through replication (``origin = none`` on a publisher older than
@@ -129,9 +149,16 @@ class Applier:
         self.applied_count = 0
         self.conflicts = conflicts or ConflictContext.load(conn, subscription, origin)
         self.skip_origins = skip_origins
+        self.batching = batching
         self._maps: dict[int, TableMap] = {}
         self._skipping = False
+        # A local transaction is open; it holds ``_batched`` applied remote
+        # transactions, the last of which is ``_last`` (tx, end LSN).
         self._in_tx = False
+        self._batched = 0
+        self._last: tuple[Transaction, Lsn] | None = None
+        self._batch_started = 0.0
+        self._remote_open = False
 
     # -- session ------------------------------------------------------------------
 
@@ -160,8 +187,11 @@ class Applier:
             self.skip_origins and tx.origin is not None
         )
         self.conflicts.reset()
-        self.conn.execute("BEGIN")
-        self._in_tx = True
+        self._remote_open = True
+        if not self._in_tx:
+            self.conn.execute("BEGIN")
+            self._in_tx = True
+            self._batch_started = time.monotonic()
 
     def change(self, tx: Transaction, change: Change) -> None:
         if self._skipping or isinstance(change, LogicalMessage):
@@ -185,8 +215,7 @@ class Applier:
             if (exc.sqlstate or "").startswith("22") and not isinstance(change, Delete):
                 # A data exception (bad input for the local type...): find the
                 # column, which PostgreSQL does not name for input conversions.
-                self.conn.execute("ROLLBACK")
-                self._in_tx = False
+                self._rollback()
                 column = table.failing_column(self.conn, change.new)
             raise self._error(
                 exc, tx, table.display, type(change).__name__.upper(), column=column
@@ -377,8 +406,7 @@ class Applier:
         )
         if outcome is not Outcome.ERROR:
             return outcome is Outcome.APPLY
-        self.conn.execute("ROLLBACK")
-        self._in_tx = False
+        self._rollback()
         conflicts.records[:] = [record]
         conflicts.counts.clear()
         conflicts.counts[ctype] = 1
@@ -441,12 +469,43 @@ class Applier:
                 # and the skip is cleared in the same commit.
                 store.set_skip_lsn(conn, self.subscription, None)
                 self.skip_lsn = None
-            conn.execute(commit_with_origin(end_lsn, to_datetime(tx.commit_time)))
         except psycopg.Error as exc:
             raise self._error(exc, tx, None, "COMMIT") from None
-        self._in_tx = False
+        self._remote_open = False
+        self._batched += 1
+        self._last = (tx, end_lsn)
+        if self._batched >= self.batching.max_transactions or self.due:
+            self.flush()
+
+    @property
+    def pending(self) -> bool:
+        """Applied remote transactions wait in an open local transaction."""
+        return self._last is not None
+
+    @property
+    def due(self) -> bool:
+        """The open batch has waited its maximum latency."""
+        return (
+            self._last is not None
+            and time.monotonic() - self._batch_started >= self.batching.max_latency
+        )
+
+    def flush(self) -> None:
+        """Commit the applied remote transactions waiting in the open local one
+        (between remote transactions only; a no-op otherwise)."""
+        if self._last is None or self._remote_open:
+            return
+        tx, end_lsn = self._last
+        try:
+            self.conn.execute(commit_with_origin(end_lsn, to_datetime(tx.commit_time)))
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.execute("ROLLBACK")  # if the message stopped before COMMIT
+            self._forget_batch()
+            raise self._error(exc, tx, None, "COMMIT") from None
         self.applied_lsn = end_lsn
-        self.applied_count += 1
+        self.applied_count += self._batched
+        self._forget_batch()
 
     def message(self, message: LogicalMessage) -> None:
         """Non-transactional messages are not applied."""
@@ -460,9 +519,21 @@ class Applier:
         """Roll back the local transaction in progress, if any (after an error)."""
         if self._in_tx and not self.conn.closed:
             with contextlib.suppress(psycopg.Error):
-                self.conn.execute("ROLLBACK")
-        self._in_tx = False
+                self._rollback()
+        self._forget_batch()
         self.conflicts.reset()
+
+    def _rollback(self) -> None:
+        """Roll back the open local transaction: the whole batch, which the
+        origin (not moved) sends again after a restart."""
+        self.conn.execute("ROLLBACK")
+        self._forget_batch()
+
+    def _forget_batch(self) -> None:
+        self._in_tx = False
+        self._remote_open = False
+        self._batched = 0
+        self._last = None
 
     # -- helpers ----------------------------------------------------------------------
 

@@ -7,6 +7,9 @@ Contract:
 * applies each remote transaction in commit order (see :mod:`.applier`) for the
   tables in state ``r`` (ready) in the catalog, and serves the table sync workers'
   handovers between transactions (see :mod:`pgferry.catalog.handover`);
+* in batch mode (the default ``apply_mode``) groups consecutive remote
+  transactions into one local commit, committed at the batch limits and whenever
+  the stream pauses or a handover needs a commit point;
 * tells the publisher "flushed" only for remote transactions whose local commit is
   durable: with ``synchronous_commit`` off (native's default for subscriptions) it
   pairs the last applied remote LSN with the local WAL insert position and confirms
@@ -39,12 +42,30 @@ from pgferry.protocol.relations import RelationCache
 from pgferry.protocol.timestamps import to_datetime
 from pgferry.stream import PgoutputOptions, ReplicationConnection, ReplicationStream
 
-from .applier import Applier
+from .applier import Applier, Batching
 from .conflicts import ConflictContext, node_name
 
 logger = logging.getLogger("pgferry.apply")
 
 _DURABLE_ON_COMMIT = {"on", "local", "remote_write", "remote_apply"}
+
+
+def batching_of(local: psycopg.Connection[Any], sub: store.Subscription) -> Batching:
+    """The subscription's apply_mode and batch limits.
+
+    A batch commits all its rows with the commit time of its last remote
+    transaction; last/first_update_wins compare those times, so where any
+    subscription of this database resolves by them, apply is exact.
+    """
+    if sub.option("apply_mode", "batch") == "exact":
+        return Batching(1)
+    if conflicts.timestamp_policies_in_use(local):
+        logger.info("subscription %s: exact apply (commit-time conflict policies)", sub.name)
+        return Batching(1)
+    return Batching(
+        int(sub.option("batch_transactions", 100)),
+        int(sub.option("batch_latency_ms", 100)) / 1000,
+    )
 
 
 class ApplyWorker:
@@ -155,6 +176,7 @@ class ApplyWorker:
                 skip_lsn=sub.skip_lsn,
                 conflicts=context,
                 skip_origins=origin == "none" and not server_filters,
+                batching=batching_of(local, sub),
             )
             options = PgoutputOptions(
                 publication_names=sub.publications,
@@ -181,6 +203,7 @@ class ApplyWorker:
         def sync_handover() -> None:
             """Between transactions: serve the table sync workers' handovers."""
             nonlocal states
+            applier.flush()  # the position given out must be committed
             states = handover.states(local, self.name)
             # Every remote transaction ending up to here is processed, none after:
             # the last one applied, or a keepalive's position received between
@@ -252,10 +275,14 @@ class ApplyWorker:
 
         try:
             while not self._stop:
-                batch = stream.read_batch(timeout=0.5)
+                # With a batch open, look again soon: it commits when the stream
+                # pauses (or at its size or latency limit).
+                batch = stream.read_batch(timeout=0.01 if applier.pending else 0.5)
                 if not batch:
                     if stream.ended:
                         break
+                    if assembler.between_transactions:
+                        applier.flush()
                     confirm()
                     if assembler.between_transactions:
                         # Idle: ask the walsender where it is (it answers with a
@@ -270,6 +297,8 @@ class ApplyWorker:
                         assert isinstance(item, PrimaryKeepalive)
                         if assembler.between_transactions:
                             idle_lsn = item.wal_end
+                if applier.due and assembler.between_transactions:
+                    applier.flush()
                 if time.monotonic() >= next_sync_check and assembler.between_transactions:
                     sync_handover()
                     next_sync_check = time.monotonic() + 0.5
@@ -281,6 +310,8 @@ class ApplyWorker:
                 if time.monotonic() >= next_confirm:
                     confirm()
                     next_confirm = time.monotonic() + self.confirm_interval
+            if assembler.between_transactions:
+                applier.flush()
             confirm()
             stream.send_status()
         except BaseException:

@@ -202,3 +202,15 @@ def origin_nodes(conn: psycopg.Connection[Any]) -> dict[str, str]:
         "SELECT origin_name, remote_node FROM pgferry.subscription WHERE remote_node IS NOT NULL"
     ).fetchall()
     return {str(r[0]): str(r[1]) for r in rows}
+
+
+def timestamp_policies_in_use(conn: psycopg.Connection[Any]) -> bool:
+    """Some subscription or table of this database resolves conflicts by commit
+    time (last_update_wins / first_update_wins)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pgferry.subscription"
+        "   WHERE options ->> 'conflict_resolution' ~ '(last|first)_update_wins')"
+        " OR EXISTS (SELECT 1 FROM pgferry.subscription_table"
+        "   WHERE conflict_resolution ~ '(last|first)_update_wins')"
+    ).fetchone()
+    return bool(row and row[0])

@@ -20,6 +20,12 @@ password_required    true      boolean
 run_as_owner         false     boolean
 conflict_resolution  error     a resolution spec (pgferry's own; see
                                :mod:`pgferry.conflict`), e.g. ``last_update_wins``
+apply_mode           batch     ``batch``: several remote transactions per local
+                               commit; ``exact``: one local commit per remote
+                               transaction, as native (pgferry's own)
+batch_transactions   100       1 to 100000: most remote transactions per local
+                               commit in batch mode
+batch_latency_ms     100       0 to 60000: longest a batch stays uncommitted
 ===================  ========  ==================================================
 
 Booleans are spelled as PostgreSQL accepts them: ``true/false``, ``on/off``,
@@ -70,6 +76,9 @@ CREATE_KEYS = (
     "password_required",
     "run_as_owner",
     "conflict_resolution",
+    "apply_mode",
+    "batch_transactions",
+    "batch_latency_ms",
 )
 #: Keys ``alter --with`` sets on an existing subscription (two_phase only while disabled).
 ALTER_KEYS = (
@@ -83,6 +92,9 @@ ALTER_KEYS = (
     "run_as_owner",
     "two_phase",
     "conflict_resolution",
+    "apply_mode",
+    "batch_transactions",
+    "batch_latency_ms",
 )
 #: Keys ``alter --with`` takes for a publication change or refresh.
 REFRESH_KEYS = ("refresh", "copy_data")
@@ -118,7 +130,11 @@ DEFAULTS: dict[str, Any] = {
     "password_required": True,
     "run_as_owner": False,
     "conflict_resolution": "error",
+    "apply_mode": "batch",
+    "batch_transactions": 100,
+    "batch_latency_ms": 100,
 }
+_INTEGER_KEYS = {"batch_transactions": (1, 100000), "batch_latency_ms": (0, 60000)}
 
 _TRUE = frozenset({"true", "t", "yes", "y", "on", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "off", "0"})
@@ -195,6 +211,17 @@ def normalise(key: str, value: str) -> Any:
         return _choice(key, value, _ORIGIN)
     if key == "conflict_resolution":
         return str(Resolution.parse(value)) or "error"
+    if key == "apply_mode":
+        return _choice(key, value, ("batch", "exact"))
+    if key in _INTEGER_KEYS:
+        low, high = _INTEGER_KEYS[key]
+        try:
+            number = int(value.strip())
+        except ValueError:
+            number = low - 1
+        if not low <= number <= high:
+            raise InterfaceError(f"{key} must be an integer from {low} to {high}, not {value!r}")
+        return number
     raise InternalError(f"no normaliser for subscription option {key!r}")
 
 
