@@ -223,3 +223,47 @@ def test_a_deferred_constraint_failing_at_commit_loses_nothing(pair: Pair) -> No
     pair.rows("ALTER TABLE t DISABLE TRIGGER no_negative")
     pair.sync()
     assert pair.rows("SELECT * FROM t") == [(1, -1)]
+
+
+def test_a_failing_batch_is_retried_exactly_and_keeps_what_preceded(pair: Pair) -> None:
+    """In batch mode several remote transactions share one pipelined local one; when
+    one of them fails, the batch is rolled back and applied again one by one: the
+    transactions before the failing one commit, the failing one is reported."""
+    pair.publish("CREATE TABLE t (id int PRIMARY KEY, v text)", ["t"], batch_transactions=1000)
+    pair.rows("INSERT INTO t VALUES (100, 'local')")
+    for i in range(1, 6):
+        pair.cluster.sql(f"INSERT INTO t VALUES ({i}, 'remote')", dbname=pair.pub)
+    pair.cluster.sql("INSERT INTO t VALUES (100, 'remote')", dbname=pair.pub)
+    pair.cluster.sql("INSERT INTO t VALUES (6, 'after')", dbname=pair.pub)
+    with pytest.raises(ConflictError) as exc:
+        pair.sync()
+    assert exc.value.conflict_type == "insert_exists"
+    assert pair.rows("SELECT id FROM t ORDER BY id") == [(1,), (2,), (3,), (4,), (5,), (100,)]
+    with pair.cluster.connect(pair.sub) as conn:
+        assert store.stats(conn, "ferry")["confl_insert_exists"] == 1
+    pair.rows("DELETE FROM t WHERE id = 100")
+    pair.sync()
+    assert pair.rows("SELECT id, v FROM t WHERE id IN (6, 100) ORDER BY id") == [
+        (6, "after"),
+        (100, "remote"),
+    ]
+
+
+def test_exact_mode_commits_each_remote_transaction(pair: Pair) -> None:
+    pair.publish("CREATE TABLE t (id int PRIMARY KEY, v text)", ["t"], apply_mode="exact")
+    for i in range(1, 4):
+        pair.cluster.sql(f"INSERT INTO t VALUES ({i}, 'x')", dbname=pair.pub)
+    pair.sync()
+    # One local transaction per remote one: three distinct xmins.
+    assert len({r[0] for r in pair.rows("SELECT xmin::text FROM t")}) == 3
+
+
+def test_batch_mode_groups_remote_transactions(pair: Pair) -> None:
+    pair.publish("CREATE TABLE t (id int PRIMARY KEY, v text)", ["t"], batch_latency_ms=5000)
+    with pair.cluster.connect(pair.pub) as conn:
+        for i in range(1, 21):
+            conn.execute("INSERT INTO t VALUES (%s, 'x')", (i,))
+    pair.sync()
+    assert len(pair.rows("SELECT * FROM t")) == 20
+    # Fewer local transactions than remote ones.
+    assert len({r[0] for r in pair.rows("SELECT xmin::text FROM t")}) < 20

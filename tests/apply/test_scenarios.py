@@ -4,7 +4,9 @@ and by pgferry (``subscription create`` + the launcher) into another, and both
 must end with the publisher's rows.
 
 The workload is split: ``before`` runs before subscribing (reaches the subscriber
-through the initial copy), ``after`` while the workers run (through apply).
+through the initial copy), ``after`` while the workers run (through apply). Every
+scenario runs in both apply modes: ``batch`` (several remote transactions per local
+commit, the default) and ``exact`` (one local commit per remote transaction).
 """
 
 from __future__ import annotations
@@ -232,8 +234,9 @@ def _rows(cluster: Cluster, db: str, table: str, columns: str) -> list[str]:
     return sorted(str(r[0]) for r in cluster.sql(f"SELECT {row} FROM {table} x", dbname=db))
 
 
+@pytest.mark.parametrize("mode", ["batch", "exact"])
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_scenario_matches_native(env: Env, name: str) -> None:
+def test_scenario_matches_native(env: Env, name: str, mode: str) -> None:
     sc = SCENARIOS[name]
     if env.pub.major < sc.min_major:
         pytest.skip(f"{name} needs PostgreSQL {sc.min_major}")
@@ -251,7 +254,11 @@ def test_scenario_matches_native(env: Env, name: str) -> None:
         dbname="native",
     )
     create_subscription(
-        env.sub.dsn("ferry"), "ferry", env.pub.dsn(env.pub_db), ["pub"], sc.ferry_with
+        env.sub.dsn("ferry"),
+        "ferry",
+        env.pub.dsn(env.pub_db),
+        ["pub"],
+        [*sc.ferry_with, f"apply_mode={mode}"],
     )
     launcher = Launcher(env.sub.dsn("ferry"), poll_interval=0.3)
     thread = threading.Thread(target=launcher.run, daemon=True)

@@ -41,18 +41,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg import sql
 
 from pgferry.assembler import Transaction
 from pgferry.catalog import store
-from pgferry.conflict import ConflictType, Outcome, Policy, decide
+from pgferry.conflict import CONFLICT_TYPES, ConflictType, Outcome, Policy, Resolution, decide
 from pgferry.errors import ApplyError, ConflictError
 from pgferry.protocol.lsn import Lsn
 from pgferry.protocol.messages import (
@@ -71,6 +72,8 @@ from pgferry.protocol.timestamps import to_datetime
 
 from .conflicts import ConflictContext, LocalRow
 from .mapping import MappingError, Stamps, TableMap, build_map
+
+logger = logging.getLogger("pgferry.apply")
 
 #: Decides whether this worker applies a table's change in a given transaction
 #: (the table sync handover uses it); default: every table.
@@ -117,6 +120,22 @@ class Batching:
 
     max_transactions: int = 1
     max_latency: float = 0.1
+    #: Send a batch's statements without waiting for each result (libpq pipeline
+    #: mode), where the conflict policies make results matter only afterwards.
+    pipeline: bool = True
+
+
+#: Statements in flight in pipeline mode before their results are collected.
+PIPELINE_DEPTH = 2000
+
+
+class RetryExact(Exception):
+    """A pipelined batch failed: roll it back and apply the remote transactions
+    up to ``until`` again one by one, so the failure is diagnosed exactly."""
+
+    def __init__(self, until: Lsn) -> None:
+        super().__init__(f"retry exactly up to {until}")
+        self.until = until
 
 
 class Applier:
@@ -132,6 +151,7 @@ class Applier:
         conflicts: ConflictContext | None = None,
         skip_origins: bool = False,
         batching: Batching = Batching(),
+        exact_until: Lsn | None = None,
     ) -> None:
         """``skip_origins``: apply nothing of the transactions that reached the
         publisher through replication (``origin = none`` on a publisher older than
@@ -150,6 +170,12 @@ class Applier:
         self.conflicts = conflicts or ConflictContext.load(conn, subscription, origin)
         self.skip_origins = skip_origins
         self.batching = batching
+        #: Remote transactions ending up to here are applied exactly (see RetryExact).
+        self.exact_until = exact_until
+        self._exact = False
+        self._pipe: psycopg.Pipeline | None = None
+        self._pipe_stack: contextlib.ExitStack | None = None
+        self._deferred: list[tuple[psycopg.Cursor[Any], Callable[[psycopg.Cursor[Any]], None]]] = []
         self._maps: dict[int, TableMap] = {}
         self._skipping = False
         # A local transaction is open; it holds ``_batched`` applied remote
@@ -187,13 +213,30 @@ class Applier:
             self.skip_origins and tx.origin is not None
         )
         self.conflicts.reset()
+        self._exact = self.batching.max_transactions == 1 or (
+            self.exact_until is not None and tx.commit_lsn <= self.exact_until
+        )
+        if self._exact and self._in_tx:
+            self.flush()  # this one commits on its own
         self._remote_open = True
         if not self._in_tx:
+            if not self._exact and self.batching.pipeline:
+                self._pipe_stack = contextlib.ExitStack()
+                self._pipe = self._pipe_stack.enter_context(self.conn.pipeline())
             self.conn.execute("BEGIN")
             self._in_tx = True
             self._batch_started = time.monotonic()
 
     def change(self, tx: Transaction, change: Change) -> None:
+        if self._pipe is None:
+            self._change(tx, change)
+            return
+        try:
+            self._change(tx, change)
+        except psycopg.Error:
+            self._pipeline_failed(tx)
+
+    def _change(self, tx: Transaction, change: Change) -> None:
         if self._skipping or isinstance(change, LogicalMessage):
             return
         if isinstance(change, Truncate):
@@ -202,6 +245,14 @@ class Applier:
         table = self._map(tx, change.relation_id, type(change).__name__.upper())
         if table is None:
             return
+        if self._pipe is not None:
+            if self._native_policies(table):
+                self._pipelined(tx, table, change)
+                return
+            # This table's conflicts are resolved as they happen: results are
+            # needed at once from here to the end of the batch.
+            self._collect()
+            self._close_pipeline_strict()
         try:
             if isinstance(change, Insert):
                 self._insert(tx, table, change.new)
@@ -220,6 +271,99 @@ class Applier:
             raise self._error(
                 exc, tx, table.display, type(change).__name__.upper(), column=column
             ) from None
+
+    # -- pipelined changes ----------------------------------------------------------------
+
+    def _native_policies(self, table: TableMap) -> bool:
+        """The table's conflicts are handled as native does: then a change's result
+        only decides what is logged, or that the batch fails, never what to do next."""
+        cached = table.native_policies
+        if cached is None:
+            policy = self.conflicts.policy
+            native = Resolution()
+            cached = all(policy(table.relation, t) is native.policy_for(t) for t in CONFLICT_TYPES)
+            table.native_policies = cached
+        return cached
+
+    def _pipelined(self, tx: Transaction, table: TableMap, change: Change) -> None:
+        """Queue the change's statement; what its result means is seen to later
+        (:meth:`_collect`). A unique violation fails the batch (RetryExact), and
+        the exact retry reports the conflict as the exact path does."""
+        conn = self.conn
+        if isinstance(change, Insert):
+            conn.execute(*table.insert(change.new))
+            return
+        if isinstance(change, Update):
+            old, new = change.old, change.new
+            ctype, identity = ConflictType.UPDATE_MISSING, old if old is not None else new
+            if table.stamps is Stamps.NONE:
+                cur = conn.execute(*table.update(old, new))
+            else:
+                cur = conn.execute(*table.update_returning(old, new))
+        else:
+            assert isinstance(change, Delete)
+            ctype, identity, new = ConflictType.DELETE_MISSING, change.old, None
+            if table.stamps is Stamps.NONE:
+                cur = conn.execute(*table.delete(change.old))
+            else:
+                cur = conn.execute(*table.delete_returning(change.old))
+
+        def seen(cur: psycopg.Cursor[Any]) -> None:
+            if table.stamps is Stamps.NONE:
+                rows = []
+                found = cur.rowcount > 0
+            else:
+                rows = [LocalRow.from_row(r) for r in cur.fetchall()]
+                found = bool(rows)
+            key = table.row_json(identity, key_only=True)
+            if not found:
+                self._resolve(tx, table, ctype, [], key=key, remote=new)
+            elif self.conflicts.origin_differs(rows[0]):
+                differs = (
+                    ConflictType.UPDATE_ORIGIN_DIFFERS
+                    if ctype is ConflictType.UPDATE_MISSING
+                    else ConflictType.DELETE_ORIGIN_DIFFERS
+                )
+                self._resolve(tx, table, differs, rows, key=key, remote=new)
+
+        self._deferred.append((cur, seen))
+        if len(self._deferred) >= PIPELINE_DEPTH:
+            self._collect()
+
+    def _collect(self) -> None:
+        """Wait for the results in flight and see to them, in order."""
+        if self._pipe is None:
+            return
+        self._pipe.sync()
+        deferred, self._deferred = self._deferred, []
+        for cur, seen in deferred:
+            seen(cur)
+
+    def _close_pipeline_strict(self) -> None:
+        """Leave pipeline mode, raising what its last results raise."""
+        stack, self._pipe, self._pipe_stack = self._pipe_stack, None, None
+        if stack is not None:
+            stack.close()
+
+    def _close_pipeline(self) -> None:
+        stack, self._pipe, self._pipe_stack = self._pipe_stack, None, None
+        self._deferred = []
+        if stack is not None:
+            with contextlib.suppress(psycopg.Error):
+                stack.close()
+
+    def _pipeline_failed(self, tx: Transaction) -> NoReturn:
+        logger.info(
+            "subscription %s: a pipelined batch failed; applying up to %s exactly",
+            self.subscription,
+            tx.commit_lsn,
+        )
+        self._close_pipeline()
+        with contextlib.suppress(psycopg.Error):
+            self.conn.execute("ROLLBACK")
+        self._forget_batch()
+        self.conflicts.reset()
+        raise RetryExact(tx.commit_lsn)
 
     # -- changes and their conflicts ---------------------------------------------------
 
@@ -474,7 +618,7 @@ class Applier:
         self._remote_open = False
         self._batched += 1
         self._last = (tx, end_lsn)
-        if self._batched >= self.batching.max_transactions or self.due:
+        if self._exact or self._batched >= self.batching.max_transactions or self.due:
             self.flush()
 
     @property
@@ -496,6 +640,13 @@ class Applier:
         if self._last is None or self._remote_open:
             return
         tx, end_lsn = self._last
+        if self._pipe is not None:
+            try:
+                self._collect()
+                self.conflicts.flush(self.conn)  # what the results logged
+                self._close_pipeline_strict()
+            except psycopg.Error:
+                self._pipeline_failed(tx)
         try:
             self.conn.execute(commit_with_origin(end_lsn, to_datetime(tx.commit_time)))
         except psycopg.Error as exc:
@@ -517,6 +668,7 @@ class Applier:
 
     def abort(self) -> None:
         """Roll back the local transaction in progress, if any (after an error)."""
+        self._close_pipeline()
         if self._in_tx and not self.conn.closed:
             with contextlib.suppress(psycopg.Error):
                 self._rollback()

@@ -97,6 +97,8 @@ class TableMap:
     stamps: Stamps = Stamps.NONE
     #: The apply session's replication origin id (rows it wrote are no conflict).
     origin_id: int = 0
+    #: Set by the applier: this table's conflict policies are native's.
+    native_policies: bool | None = None
     _cache: dict[Any, sql.Composed] = field(default_factory=dict)
 
     @property

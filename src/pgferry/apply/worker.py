@@ -42,7 +42,7 @@ from pgferry.protocol.relations import RelationCache
 from pgferry.protocol.timestamps import to_datetime
 from pgferry.stream import PgoutputOptions, ReplicationConnection, ReplicationStream
 
-from .applier import Applier, Batching
+from .applier import Applier, Batching, RetryExact
 from .conflicts import ConflictContext, node_name
 
 logger = logging.getLogger("pgferry.apply")
@@ -82,6 +82,7 @@ class ApplyWorker:
         self.status_interval = status_interval
         self.confirm_interval = confirm_interval
         self._stop = False
+        self._exact_until: Lsn | None = None
 
     def request_stop(self) -> None:
         self._stop = True
@@ -89,7 +90,15 @@ class ApplyWorker:
     def run(self) -> None:
         local = psycopg.connect(self.subscriber_dsn, autocommit=True)
         try:
-            self._run(local)
+            while True:
+                try:
+                    self._run(local)
+                    break
+                except RetryExact as retry:
+                    # Start again from the origin, applying the failed batch's
+                    # transactions one by one: the failure shows where it is.
+                    self._exact_until = retry.until
+                    local.execute("SELECT pg_catalog.pg_replication_origin_session_reset()")
         except ApplyError as exc:
             self._record_failure(local, exc)
             raise
@@ -177,6 +186,7 @@ class ApplyWorker:
                 conflicts=context,
                 skip_origins=origin == "none" and not server_filters,
                 batching=batching_of(local, sub),
+                exact_until=self._exact_until,
             )
             options = PgoutputOptions(
                 publication_names=sub.publications,
