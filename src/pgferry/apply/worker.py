@@ -245,6 +245,8 @@ class ApplyWorker:
 
         def confirm() -> None:
             nonlocal idle_lsn
+            if assembler.between_transactions:
+                applier.flush()  # what is applied gets confirmed, and the worker row written
             candidate = INVALID_LSN
             applied = applier.applied_lsn
             if applied is not None:
