@@ -118,3 +118,26 @@ def collect(
 def changes(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The data lines (no begin/commit lines)."""
     return [line for line in lines if line["op"] not in ("begin", "commit")]
+
+
+@dataclass
+class Run:
+    """A finished ``pgferry`` command line."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def pgferry(dsn: str, *args: str) -> Run:
+    """``pgferry -d DSN ARGS``, wide enough that tables never wrap."""
+    proc = subprocess.run(
+        [*PGFERRY, "-d", dsn, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "250"},
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr)

@@ -4,28 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 from pgferry.catalog import conflicts
 from pgferry.conflict import Resolution
 from pgferry.subscription import create_subscription
 from tests.apply.pair import Pair
-from tests.cli.test_subscription import Run, assert_clean_failure
-from tests.support import PGFERRY
-
-
-def pgferry(dsn: str, *args: str) -> Run:
-    proc = subprocess.run(
-        [*PGFERRY, "-d", dsn, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "250"},
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    return Run(proc.returncode, proc.stdout, proc.stderr)
+from tests.cli.test_subscription import assert_clean_failure
+from tests.support import pgferry
 
 
 def test_conflicts_lists_the_log(pair: Pair) -> None:

@@ -5,8 +5,6 @@ never a password."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,31 +12,15 @@ from typing import Any
 import pytest
 
 from pgferry.testing import Cluster
-from tests.support import PGFERRY
+from tests.support import Run, pgferry
 
 PASSWORD = "s3cret-Pa55"  # noqa: S105 - never a real password
 UNREACHABLE = f"host=127.0.0.1 port=1 user=postgres password={PASSWORD} connect_timeout=3"
 
 
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 def run(dsn: str, *args: str) -> Run:
-    """``pgferry -d DSN subscription ARGS``, wide enough that tables never wrap."""
-    proc = subprocess.run(
-        [*PGFERRY, "-d", dsn, "subscription", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "250"},
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    return Run(proc.returncode, proc.stdout, proc.stderr)
+    """``pgferry -d DSN subscription ARGS``."""
+    return pgferry(dsn, "subscription", *args)
 
 
 def assert_clean_failure(result: Run, *needles: str) -> None:

@@ -171,6 +171,9 @@ def test_create_with_defaults(published: Env) -> None:
         "password_required": True,
         "run_as_owner": False,
         "conflict_resolution": "error",
+        "apply_mode": "batch",
+        "batch_transactions": 100,
+        "batch_latency_ms": 100,
     }
     assert published.tables() == {"public.t1": "i", "public.t2": "i"}
     assert "pgferry_ferry" in published.origins()
@@ -778,7 +781,7 @@ def test_option_rules() -> None:
     assert exc.value.hint == (
         "valid keys: copy_data, create_slot, enabled, connect, slot_name, binary, streaming,"
         " two_phase, disable_on_error, synchronous_commit, origin, password_required,"
-        " run_as_owner, conflict_resolution"
+        " run_as_owner, conflict_resolution, apply_mode, batch_transactions, batch_latency_ms"
     )
     with pytest.raises(InterfaceError, match="given twice"):
         create_options("s", ["binary=true", "BINARY=false"])
@@ -793,3 +796,14 @@ def test_option_rules() -> None:
     assert create_options("s", ["synchronous_commit=false"]).get("synchronous_commit") == "off"
     with pytest.raises(InterfaceError, match="invalid value for origin"):
         create_options("s", ["origin=some"])
+
+
+def test_apply_mode_and_batch_options() -> None:
+    stored = create_options("s", ["apply_mode=EXACT", "batch_transactions=7"]).stored
+    assert (stored["apply_mode"], stored["batch_transactions"]) == ("exact", 7)
+    assert stored["batch_latency_ms"] == 100
+    for bad in ("batch_transactions=0", "batch_latency_ms=-1", "batch_transactions=many"):
+        with pytest.raises(InterfaceError, match="must be an integer"):
+            create_options("s", [bad])
+    with pytest.raises(InterfaceError, match="invalid value for apply_mode"):
+        create_options("s", ["apply_mode=fast"])

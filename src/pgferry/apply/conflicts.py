@@ -19,16 +19,18 @@ import collections
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import psycopg
 
 from pgferry.assembler import Transaction
 from pgferry.catalog import conflicts as catalog
+from pgferry.catalog.store import Subscription
 from pgferry.conflict import ConflictType, Policy, Resolution, Stamp
 from pgferry.errors import PgferryError
 from pgferry.protocol.messages import Relation
 from pgferry.protocol.timestamps import to_datetime
+from pgferry.stream import ReplicationConnection
 
 from .mapping import Stamps
 
@@ -235,3 +237,44 @@ class ConflictContext:
         """Forget the transaction's records (it was rolled back)."""
         self.records.clear()
         self.counts.clear()
+
+
+@dataclass(frozen=True)
+class SessionConflicts:
+    """What an apply session of a subscription needs from its publisher's side."""
+
+    context: ConflictContext
+    #: Drop transactions carrying an Origin message (origin = none before PG 16).
+    skip_origins: bool
+    #: The pgoutput ``origin`` option (the publisher filters from PG 16 on).
+    origin_option: Literal["none"] | None
+
+
+def session_conflicts(
+    local: psycopg.Connection[Any],
+    sub: Subscription,
+    origin: str,
+    repl: ReplicationConnection,
+    *,
+    record_node: bool = False,
+) -> SessionConflicts:
+    """The conflict context of a session applying ``sub`` with replication origin
+    ``origin``, and how ``origin = none`` is honoured by this publisher."""
+    system = repl.identify_system()
+    remote_node = node_name(system.system_id, system.dbname)
+    if record_node:
+        catalog.set_remote_node(local, sub.name, remote_node)
+    context = ConflictContext.load(
+        local,
+        sub.name,
+        origin,
+        resolution=Resolution.parse(sub.option("conflict_resolution", None)),
+        remote_node=remote_node,
+    )
+    origin_none = sub.option("origin", "any") == "none"
+    server_filters = repl.major >= 16
+    return SessionConflicts(
+        context,
+        origin_none and not server_filters,
+        "none" if origin_none and server_filters else None,
+    )

@@ -32,7 +32,6 @@ import psycopg
 
 from pgferry.assembler import Assembler, Transaction
 from pgferry.catalog import conflicts, handover, store
-from pgferry.conflict import Resolution
 from pgferry.errors import ApplyError, PgferryError
 from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
@@ -43,7 +42,7 @@ from pgferry.protocol.timestamps import to_datetime
 from pgferry.stream import PgoutputOptions, ReplicationConnection, ReplicationStream
 
 from .applier import Applier, Batching, RetryExact
-from .conflicts import ConflictContext, node_name
+from .conflicts import session_conflicts
 
 logger = logging.getLogger("pgferry.apply")
 
@@ -161,21 +160,9 @@ class ApplyWorker:
             )
 
         relations = RelationCache()
-        origin = sub.option("origin", "any")
         remote = ReplicationConnection.connect(sub.conninfo, application_name=self.name)
         try:
-            system = remote.identify_system()
-            remote_node = node_name(system.system_id, system.dbname)
-            conflicts.set_remote_node(local, self.name, remote_node)
-            context = ConflictContext.load(
-                local,
-                self.name,
-                sub.origin_name,
-                resolution=Resolution.parse(sub.option("conflict_resolution", None)),
-                remote_node=remote_node,
-            )
-            # origin = none: the publisher filters from 16 on; before, we do.
-            server_filters = remote.major >= 16
+            session = session_conflicts(local, sub, sub.origin_name, remote, record_node=True)
             applier = Applier(
                 local,
                 self.name,
@@ -183,15 +170,15 @@ class ApplyWorker:
                 relations,
                 applies=applies,
                 skip_lsn=sub.skip_lsn,
-                conflicts=context,
-                skip_origins=origin == "none" and not server_filters,
+                conflicts=session.context,
+                skip_origins=session.skip_origins,
                 batching=batching_of(local, sub),
                 exact_until=self._exact_until,
             )
             options = PgoutputOptions(
                 publication_names=sub.publications,
                 streaming="on" if sub.option("streaming", "off") != "off" else "off",
-                origin="none" if origin == "none" and server_filters else None,
+                origin=session.origin_option,
             )
             stream = remote.start_replication(
                 sub.slot_name, options, start_lsn=start, status_interval=self.status_interval

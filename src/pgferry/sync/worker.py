@@ -37,10 +37,9 @@ import psycopg
 from psycopg import sql
 
 from pgferry.apply.applier import Applier, commit_with_origin
-from pgferry.apply.conflicts import ConflictContext, node_name
+from pgferry.apply.conflicts import session_conflicts
 from pgferry.assembler import Assembler, Transaction, delivery_position
 from pgferry.catalog import handover, store
-from pgferry.conflict import Resolution
 from pgferry.errors import ApplyError, PgferryError
 from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
 from pgferry.protocol.lsn import Lsn
@@ -292,31 +291,19 @@ class TableSyncWorker:
             sub.conninfo, application_name=f"{self.subscription} sync"
         )
         try:
-            system = repl.identify_system()
-            context = ConflictContext.load(
-                local,
-                self.subscription,
-                self.slot,
-                resolution=Resolution.parse(sub.option("conflict_resolution", None)),
-                remote_node=node_name(system.system_id, system.dbname),
-            )
-            origin_none = sub.option("origin", "any") == "none"
-            server_filters = repl.major >= 16
+            session = session_conflicts(local, sub, self.slot, repl)
             applier = Applier(
                 local,
                 self.subscription,
                 self.slot,
                 relations,
                 applies=applies,
-                conflicts=context,
-                skip_origins=origin_none and not server_filters,
+                conflicts=session.context,
+                skip_origins=session.skip_origins,
             )
             stream = repl.start_replication(
                 self.slot,
-                PgoutputOptions(
-                    publication_names=sub.publications,
-                    origin="none" if origin_none and server_filters else None,
-                ),
+                PgoutputOptions(publication_names=sub.publications, origin=session.origin_option),
                 start_lsn=start,
                 status_interval=self.status_interval,
             )
