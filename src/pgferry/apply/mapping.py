@@ -99,7 +99,14 @@ class TableMap:
     origin_id: int = 0
     #: Set by the applier: this table's conflict policies are native's.
     native_policies: bool | None = None
-    _cache: dict[Any, sql.Composed] = field(default_factory=dict)
+    #: The subscriber connection (quoting and encoding of the statements).
+    context: psycopg.Connection[Any] | None = None
+    #: Statements by shape, rendered once: psycopg would render a Composed again
+    #: at every execution.
+    _cache: dict[Any, bytes] = field(default_factory=dict)
+
+    def _bytes(self, query: sql.Composed) -> bytes:
+        return query.as_bytes(self.context)
 
     @property
     def display(self) -> str:
@@ -112,7 +119,7 @@ class TableMap:
 
     def insert(
         self, values: tuple[Value, ...], *, skip_conflicts: bool = False
-    ) -> tuple[sql.Composed, list[str | None]]:
+    ) -> tuple[bytes, list[str | None]]:
         """INSERT; with ``skip_conflicts``, ``ON CONFLICT DO NOTHING`` (rowcount 0:
         a unique conflict, to be resolved by the caller)."""
         present = tuple(i for i, v in enumerate(values) if v is not UNCHANGED_TOAST)
@@ -122,14 +129,14 @@ class TableMap:
             # The publisher's value wins over a local GENERATED ALWAYS identity,
             # as it does when native writes the row directly.
             overriding = any(i in self.identity_always for i in present)
-            query = sql.SQL("INSERT INTO {} ({}){} VALUES ({}){}").format(
+            composed = sql.SQL("INSERT INTO {} ({}){} VALUES ({}){}").format(
                 self.target,
                 sql.SQL(", ").join(sql.Identifier(self.names[i]) for i in present),
                 sql.SQL(" OVERRIDING SYSTEM VALUE" if overriding else ""),
                 sql.SQL(", ").join(self._value(i) for i in present),
                 sql.SQL(" ON CONFLICT DO NOTHING" if skip_conflicts else ""),
             )
-            self._cache[shape] = query
+            query = self._cache[shape] = self._bytes(composed)
         return query, [_text(values[i]) for i in present]
 
     def _match(self, identity: tuple[Value, ...]) -> tuple[tuple[int, ...], list[str | None]]:
@@ -165,7 +172,7 @@ class TableMap:
 
     def update(
         self, old: tuple[Value, ...] | None, new: tuple[Value, ...]
-    ) -> tuple[sql.Composed, list[str | None]]:
+    ) -> tuple[bytes, list[str | None]]:
         used, key_params = self._match(old if old is not None else new)
         # Without an old tuple the key did not change; a GENERATED ALWAYS identity
         # key column may then not appear in SET (PostgreSQL refuses any value).
@@ -176,7 +183,7 @@ class TableMap:
         shape = ("u", present, used)
         query = self._cache.get(shape)
         if query is None:
-            query = sql.SQL("UPDATE {} SET {} WHERE {}").format(
+            composed = sql.SQL("UPDATE {} SET {} WHERE {}").format(
                 self.target,
                 sql.SQL(", ").join(
                     sql.SQL("{} = {}").format(sql.Identifier(self.names[i]), self._value(i))
@@ -184,15 +191,15 @@ class TableMap:
                 ),
                 self._locate(used),
             )
-            self._cache[shape] = query
+            query = self._cache[shape] = self._bytes(composed)
         return query, [_text(new[i]) for i in present] + key_params
 
-    def delete(self, old: tuple[Value, ...]) -> tuple[sql.Composed, list[str | None]]:
+    def delete(self, old: tuple[Value, ...]) -> tuple[bytes, list[str | None]]:
         used, params = self._match(old)
         query = self._cache.get(("d", used))
         if query is None:
-            query = sql.SQL("DELETE FROM {} WHERE {}").format(self.target, self._locate(used))
-            self._cache[("d", used)] = query
+            composed = sql.SQL("DELETE FROM {} WHERE {}").format(self.target, self._locate(used))
+            query = self._cache[("d", used)] = self._bytes(composed)
         return query, params
 
     # -- statements for conflict detection and resolution ---------------------------
@@ -217,22 +224,22 @@ class TableMap:
             l=sql.Identifier(_L), stamps=_stamp_columns(self.stamps), row=row
         )
 
-    def locate_row(self, identity: tuple[Value, ...]) -> tuple[sql.Composed, list[str | None]]:
+    def locate_row(self, identity: tuple[Value, ...]) -> tuple[bytes, list[str | None]]:
         """The local row the identity finds, locked, as (tableoid, ctid, commit time,
         origin id, row as jsonb); no row: missing."""
         used, params = self._match(identity)
         shape = ("locate", used)
         query = self._cache.get(shape)
         if query is None:
-            query = sql.SQL("SELECT {} FROM {} AS {} WHERE {} LIMIT 1 FOR UPDATE").format(
+            composed = sql.SQL("SELECT {} FROM {} AS {} WHERE {} LIMIT 1 FOR UPDATE").format(
                 self._row_columns(), self.target, sql.Identifier(_L), self._conds(used, _L)
             )
-            self._cache[shape] = query
+            query = self._cache[shape] = self._bytes(composed)
         return query, params
 
     def find_conflicts(
         self, values: tuple[Value, ...], exclude: tuple[int, str] | None = None
-    ) -> tuple[sql.Composed, list[Any]] | None:
+    ) -> tuple[bytes, list[Any]] | None:
         """The local rows (other than ``exclude``) that ``values`` collide with on a
         unique index, locked, as :meth:`locate_row`'s columns plus the names of the
         indexes each collides on; None when no index can collide."""
@@ -270,7 +277,7 @@ class TableMap:
             exclusion = sql.SQL(
                 " AND ({l}.tableoid, {l}.ctid) <> (%s::oid, %s::tid)" if exclude else ""
             ).format(l=alias)
-            query = sql.SQL(
+            composed = sql.SQL(
                 "SELECT {}, pg_catalog.array_remove(ARRAY[{}], NULL) FROM {} AS {}"
                 " WHERE ({}){} FOR UPDATE"
             ).format(
@@ -281,7 +288,7 @@ class TableMap:
                 sql.SQL(" OR ").join(conds),
                 exclusion,
             )
-            self._cache[shape] = query
+            query = self._cache[shape] = self._bytes(composed)
         params: list[Any] = []
         for _index, positions in checks:
             params += [_text(values[i]) for i in positions]
@@ -293,7 +300,7 @@ class TableMap:
 
     def update_row(
         self, new: tuple[Value, ...], address: tuple[int, str], *, key_unchanged: bool = False
-    ) -> tuple[sql.Composed, list[Any]]:
+    ) -> tuple[bytes, list[Any]]:
         """UPDATE the row at ``address`` to ``new`` (a GENERATED ALWAYS identity
         column is left out when ``key_unchanged``: it may not be set)."""
         skip = frozenset(self.identity_always) if key_unchanged else frozenset()
@@ -301,28 +308,30 @@ class TableMap:
         shape = ("u@", present)
         query = self._cache.get(shape)
         if query is None:
-            query = sql.SQL("UPDATE {} SET {} WHERE tableoid = %s::oid AND ctid = %s::tid").format(
+            composed = sql.SQL(
+                "UPDATE {} SET {} WHERE tableoid = %s::oid AND ctid = %s::tid"
+            ).format(
                 self.target,
                 sql.SQL(", ").join(
                     sql.SQL("{} = {}").format(sql.Identifier(self.names[i]), self._value(i))
                     for i in present
                 ),
             )
-            self._cache[shape] = query
+            query = self._cache[shape] = self._bytes(composed)
         return query, [_text(new[i]) for i in present] + [address[0], address[1]]
 
-    def delete_row(self, address: tuple[int, str]) -> tuple[sql.Composed, list[Any]]:
+    def delete_row(self, address: tuple[int, str]) -> tuple[bytes, list[Any]]:
         query = self._cache.get("d@")
         if query is None:
-            query = sql.SQL("DELETE FROM {} WHERE tableoid = %s::oid AND ctid = %s::tid").format(
+            composed = sql.SQL("DELETE FROM {} WHERE tableoid = %s::oid AND ctid = %s::tid").format(
                 self.target
             )
-            self._cache["d@"] = query
+            query = self._cache["d@"] = self._bytes(composed)
         return query, [address[0], address[1]]
 
     def update_returning(
         self, old: tuple[Value, ...] | None, new: tuple[Value, ...]
-    ) -> tuple[sql.Composed, list[str | None]]:
+    ) -> tuple[bytes, list[str | None]]:
         """UPDATE in one statement that also returns the old row's commit time,
         origin id and jsonb (no row: missing): for when the outcome does not depend
         on them."""
@@ -334,7 +343,7 @@ class TableMap:
         shape = ("u*", present, used)
         query = self._cache.get(shape)
         if query is None:
-            query = sql.SQL(
+            composed = sql.SQL(
                 "WITH pgferry_old AS (SELECT {row} FROM {t} AS {l} WHERE {conds} LIMIT 1"
                 " FOR UPDATE) UPDATE {t} AS pgferry_u SET {sets} FROM pgferry_old AS o"
                 " WHERE pgferry_u.tableoid = o.tableoid AND pgferry_u.ctid = o.ctid::tid"
@@ -349,16 +358,16 @@ class TableMap:
                     for i in present
                 ),
             )
-            self._cache[shape] = query
+            query = self._cache[shape] = self._bytes(composed)
         return query, key_params + [_text(new[i]) for i in present]
 
-    def delete_returning(self, old: tuple[Value, ...]) -> tuple[sql.Composed, list[str | None]]:
+    def delete_returning(self, old: tuple[Value, ...]) -> tuple[bytes, list[str | None]]:
         """DELETE in one statement returning what :meth:`update_returning` does."""
         used, params = self._match(old)
         shape = ("d*", used)
         query = self._cache.get(shape)
         if query is None:
-            query = sql.SQL(
+            composed = sql.SQL(
                 "WITH pgferry_old AS (SELECT {row} FROM {t} AS {l} WHERE {conds} LIMIT 1"
                 " FOR UPDATE) DELETE FROM {t} AS pgferry_d USING pgferry_old AS o"
                 " WHERE pgferry_d.tableoid = o.tableoid AND pgferry_d.ctid = o.ctid::tid"
@@ -369,7 +378,7 @@ class TableMap:
                 l=sql.Identifier(_L),
                 conds=self._conds(used, _L),
             )
-            self._cache[shape] = query
+            query = self._cache[shape] = self._bytes(composed)
         return query, params
 
     def row_json(
@@ -502,4 +511,5 @@ def build_map(
         on_conflict_ok=exact,
         stamps=stamps,
         origin_id=origin_id,
+        context=conn,
     )
