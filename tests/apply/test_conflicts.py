@@ -8,6 +8,7 @@ commits after the remote transaction, "local older" before it.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,9 @@ import pytest
 from pgferry.catalog import conflicts, store
 from pgferry.conflict import Resolution
 from pgferry.errors import ConflictError
+from pgferry.runner import Launcher
+from pgferry.status import wait_ready
+from pgferry.subscription import create_subscription
 from tests.apply.pair import Pair
 
 DDL = "CREATE TABLE t (id int PRIMARY KEY, u int UNIQUE, v text)"
@@ -409,3 +413,28 @@ def test_resolved_conflicts_are_not_applied_twice_after_a_restart(pair: Pair) ->
     pair.sync()  # a new worker starts from the origin: nothing again
     assert table(pair) == [(1, 11, "remote")]
     assert len(logged(pair)) == 1
+
+
+def test_rows_of_the_initial_copy_are_no_conflict(pair: Pair) -> None:
+    """The copy writes with its sync worker's origin, dropped at the handover;
+    changing those rows later is not update_origin_differs (native reports it)."""
+    cluster = pair.cluster
+    cluster.sql(DDL + "; CREATE PUBLICATION pub FOR TABLE t", dbname=pair.pub)
+    cluster.sql(
+        "INSERT INTO t SELECT g, g, 'copied' FROM generate_series(1, 50) g", dbname=pair.pub
+    )
+    cluster.sql(DDL, dbname=pair.sub)
+    create_subscription(cluster.dsn(pair.sub), "copied", cluster.dsn(pair.pub), ["pub"])
+    launcher = Launcher(cluster.dsn(pair.sub), poll_interval=0.3)
+    thread = threading.Thread(target=launcher.run, daemon=True)
+    thread.start()
+    try:
+        wait_ready(cluster.dsn(pair.sub), "copied", timeout=60)
+        cluster.sql("UPDATE t SET v = 'changed'; DELETE FROM t WHERE id <= 5", dbname=pair.pub)
+        wait_ready(cluster.dsn(pair.sub), "copied", timeout=60)
+        assert table(pair) == cluster.sql("SELECT id, u, v FROM t ORDER BY id", dbname=pair.pub)
+        with cluster.connect(pair.sub) as conn:
+            assert conflicts.list_conflicts(conn) == []
+    finally:
+        launcher.request_stop()
+        thread.join(timeout=60)

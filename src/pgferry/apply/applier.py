@@ -318,7 +318,7 @@ class Applier:
             key = table.row_json(identity, key_only=True)
             if not found:
                 self._resolve(tx, table, ctype, [], key=key, remote=new)
-            elif self.conflicts.origin_differs(rows[0]):
+            elif self.conflicts.origin_differs(self.conn, rows[0]):
                 differs = (
                     ConflictType.UPDATE_ORIGIN_DIFFERS
                     if ctype is ConflictType.UPDATE_MISSING
@@ -429,7 +429,7 @@ class Applier:
             else:
                 rows = self._rows(*table.update_returning(old, new))
                 found = bool(rows)
-                if rows and conflicts.origin_differs(rows[0]):
+                if rows and conflicts.origin_differs(self.conn, rows[0]):
                     conflicts.record(
                         self.conn,
                         tx,
@@ -449,7 +449,7 @@ class Applier:
             self._update_missing(tx, table, key, new)
             return
         row = located[0]
-        if conflicts.origin_differs(row) and not self._resolve(
+        if conflicts.origin_differs(self.conn, row) and not self._resolve(
             tx, table, ConflictType.UPDATE_ORIGIN_DIFFERS, [row], key=key, remote=new
         ):
             return
@@ -494,7 +494,7 @@ class Applier:
             rows = self._rows(*table.delete_returning(old))
             if not rows:
                 self._resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
-            elif conflicts.origin_differs(rows[0]):
+            elif conflicts.origin_differs(self.conn, rows[0]):
                 conflicts.record(
                     self.conn,
                     tx,
@@ -512,7 +512,7 @@ class Applier:
             self._resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
             return
         row = located[0]
-        if conflicts.origin_differs(row) and not self._resolve(
+        if conflicts.origin_differs(self.conn, row) and not self._resolve(
             tx, table, ConflictType.DELETE_ORIGIN_DIFFERS, [row], key=key, remote=None
         ):
             return

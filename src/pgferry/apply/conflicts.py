@@ -34,6 +34,9 @@ from pgferry.stream import ReplicationConnection
 
 from .mapping import Stamps
 
+#: Table sync workers' replication origins are named so (pgferry.sync.sync_slot_name).
+SYNC_ORIGIN_PREFIX = "pgferry_sync_"
+
 #: Conflict records kept in memory before they are written (inside the transaction).
 RECORD_BUFFER = 1000
 
@@ -95,6 +98,8 @@ class ConflictContext:
     records: list[catalog.ConflictRecord] = field(default_factory=list)
     counts: collections.Counter[ConflictType] = field(default_factory=collections.Counter)
     _origin_names: dict[int, str] = field(default_factory=dict)
+    #: Origin id -> whether its rows count as another origin's (see origin_differs).
+    _foreign: dict[int, bool] = field(default_factory=dict)
 
     @classmethod
     def load(
@@ -144,12 +149,25 @@ class ConflictContext:
 
     # -- who wrote what -------------------------------------------------------------
 
-    def origin_differs(self, row: LocalRow) -> bool:
+    def origin_differs(self, conn: psycopg.Connection[Any], row: LocalRow) -> bool:
         """PG 18's condition: the row's commit is known and from another origin
-        (a local write has origin 0, so it differs too)."""
-        return (
-            row.time is not None and row.origin_id is not None and row.origin_id != self.origin_id
-        )
+        (a local write has origin 0, so it differs too), except that rows of an
+        initial copy are not conflicts: rows written by a table sync worker's
+        origin, or by an origin dropped since (as sync origins are at the
+        handover). Native reports those ("non-existent origin")."""
+        if row.time is None or row.origin_id is None or row.origin_id == self.origin_id:
+            return False
+        if row.origin_id == 0:
+            return True
+        foreign = self._foreign.get(row.origin_id)
+        if foreign is None:
+            name = conn.execute(
+                "SELECT roname FROM pg_catalog.pg_replication_origin WHERE roident = %s",
+                (row.origin_id,),
+            ).fetchone()
+            foreign = name is not None and not str(name[0]).startswith(SYNC_ORIGIN_PREFIX)
+            self._foreign[row.origin_id] = foreign
+        return foreign
 
     def origin_name(self, conn: psycopg.Connection[Any], origin_id: int | None) -> str | None:
         """The replication origin's name; None for a local write or when unknown."""

@@ -37,7 +37,7 @@ import psycopg
 from psycopg import sql
 
 from pgferry.apply.applier import Applier, commit_with_origin
-from pgferry.apply.conflicts import session_conflicts
+from pgferry.apply.conflicts import SYNC_ORIGIN_PREFIX, session_conflicts
 from pgferry.assembler import Assembler, Transaction, delivery_position
 from pgferry.catalog import handover, store
 from pgferry.errors import ApplyError, PgferryError
@@ -54,7 +54,7 @@ logger = logging.getLogger("pgferry.sync")
 def sync_slot_name(subscription: str, schema: str, name: str) -> str:
     """The sync worker's slot (and origin) name: short, [a-z0-9_], stable per table."""
     digest = hashlib.sha256(f"{subscription}\0{schema}\0{name}".encode()).hexdigest()[:16]
-    return f"pgferry_sync_{digest}"
+    return f"{SYNC_ORIGIN_PREFIX}{digest}"
 
 
 class TableSyncWorker:
