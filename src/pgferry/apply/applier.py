@@ -138,6 +138,13 @@ class RetryExact(Exception):
         self.until = until
 
 
+def _unique_conflict(rows: list[LocalRow], single: ConflictType) -> ConflictType:
+    """``single`` for one index collision; more (even of one row, as PG 18 counts
+    them) make multiple_unique_conflicts."""
+    collisions = sum(len(r.indexes) for r in rows)
+    return ConflictType.MULTIPLE_UNIQUE_CONFLICTS if collisions > 1 else single
+
+
 class Applier:
     def __init__(
         self,
@@ -315,10 +322,11 @@ class Applier:
             else:
                 rows = [LocalRow.from_row(r) for r in cur.fetchall()]
                 found = bool(rows)
-            key = table.row_json(identity, key_only=True)
             if not found:
+                key = table.row_json(identity, key_only=True)
                 self._resolve(tx, table, ctype, [], key=key, remote=new)
             elif self.conflicts.origin_differs(self.conn, rows[0]):
+                key = table.row_json(identity, key_only=True)
                 differs = (
                     ConflictType.UPDATE_ORIGIN_DIFFERS
                     if ctype is ConflictType.UPDATE_MISSING
@@ -385,11 +393,7 @@ class Applier:
             # this transaction, but then the plain INSERT says what is wrong).
             self.conn.execute(*table.insert(new))
             return
-        ctype = (
-            ConflictType.MULTIPLE_UNIQUE_CONFLICTS
-            if sum(len(r.indexes) for r in rows) > 1
-            else ConflictType.INSERT_EXISTS
-        )
+        ctype = _unique_conflict(rows, ConflictType.INSERT_EXISTS)
         if not self._resolve(tx, table, ctype, rows, key=None, remote=new):
             return
         present = {i for i, v in enumerate(new) if v is not UNCHANGED_TOAST}
@@ -415,11 +419,7 @@ class Applier:
         key = table.row_json(identity, key_only=True)
         # update_exists is possible on an index other than the replica identity's,
         # or on any when the identity (hence maybe the key) changed.
-        check_unique = bool(table.uniques) and (
-            old is not None
-            or table.full
-            or any(set(ix.positions) != set(table.key) for ix in table.uniques)
-        )
+        check_unique = table.other_uniques or (old is not None and bool(table.uniques))
         policy = conflicts.policy(relation, ConflictType.UPDATE_ORIGIN_DIFFERS)
         if not check_unique and (table.stamps is Stamps.NONE or policy is Policy.APPLY_REMOTE):
             # One statement: the outcome does not depend on the local row.
@@ -457,11 +457,7 @@ class Applier:
             query = table.find_conflicts(new, exclude=row.address)
             others = self._rows(*query) if query else []
             if others:
-                ctype = (
-                    ConflictType.MULTIPLE_UNIQUE_CONFLICTS
-                    if sum(len(r.indexes) for r in others) > 1
-                    else ConflictType.UPDATE_EXISTS
-                )
+                ctype = _unique_conflict(others, ConflictType.UPDATE_EXISTS)
                 if not self._resolve(tx, table, ctype, others, key=key, remote=new):
                     return
                 for other in others:
@@ -551,11 +547,8 @@ class Applier:
         if outcome is not Outcome.ERROR:
             return outcome is Outcome.APPLY
         self._rollback()
-        conflicts.records[:] = [record]
-        conflicts.counts.clear()
-        conflicts.counts[ctype] = 1
         with self.conn.transaction():
-            conflicts.flush(self.conn)
+            conflicts.flush_only(self.conn, record)
         raise self._conflict_error(tx, table, ctype, record, local)
 
     def _conflict_error(

@@ -97,9 +97,8 @@ class ConflictContext:
     origin_nodes: Mapping[str, str] = field(default_factory=dict)
     records: list[catalog.ConflictRecord] = field(default_factory=list)
     counts: collections.Counter[ConflictType] = field(default_factory=collections.Counter)
-    _origin_names: dict[int, str] = field(default_factory=dict)
-    #: Origin id -> whether its rows count as another origin's (see origin_differs).
-    _foreign: dict[int, bool] = field(default_factory=dict)
+    #: Replication origin id -> name (None: dropped).
+    _origin_names: dict[int, str | None] = field(default_factory=dict)
 
     @classmethod
     def load(
@@ -159,29 +158,25 @@ class ConflictContext:
             return False
         if row.origin_id == 0:
             return True
-        foreign = self._foreign.get(row.origin_id)
-        if foreign is None:
-            name = conn.execute(
+        name = self._lookup_origin(conn, row.origin_id)
+        return name is not None and not name.startswith(SYNC_ORIGIN_PREFIX)
+
+    def _lookup_origin(self, conn: psycopg.Connection[Any], origin_id: int) -> str | None:
+        """The name of replication origin ``origin_id``; None once dropped (cached)."""
+        if origin_id not in self._origin_names:
+            found = conn.execute(
                 "SELECT roname FROM pg_catalog.pg_replication_origin WHERE roident = %s",
-                (row.origin_id,),
+                (origin_id,),
             ).fetchone()
-            foreign = name is not None and not str(name[0]).startswith(SYNC_ORIGIN_PREFIX)
-            self._foreign[row.origin_id] = foreign
-        return foreign
+            self._origin_names[origin_id] = str(found[0]) if found else None
+        return self._origin_names[origin_id]
 
     def origin_name(self, conn: psycopg.Connection[Any], origin_id: int | None) -> str | None:
         """The replication origin's name; None for a local write or when unknown."""
         if not origin_id:
             return None
-        name = self._origin_names.get(origin_id)
-        if name is None:
-            found = conn.execute(
-                "SELECT roname FROM pg_catalog.pg_replication_origin WHERE roident = %s",
-                (origin_id,),
-            ).fetchone()
-            name = str(found[0]) if found else f"(dropped origin {origin_id})"
-            self._origin_names[origin_id] = name
-        return name
+        name = self._lookup_origin(conn, origin_id)
+        return name if name is not None else f"(dropped origin {origin_id})"
 
     def local_stamp(self, conn: psycopg.Connection[Any], row: LocalRow) -> Stamp:
         if row.origin_id is None:
@@ -250,6 +245,14 @@ class ConflictContext:
         self.flush_records(conn)
         catalog.add_counts(conn, self.subscription, self.counts)
         self.counts.clear()
+
+    def flush_only(self, conn: psycopg.Connection[Any], record: catalog.ConflictRecord) -> None:
+        """Write ``record`` and count it, forgetting the rest of the transaction's
+        (rolled back: they happen again when it is retried)."""
+        self.reset()
+        self.records.append(record)
+        self.counts[record.conflict_type] = 1
+        self.flush(conn)
 
     def reset(self) -> None:
         """Forget the transaction's records (it was rolled back)."""

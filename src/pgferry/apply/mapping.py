@@ -104,6 +104,19 @@ class TableMap:
     #: Statements by shape, rendered once: psycopg would render a Composed again
     #: at every execution.
     _cache: dict[Any, bytes] = field(default_factory=dict)
+    _other_uniques: bool | None = None
+
+    @property
+    def other_uniques(self) -> bool:
+        """A unique index other than the replica identity's (so an UPDATE that
+        keeps its identity may still collide); every one under FULL."""
+        value = self._other_uniques
+        if value is None:
+            key = set(self.key)
+            value = self._other_uniques = any(
+                self.full or set(ix.positions) != key for ix in self.uniques
+            )
+        return value
 
     def _bytes(self, query: sql.Composed) -> bytes:
         return query.as_bytes(self.context)
@@ -329,6 +342,17 @@ class TableMap:
             query = self._cache["d@"] = self._bytes(composed)
         return query, [address[0], address[1]]
 
+    def _old_row(self, used: tuple[int, ...]) -> sql.Composed:
+        """``WITH pgferry_old AS (...)``: the row the identity finds, locked."""
+        return sql.SQL(
+            "WITH pgferry_old AS (SELECT {row} FROM {t} AS {l} WHERE {conds} LIMIT 1 FOR UPDATE)"
+        ).format(
+            row=self._row_columns(only_differing=True),
+            t=self.target,
+            l=sql.Identifier(_L),
+            conds=self._conds(used, _L),
+        )
+
     def update_returning(
         self, old: tuple[Value, ...] | None, new: tuple[Value, ...]
     ) -> tuple[bytes, list[str | None]]:
@@ -344,15 +368,12 @@ class TableMap:
         query = self._cache.get(shape)
         if query is None:
             composed = sql.SQL(
-                "WITH pgferry_old AS (SELECT {row} FROM {t} AS {l} WHERE {conds} LIMIT 1"
-                " FOR UPDATE) UPDATE {t} AS pgferry_u SET {sets} FROM pgferry_old AS o"
+                "{old} UPDATE {t} AS pgferry_u SET {sets} FROM pgferry_old AS o"
                 " WHERE pgferry_u.tableoid = o.tableoid AND pgferry_u.ctid = o.ctid::tid"
                 " RETURNING o.*"
             ).format(
-                row=self._row_columns(only_differing=True),
+                old=self._old_row(used),
                 t=self.target,
-                l=sql.Identifier(_L),
-                conds=self._conds(used, _L),
                 sets=sql.SQL(", ").join(
                     sql.SQL("{} = {}").format(sql.Identifier(self.names[i]), self._value(i))
                     for i in present
@@ -368,16 +389,10 @@ class TableMap:
         query = self._cache.get(shape)
         if query is None:
             composed = sql.SQL(
-                "WITH pgferry_old AS (SELECT {row} FROM {t} AS {l} WHERE {conds} LIMIT 1"
-                " FOR UPDATE) DELETE FROM {t} AS pgferry_d USING pgferry_old AS o"
+                "{old} DELETE FROM {t} AS pgferry_d USING pgferry_old AS o"
                 " WHERE pgferry_d.tableoid = o.tableoid AND pgferry_d.ctid = o.ctid::tid"
                 " RETURNING o.*"
-            ).format(
-                row=self._row_columns(only_differing=True),
-                t=self.target,
-                l=sql.Identifier(_L),
-                conds=self._conds(used, _L),
-            )
+            ).format(old=self._old_row(used), t=self.target)
             query = self._cache[shape] = self._bytes(composed)
         return query, params
 

@@ -43,7 +43,8 @@ from pgferry.publisher.manage import (
     to_json,
 )
 from pgferry.publisher.spec import parse_identifier, parse_table_name, parse_table_spec
-from pgferry.publisher.validate import parse_with, printable, shown
+from pgferry.publisher.validate import parse_with, shown
+from pgferry.subscription.tables import printable
 
 
 def _warn(lines: tuple[str, ...]) -> None:

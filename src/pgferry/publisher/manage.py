@@ -68,7 +68,6 @@ from pgferry.publisher.validate import (
     check_wal_level,
     identity_issues,
     leaves_of,
-    printable,
     publication_exists,
     published_leaves,
     require_features,
@@ -78,6 +77,7 @@ from pgferry.publisher.validate import (
     server_major,
     shown,
 )
+from pgferry.subscription.tables import printable
 
 _LIST_HINT = "pgferry publication list shows the publications of this database"
 

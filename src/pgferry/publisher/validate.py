@@ -44,6 +44,7 @@ from psycopg.rows import tuple_row
 
 from pgferry.errors import FeatureNotSupported, InterfaceError, ServerError, WalLevelNotLogical
 from pgferry.publisher.spec import TableSpec, quote_ident
+from pgferry.subscription.tables import printable
 
 #: The change kinds a publication can publish, in PostgreSQL's order.
 PUBLISH_ACTIONS = ("insert", "update", "delete", "truncate")
@@ -68,13 +69,6 @@ class SchemaNotFound(ServerError):
 
 class PublicationAlreadyExists(ServerError):
     """``create`` was asked for a publication name already taken."""
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped, so a message stays one line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def shown(name: str) -> str:
