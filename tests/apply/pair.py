@@ -57,8 +57,9 @@ class Pair:
         )
         return Lsn.parse(row[0][0]) if row and row[0][0] else Lsn(0)
 
-    def sync(self, timeout: float = 30) -> None:
-        """Run the worker until everything written so far is applied; re-raise its error."""
+    def sync(self, timeout: float = 30) -> ApplyWorker:
+        """Run the worker until everything written so far is applied; re-raise its
+        error. Returns the (stopped) worker."""
         target = current_lsn(self.cluster, self.pub)
         worker = ApplyWorker(self.cluster.dsn(self.sub), "ferry", status_interval=1)
         failure: list[BaseException] = []
@@ -86,6 +87,7 @@ class Pair:
         thread.join(timeout=30)
         if failure:
             raise failure[0]
+        return worker
 
     def confirmed(self) -> Lsn:
         row = self.cluster.sql(

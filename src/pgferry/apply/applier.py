@@ -72,6 +72,7 @@ from pgferry.protocol.timestamps import to_datetime
 
 from .conflicts import ConflictContext, LocalRow
 from .mapping import MappingError, Stamps, TableMap, build_map
+from .staging import Eligibility, Stage, StageMismatch, eligibility
 
 logger = logging.getLogger("pgferry.apply")
 
@@ -123,6 +124,9 @@ class Batching:
     #: Send a batch's statements without waiting for each result (libpq pipeline
     #: mode), where the conflict policies make results matter only afterwards.
     pipeline: bool = True
+    #: Apply each eligible table's changes as their net effect per key, a few
+    #: statements per table and batch (see :mod:`.staging`).
+    set_based: bool = True
 
 
 #: Statements in flight in pipeline mode before their results are collected.
@@ -184,6 +188,9 @@ class Applier:
         self._pipe_stack: contextlib.ExitStack | None = None
         self._deferred: list[tuple[psycopg.Cursor[Any], Callable[[psycopg.Cursor[Any]], None]]] = []
         self._maps: dict[int, TableMap] = {}
+        #: Staged changes by relation id (None: the table is applied row by row).
+        self._stages: dict[int, Stage | None] = {}
+        self._staging = False
         self._skipping = False
         # A local transaction is open; it holds ``_batched`` applied remote
         # transactions, the last of which is ``_last`` (tx, end LSN).
@@ -225,11 +232,11 @@ class Applier:
         )
         if self._exact and self._in_tx:
             self.flush()  # this one commits on its own
+        self._staging = not self._exact and self.batching.set_based
         self._remote_open = True
         if not self._in_tx:
             if not self._exact and self.batching.pipeline:
-                self._pipe_stack = contextlib.ExitStack()
-                self._pipe = self._pipe_stack.enter_context(self.conn.pipeline())
+                self._open_pipeline()
             self.conn.execute("BEGIN")
             self._in_tx = True
             self._batch_started = time.monotonic()
@@ -241,7 +248,7 @@ class Applier:
         try:
             self._change(tx, change)
         except psycopg.Error:
-            self._pipeline_failed(tx)
+            self._batch_failed(tx)
 
     def _change(self, tx: Transaction, change: Change) -> None:
         if self._skipping or isinstance(change, LogicalMessage):
@@ -252,6 +259,18 @@ class Applier:
         table = self._map(tx, change.relation_id, type(change).__name__.upper())
         if table is None:
             return
+        if self._staging:
+            stage = self._stage(change.relation_id, table)
+            if stage is not None:
+                if stage.add(change):
+                    if stage.full:
+                        self._apply_stages(tx, [stage], keep=True)
+                    return
+                # Applied in order: what is staged first, then this change.
+                self._apply_stages(tx, [stage], keep=True)
+            elif table.fires_triggers:
+                # Its triggers may read other tables: they see every change before.
+                self._apply_stages(tx, None, keep=True)
         if self._pipe is not None:
             if self._native_policies(table):
                 self._pipelined(tx, table, change)
@@ -279,7 +298,57 @@ class Applier:
                 exc, tx, table.display, type(change).__name__.upper(), column=column
             ) from None
 
+    # -- staged changes (set-based apply) -------------------------------------------------
+
+    def _stage(self, relation_id: int, table: TableMap) -> Stage | None:
+        if relation_id in self._stages:
+            return self._stages[relation_id]
+        kind = eligibility(table)
+        stage = None if kind is Eligibility.NONE else Stage(table, kind)
+        self._stages[relation_id] = stage
+        return stage
+
+    def _apply_stages(self, tx: Transaction, stages: list[Stage] | None, *, keep: bool) -> None:
+        """Apply the staged changes (of ``stages``, or of every table); ``keep``: the
+        batch goes on. A surprise fails the batch (:class:`RetryExact`)."""
+        pending = [
+            s
+            for s in (stages if stages is not None else self._stages.values())
+            if s is not None and s.pending
+        ]
+        if not pending:
+            return
+        pipelined = self._pipe is not None
+        try:
+            if pipelined:
+                # COPY is not possible in pipeline mode.
+                self._collect()
+                self._close_pipeline_strict()
+            for stage in pending:
+                stage.apply(self.conn, keep=keep)
+        except (psycopg.Error, StageMismatch) as exc:
+            logger.debug("subscription %s: staged apply failed: %s", self.subscription, exc)
+            self._batch_failed(tx)
+        if pipelined and keep:
+            self._open_pipeline()
+
+    @property
+    def staged_rows(self) -> int:
+        """Net rows applied set-based so far (see :mod:`.staging`)."""
+        return sum(s.applied for s in self._stages.values() if s is not None)
+
+    def _discard_stages(self) -> None:
+        """The transaction rolled back: so did what was staged, and maybe the
+        staging tables created in it."""
+        for stage in self._stages.values():
+            if stage is not None:
+                stage.clear(created=False)
+
     # -- pipelined changes ----------------------------------------------------------------
+
+    def _open_pipeline(self) -> None:
+        self._pipe_stack = contextlib.ExitStack()
+        self._pipe = self._pipe_stack.enter_context(self.conn.pipeline())
 
     def _native_policies(self, table: TableMap) -> bool:
         """The table's conflicts are handled as native does: then a change's result
@@ -360,9 +429,9 @@ class Applier:
             with contextlib.suppress(psycopg.Error):
                 stack.close()
 
-    def _pipeline_failed(self, tx: Transaction) -> NoReturn:
+    def _batch_failed(self, tx: Transaction) -> NoReturn:
         logger.info(
-            "subscription %s: a pipelined batch failed; applying up to %s exactly",
+            "subscription %s: a pipelined or staged batch failed; applying up to %s exactly",
             self.subscription,
             tx.commit_lsn,
         )
@@ -370,6 +439,7 @@ class Applier:
         with contextlib.suppress(psycopg.Error):
             self.conn.execute("ROLLBACK")
         self._forget_batch()
+        self._discard_stages()
         self.conflicts.reset()
         raise RetryExact(tx.commit_lsn)
 
@@ -639,13 +709,15 @@ class Applier:
                 self.conflicts.flush(self.conn)  # what the results logged
                 self._close_pipeline_strict()
             except psycopg.Error:
-                self._pipeline_failed(tx)
+                self._batch_failed(tx)
+        self._apply_stages(tx, None, keep=False)
         try:
             self.conn.execute(commit_with_origin(end_lsn, to_datetime(tx.commit_time)))
         except psycopg.Error as exc:
             with contextlib.suppress(psycopg.Error):
                 self.conn.execute("ROLLBACK")  # if the message stopped before COMMIT
             self._forget_batch()
+            self._discard_stages()
             raise self._error(exc, tx, None, "COMMIT") from None
         self.applied_lsn = end_lsn
         self.applied_count += self._batched
@@ -666,6 +738,7 @@ class Applier:
             with contextlib.suppress(psycopg.Error):
                 self._rollback()
         self._forget_batch()
+        self._discard_stages()
         self.conflicts.reset()
 
     def _rollback(self) -> None:
@@ -673,6 +746,7 @@ class Applier:
         origin (not moved) sends again after a restart."""
         self.conn.execute("ROLLBACK")
         self._forget_batch()
+        self._discard_stages()
 
     def _forget_batch(self) -> None:
         self._in_tx = False
@@ -688,6 +762,10 @@ class Applier:
             return None
         table = self._maps.get(relation_id)
         if table is None or table.relation is not relation:
+            # The relation changed: what was staged in its old shape goes first.
+            old_stage = self._stages.pop(relation_id, None)
+            if old_stage is not None:
+                self._apply_stages(tx, [old_stage], keep=True)
             try:
                 table = build_map(
                     self.conn, relation, self.conflicts.stamps, self.conflicts.origin_id
@@ -714,6 +792,7 @@ class Applier:
                 targets.append(table)
         if not targets:
             return
+        self._apply_stages(tx, None, keep=True)
         query = sql.SQL("TRUNCATE {}{}").format(
             sql.SQL(", ").join(t.target for t in targets),
             sql.SQL(" RESTART IDENTITY" if change.restart_identity else ""),

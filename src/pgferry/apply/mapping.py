@@ -95,6 +95,9 @@ class TableMap:
     #: deferrable unique index, exclusion constraint or index we cannot check.
     on_conflict_ok: bool = True
     stamps: Stamps = Stamps.NONE
+    #: A trigger fires on the table (or a partition) in the apply session
+    #: (``ENABLE ALWAYS`` or ``ENABLE REPLICA``): it must see every row change.
+    fires_triggers: bool = False
     #: The apply session's replication origin id (rows it wrote are no conflict).
     origin_id: int = 0
     #: Set by the applier: this table's conflict policies are native's.
@@ -442,6 +445,17 @@ ORDER BY ic.relname
 """
 
 
+# Triggers of the table and its partitions that fire under session_replication_role
+# = replica (A: always, R: replica). A partition's clone of a trigger of its
+# parent is "internal" before PostgreSQL 15, hence tgparentid.
+_FIRING_TRIGGERS = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_catalog.pg_trigger t
+    WHERE t.tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(%s::regclass))
+      AND (NOT t.tgisinternal OR t.tgparentid <> 0) AND t.tgenabled IN ('A', 'R'))
+"""
+
+
 def _unique_indexes(
     conn: psycopg.Connection[Any], target: str, names: tuple[str, ...]
 ) -> tuple[tuple[UniqueIndex, ...], bool]:
@@ -513,6 +527,7 @@ def build_map(
         )
     names = tuple(c.name for c in relation.columns)
     uniques, exact = _unique_indexes(conn, target.as_string(conn), names)
+    triggers = conn.execute(_FIRING_TRIGGERS, (target.as_string(conn),)).fetchone()
     return TableMap(
         relation=relation,
         target=target,
@@ -525,6 +540,7 @@ def build_map(
         uniques=uniques,
         on_conflict_ok=exact,
         stamps=stamps,
+        fires_triggers=bool(triggers and triggers[0]),
         origin_id=origin_id,
         context=conn,
     )

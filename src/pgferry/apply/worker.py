@@ -82,6 +82,8 @@ class ApplyWorker:
         self.confirm_interval = confirm_interval
         self._stop = False
         self._exact_until: Lsn | None = None
+        #: The applier of the current (or last) run, for inspection.
+        self.applier: Applier | None = None
 
     def request_stop(self) -> None:
         self._stop = True
@@ -175,6 +177,7 @@ class ApplyWorker:
                 batching=batching_of(local, sub),
                 exact_until=self._exact_until,
             )
+            self.applier = applier
             options = PgoutputOptions(
                 publication_names=sub.publications,
                 streaming="on" if sub.option("streaming", "off") != "off" else "off",

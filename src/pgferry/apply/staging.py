@@ -1,0 +1,345 @@
+"""Set-based apply: a batch's changes to one table, reduced to their net effect per key.
+
+Per-row statements cost a round of parsing, planning and executing each, on the
+server and in the driver; native pays the first and we would pay both. In batch
+mode the applier instead hands each change of an eligible table to that table's
+:class:`Stage`, which keeps only what the batch does to each key:
+
+* a key first seen in an INSERT did not exist before the batch: it ends as an
+  INSERT of its last version, or (inserted then deleted) as nothing at all, but
+  its absence is still checked;
+* a key first seen in an UPDATE or DELETE existed: it ends as an UPDATE to its
+  last version or as a DELETE;
+* every other sequence (inserting an existing key, changing a deleted one,
+  changing the key itself, a DELETE then INSERT, which would reset the columns
+  the publisher does not send, unchanged TOAST with no earlier version, NULL in a
+  key column) is refused: the applier applies what is staged, then that change
+  row by row, so order is kept wherever it matters.
+
+:meth:`Stage.apply` copies the net rows into a temporary table (text COPY: the
+values arrive in their text form) and applies them with one DELETE ... USING,
+one UPDATE ... FROM and one INSERT ... SELECT, sent as one message, checking
+each row count. Any surprise (a missing row, a unique violation, a value the
+local type refuses) raises :class:`StageMismatch` or the server's error; the
+applier then rolls the batch back and applies it again exactly, row by row,
+which reports and resolves the conflict as native would.
+
+A table is eligible when row order cannot matter beyond its key (see
+:func:`eligibility`): the replica identity is a local unique index and the only
+one, no trigger fires during apply, and nothing needs the old rows' commit
+timestamps. A table without such a key may still have its INSERTs staged.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgferry.protocol.messages import UNCHANGED_TOAST, BinaryValue, Delete, Insert, Update, Value
+
+from .mapping import Stamps, TableMap
+
+#: Staged rows (and bytes of values) after which a stage is applied, so a large
+#: transaction streams through in bounded memory.
+MAX_ROWS = 10_000
+MAX_BYTES = 16 << 20
+
+_OP_COLUMN = "pgferry_op"
+_names = itertools.count(1)
+
+
+class StageMismatch(Exception):
+    """A staged statement touched fewer rows than staged: a row is missing, or one
+    expected absent exists (a conflict that exact apply reports)."""
+
+
+class Eligibility(enum.Enum):
+    NONE = "none"  # row by row
+    INSERTS = "inserts"  # only INSERTs are staged (no usable key)
+    KEYED = "keyed"  # every change is staged by its key
+
+
+def eligibility(table: TableMap) -> Eligibility:
+    """What of ``table``'s changes may be staged."""
+    if table.fires_triggers:
+        # Row triggers must see every change, in order.
+        return Eligibility.NONE
+    keyed = (
+        not table.full
+        and bool(table.key)
+        and table.stamps is Stamps.NONE
+        and not table.other_uniques
+        and not (table.identity_always - set(table.key))
+        and any(
+            set(ix.positions) == set(table.key) and ix.predicate is None for ix in table.uniques
+        )
+    )
+    return Eligibility.KEYED if keyed else Eligibility.INSERTS
+
+
+def _escape(value: Value) -> bytes:
+    """A value as a field of COPY's text format."""
+    if value is None:
+        return b"\\N"
+    assert isinstance(value, bytes)
+    if b"\\" in value or b"\t" in value or b"\n" in value or b"\r" in value:
+        value = (
+            value.replace(b"\\", b"\\\\")
+            .replace(b"\t", b"\\t")
+            .replace(b"\n", b"\\n")
+            .replace(b"\r", b"\\r")
+        )
+    return value
+
+
+def _plain(values: tuple[Value, ...]) -> bool:
+    return not any(v is UNCHANGED_TOAST or isinstance(v, BinaryValue) for v in values)
+
+
+class Stage:
+    """The staged net changes of one table (see the module docstring)."""
+
+    def __init__(self, table: TableMap, kind: Eligibility) -> None:
+        assert kind is not Eligibility.NONE
+        self.table = table
+        self.kind = kind
+        self.name = f"pgferry_stage_{next(_names)}"
+        self.created = False
+        # key -> [existed before the batch, last version or None if deleted]
+        self._rows: dict[tuple[Value, ...], list[Any]] = {}
+        self._inserts: list[tuple[Value, ...]] = []
+        self.size = 0
+        #: Rows applied by staged statements so far (all batches).
+        self.applied = 0
+        self._statements: dict[tuple[bool, ...], bytes] = {}
+
+    # -- staging -----------------------------------------------------------------
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._rows or self._inserts)
+
+    @property
+    def full(self) -> bool:
+        return len(self._rows) + len(self._inserts) >= MAX_ROWS or self.size >= MAX_BYTES
+
+    def add(self, change: Insert | Update | Delete) -> bool:
+        """Stage ``change``; False when it cannot be (the caller applies the stage,
+        then the change row by row)."""
+        if isinstance(change, Insert):
+            if not _plain(change.new):
+                return False
+            if self.kind is Eligibility.INSERTS:
+                self._inserts.append(change.new)
+                self.size += _width(change.new)
+                return True
+            key = self._key(change.new)
+            if key is None:
+                return False
+            entry = self._rows.get(key)
+            if entry is None:
+                self._rows[key] = [False, change.new]
+            elif entry[0] is False and entry[1] is None:
+                entry[1] = change.new  # inserted, deleted, inserted again
+            else:
+                return False  # the key exists: an insert_exists for exact apply
+            self.size += _width(change.new)
+            return True
+        if self.kind is Eligibility.INSERTS:
+            return False
+        if isinstance(change, Delete):
+            key = self._key(change.old)
+            if key is None:
+                return False
+            entry = self._rows.get(key)
+            if entry is None:
+                self._rows[key] = [True, None]
+            elif entry[1] is None:
+                return False  # deleted twice: a delete_missing
+            else:
+                entry[1] = None
+            return True
+        new = change.new
+        key = self._key(new)
+        if key is None or (change.old is not None and self._key(change.old) != key):
+            return False  # a key-changing update is applied in order
+        entry = self._rows.get(key)
+        if entry is not None and entry[1] is None:
+            return False  # an update of a deleted row: update_missing
+        if not _plain(new):
+            if entry is None or any(isinstance(v, BinaryValue) for v in new):
+                return False
+            # Unchanged TOAST: the value is the one this batch last gave it.
+            new = tuple(
+                p if v is UNCHANGED_TOAST else v for v, p in zip(new, entry[1], strict=True)
+            )
+        if entry is None:
+            self._rows[key] = [True, new]
+        else:
+            entry[1] = new
+        self.size += _width(new)
+        return True
+
+    def _key(self, values: tuple[Value, ...] | None) -> tuple[Value, ...] | None:
+        if values is None:
+            return None
+        key = tuple(values[i] for i in self.table.key)
+        if any(v is None or v is UNCHANGED_TOAST or isinstance(v, BinaryValue) for v in key):
+            return None
+        return key
+
+    def clear(self, *, created: bool = True) -> None:
+        self._rows.clear()
+        self._inserts.clear()
+        self.size = 0
+        self.created = self.created and created
+
+    # -- applying ------------------------------------------------------------------
+
+    def copy_data(self) -> tuple[bytes, dict[str, int]]:
+        """The staged rows in COPY text format, and how many of each operation."""
+        width = len(self.table.names)
+        key = self.table.key
+        counts = {"D": 0, "U": 0, "I": 0, "A": 0}
+        lines: list[bytes] = []
+        for values in self._inserts:
+            lines.append(b"\t".join([*map(_escape, values), b"I\n"]))
+        counts["I"] += len(self._inserts)
+        for key_values, (existed, values) in self._rows.items():
+            if values is None:
+                op = "D" if existed else "A"
+                row: list[Value] = [None] * width
+                for i, v in zip(key, key_values, strict=True):
+                    row[i] = v
+                values = tuple(row)
+            else:
+                op = "U" if existed else "I"
+            counts[op] += 1
+            lines.append(b"\t".join([*map(_escape, values), op.encode() + b"\n"]))
+        return b"".join(lines), counts
+
+    def apply(self, conn: psycopg.Connection[Any], *, keep: bool) -> None:
+        """Apply the staged rows (in the open transaction) and clear the stage;
+        ``keep``: the transaction goes on (the staging table is emptied now rather
+        than at commit)."""
+        if not self.pending:
+            return
+        data, counts = self.copy_data()
+        if not self.created:
+            conn.execute(self._create())
+            self.created = True
+        with conn.cursor() as cur:
+            with cur.copy(self._copy()) as copy:
+                copy.write(data)
+            present = tuple(counts[op] > 0 for op in "DUIA")
+            cur.execute(self._statement(present, keep))
+            expected = [counts[op] for op in "DUI" if counts[op]]
+            # One result per statement, in order.
+            touched: list[int] = []
+            for _ in expected:
+                if touched:
+                    cur.nextset()
+                touched.append(cur.rowcount)
+            absent_ok = True
+            if counts["A"]:
+                if touched:
+                    cur.nextset()
+                found = cur.fetchone()
+                absent_ok = found is not None and found[0] == 0
+        self.clear()
+        self.applied += sum(counts.values())
+        if touched != expected or not absent_ok:
+            raise StageMismatch(f"table {self.table.display}: staged {counts}, touched {touched}")
+
+    # -- statements ----------------------------------------------------------------
+
+    def _staged(self) -> sql.Identifier:
+        return sql.Identifier("pg_temp", self.name)
+
+    def _column(self, i: int) -> sql.Identifier:
+        return sql.Identifier(f"c{i}")
+
+    def _create(self) -> bytes:
+        t = self.table
+        columns = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(self._column(i), sql.SQL(t.types[i]))
+            for i in range(len(t.names))
+        )
+        return (
+            sql.SQL('CREATE TEMP TABLE IF NOT EXISTS {} ({}, {} "char") ON COMMIT DELETE ROWS')
+            .format(self._staged(), columns, sql.Identifier(_OP_COLUMN))
+            .as_bytes(t.context)
+        )
+
+    def _copy(self) -> bytes:
+        return sql.SQL("COPY {} FROM STDIN").format(self._staged()).as_bytes(self.table.context)
+
+    def _statement(self, present: tuple[bool, ...], keep: bool) -> bytes:
+        """DELETE, UPDATE, INSERT and the absence check, those with rows staged, as
+        one message (results in that order), then TRUNCATE with ``keep``."""
+        shape = (*present, keep)
+        cached = self._statements.get(shape)
+        if cached is not None:
+            return cached
+        t = self.table
+        staged, op = self._staged(), sql.Identifier(_OP_COLUMN)
+        join = sql.SQL(" AND ").join(
+            sql.SQL("t.{} = s.{}").format(sql.Identifier(t.names[i]), self._column(i))
+            for i in t.key
+        )
+        parts: list[sql.Composable] = []
+        has_delete, has_update, has_insert, has_absent = present
+        if has_delete:
+            parts.append(
+                sql.SQL("DELETE FROM {} AS t USING {} AS s WHERE s.{} = 'D' AND {}").format(
+                    t.target, staged, op, join
+                )
+            )
+        if has_update:
+            # The key is equal by the join; a GENERATED ALWAYS key may not be set.
+            sets = [i for i in range(len(t.names)) if i not in t.key] or [
+                i for i in t.key if i not in t.identity_always
+            ]
+            parts.append(
+                sql.SQL("UPDATE {} AS t SET {} FROM {} AS s WHERE s.{} = 'U' AND {}").format(
+                    t.target,
+                    sql.SQL(", ").join(
+                        sql.SQL("{} = s.{}").format(sql.Identifier(t.names[i]), self._column(i))
+                        for i in sets
+                    ),
+                    staged,
+                    op,
+                    join,
+                )
+            )
+        if has_insert:
+            everything = range(len(t.names))
+            parts.append(
+                sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {} WHERE {} = 'I'").format(
+                    t.target,
+                    sql.SQL(", ").join(sql.Identifier(n) for n in t.names),
+                    sql.SQL(" OVERRIDING SYSTEM VALUE" if t.identity_always else ""),
+                    sql.SQL(", ").join(self._column(i) for i in everything),
+                    staged,
+                    op,
+                )
+            )
+        if has_absent:
+            parts.append(
+                sql.SQL("SELECT count(*) FROM {} AS t JOIN {} AS s ON {} WHERE s.{} = 'A'").format(
+                    t.target, staged, join, op
+                )
+            )
+        if keep:
+            parts.append(sql.SQL("TRUNCATE {}").format(staged))
+        statement = sql.SQL("; ").join(parts).as_bytes(t.context)
+        self._statements[shape] = statement
+        return statement
+
+
+def _width(values: tuple[Value, ...]) -> int:
+    return sum(len(v) for v in values if isinstance(v, bytes))
