@@ -32,7 +32,15 @@ from pgferry.protocol import Lsn
 from pgferry.testing import Cluster, find_install
 
 TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
-SETTINGS = {"max_wal_size": "8GB", "checkpoint_timeout": "30min", "shared_buffers": "512MB"}
+SETTINGS = {
+    "max_wal_size": "8GB",
+    "checkpoint_timeout": "30min",
+    "shared_buffers": "512MB",
+    # PostgreSQL's default (the test clusters turn it on): with it, rows loaded
+    # locally are "written by another origin" and both subscribers would report
+    # an update_origin_differs per row.
+    "track_commit_timestamp": "off",
+}
 
 
 def lsn(cluster: Cluster, query: str, db: str = "postgres") -> Lsn | None:
@@ -99,6 +107,20 @@ class Bench:
 
     def truncate(self, db: str) -> None:
         self.sub.sql("TRUNCATE " + ", ".join(TABLES), dbname=db)
+
+    def copy_data(self, db: str) -> None:
+        """The publisher's rows into subscriber database ``db`` (as a sync would)."""
+        self.truncate(db)
+        with self.pub.connect() as src, self.sub.connect(db) as dst:
+            for table in TABLES:
+                with (
+                    src.cursor().copy(f"COPY {table} TO STDOUT") as out,
+                    dst.cursor().copy(f"COPY {table} FROM STDIN") as into,
+                ):
+                    for data in out:
+                        into.write(data)
+            dst.commit()
+        self.sub.sql("VACUUM ANALYZE", dbname=db)
 
     # -- native ----------------------------------------------------------------------------
 
@@ -173,9 +195,9 @@ class Bench:
         return native.seconds, ferry.seconds
 
     def _subscribed_idle(self) -> None:
-        """Both subscribed without copy, caught up, workers stopped."""
+        """Both with the publisher's rows, subscribed without copy, workers stopped."""
         for db in ("native", "ferry"):
-            self.truncate(db)
+            self.copy_data(db)
         self.native_subscribe(copy=False)
         self.pgferry(
             "subscription",

@@ -8,6 +8,7 @@ from psycopg import sql
 
 from pgferry.apply.mapping import Stamps, TableMap, UniqueIndex
 from pgferry.apply.staging import Eligibility, Stage, eligibility
+from pgferry.catalog import store
 from pgferry.protocol.messages import (
     UNCHANGED_TOAST,
     Column,
@@ -58,15 +59,19 @@ def _del(k: int) -> Delete:
 
 
 def _lines(stage: Stage) -> list[bytes]:
+    """The COPY lines without their entry numbers."""
     data, _counts = stage.copy_data()
-    return sorted(data.splitlines())
+    return sorted(line.rsplit(b"\t", 1)[0] for line in data.splitlines())
 
 
 def test_eligibility() -> None:
     assert eligibility(_table()) is Eligibility.KEYED
     assert eligibility(_table(fires_triggers=True)) is Eligibility.NONE
     assert eligibility(_table(full=True)) is Eligibility.INSERTS
-    assert eligibility(_table(stamps=Stamps.ORIGIN)) is Eligibility.INSERTS
+    # Rows another origin wrote are reported and applied: only under that policy.
+    assert eligibility(_table(stamps=Stamps.ORIGIN)) is Eligibility.KEYED
+    assert eligibility(_table(stamps=Stamps.ORIGIN), False) is Eligibility.INSERTS
+    assert eligibility(_table(stamps=Stamps.TIME), False) is Eligibility.KEYED
     # The key is not a local unique index (several rows could match it).
     assert eligibility(_table(uniques=())) is Eligibility.INSERTS
     # Another unique index: the order of rows could matter for it.
@@ -233,3 +238,32 @@ def test_a_missing_row_in_a_staged_batch_is_found_and_logged_exactly(pair: Pair)
             "SELECT conflict_type, key::text FROM pgferry.conflict WHERE subscription = 'ferry'"
         ).fetchall()
     assert rows == [("update_missing", '{"id": "7"}')]
+
+
+def test_rows_written_by_another_origin_are_reported_once_per_key(pair: Pair) -> None:
+    """track_commit_timestamp is on in the test clusters: a staged UPDATE or DELETE
+    of a locally written row is an *_origin_differs conflict, applied and logged
+    for the first remote change that met the row, as exact apply logs it."""
+    _publish(pair)
+    pair.cluster.sql(
+        "INSERT INTO k SELECT g, 'v', 'b' FROM generate_series(1, 20) g", dbname=pair.pub
+    )
+    pair.sync()
+    pair.cluster.sql("UPDATE k SET n = 99 WHERE id IN (3, 4)", dbname=pair.sub)
+    pair.cluster.sql("UPDATE k SET v = 'first' WHERE id <= 5", dbname=pair.pub)
+    pair.cluster.sql("UPDATE k SET v = 'second' WHERE id <= 5", dbname=pair.pub)
+    pair.cluster.sql("DELETE FROM k WHERE id = 4", dbname=pair.pub)
+    worker = pair.sync()
+    assert worker.applier is not None and worker.applier.staged_rows >= 5
+    assert _state(pair, pair.sub)[0] == _state(pair, pair.pub)[0]
+    with pair.cluster.connect(pair.sub) as conn:
+        rows = conn.execute(
+            "SELECT conflict_type, key->>'id', remote_row->>'v', local_row->>'n', applied"
+            " FROM pgferry.conflict WHERE subscription = 'ferry' ORDER BY 2"
+        ).fetchall()
+        counted = store.stats(conn, "ferry")["confl_update_origin_differs"]
+    assert rows == [
+        ("update_origin_differs", "3", "first", "99", True),
+        ("update_origin_differs", "4", "first", "99", True),
+    ]
+    assert counted == 2

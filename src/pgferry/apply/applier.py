@@ -71,8 +71,8 @@ from pgferry.protocol.relations import RelationCache
 from pgferry.protocol.timestamps import to_datetime
 
 from .conflicts import ConflictContext, LocalRow
-from .mapping import MappingError, Stamps, TableMap, build_map
-from .staging import Eligibility, Stage, StageMismatch, eligibility
+from .mapping import MappingError, Stamps, TableMap, build_map, text_value
+from .staging import Eligibility, Stage, StageMismatch, Suspect, eligibility
 
 logger = logging.getLogger("pgferry.apply")
 
@@ -262,7 +262,7 @@ class Applier:
         if self._staging:
             stage = self._stage(change.relation_id, table)
             if stage is not None:
-                if stage.add(change):
+                if stage.add(change, tx):
                     if stage.full:
                         self._apply_stages(tx, [stage], keep=True)
                     return
@@ -303,7 +303,11 @@ class Applier:
     def _stage(self, relation_id: int, table: TableMap) -> Stage | None:
         if relation_id in self._stages:
             return self._stages[relation_id]
-        kind = eligibility(table)
+        applied = all(
+            self.conflicts.policy(table.relation, t) is Policy.APPLY_REMOTE
+            for t in (ConflictType.UPDATE_ORIGIN_DIFFERS, ConflictType.DELETE_ORIGIN_DIFFERS)
+        )
+        kind = eligibility(table, applied)
         stage = None if kind is Eligibility.NONE else Stage(table, kind)
         self._stages[relation_id] = stage
         return stage
@@ -325,12 +329,38 @@ class Applier:
                 self._collect()
                 self._close_pipeline_strict()
             for stage in pending:
-                stage.apply(self.conn, keep=keep)
+                for suspect in stage.apply(self.conn, keep=keep):
+                    self._suspect(stage.table, suspect)
+            self.conflicts.flush(self.conn)
         except (psycopg.Error, StageMismatch) as exc:
             logger.debug("subscription %s: staged apply failed: %s", self.subscription, exc)
             self._batch_failed(tx)
         if pipelined and keep:
             self._open_pipeline()
+
+    def _suspect(self, table: TableMap, suspect: Suspect) -> None:
+        """A staged change met a row another origin wrote: log it as the exact path
+        would have, for the change that met it first (applied: the policy is
+        native's, apply_remote)."""
+        if not self.conflicts.origin_differs(self.conn, suspect.row):
+            return
+        ctype = (
+            ConflictType.UPDATE_ORIGIN_DIFFERS
+            if suspect.new is not None
+            else ConflictType.DELETE_ORIGIN_DIFFERS
+        )
+        key = {table.names[i]: text_value(v) for i, v in zip(table.key, suspect.key, strict=True)}
+        self.conflicts.record(
+            self.conn,
+            suspect.tx,
+            table.relation,
+            ctype,
+            Policy.APPLY_REMOTE,
+            True,
+            key=key,
+            local=[suspect.row],
+            remote_row=table.row_json(suspect.new),
+        )
 
     @property
     def staged_rows(self) -> int:

@@ -153,7 +153,7 @@ class TableMap:
                 sql.SQL(" ON CONFLICT DO NOTHING" if skip_conflicts else ""),
             )
             query = self._cache[shape] = self._bytes(composed)
-        return query, [_text(values[i]) for i in present]
+        return query, [text_value(values[i]) for i in present]
 
     def _match(self, identity: tuple[Value, ...]) -> tuple[tuple[int, ...], list[str | None]]:
         """Positions of the columns that locate the row, and their values.
@@ -163,7 +163,7 @@ class TableMap:
         """
         positions = range(len(self.names)) if self.full else self.key
         used = tuple(i for i in positions if identity[i] is not UNCHANGED_TOAST)
-        return used, [_text(identity[i]) for i in used]
+        return used, [text_value(identity[i]) for i in used]
 
     def _locate(self, used: tuple[int, ...]) -> sql.Composable:
         cond = self._conds(used, None)
@@ -208,7 +208,7 @@ class TableMap:
                 self._locate(used),
             )
             query = self._cache[shape] = self._bytes(composed)
-        return query, [_text(new[i]) for i in present] + key_params
+        return query, [text_value(new[i]) for i in present] + key_params
 
     def delete(self, old: tuple[Value, ...]) -> tuple[bytes, list[str | None]]:
         used, params = self._match(old)
@@ -307,7 +307,7 @@ class TableMap:
             query = self._cache[shape] = self._bytes(composed)
         params: list[Any] = []
         for _index, positions in checks:
-            params += [_text(values[i]) for i in positions]
+            params += [text_value(values[i]) for i in positions]
         # The CASE list repeats the conditions: their parameters come first there.
         params = params + params
         if exclude is not None:
@@ -334,7 +334,7 @@ class TableMap:
                 ),
             )
             query = self._cache[shape] = self._bytes(composed)
-        return query, [_text(new[i]) for i in present] + [address[0], address[1]]
+        return query, [text_value(new[i]) for i in present] + [address[0], address[1]]
 
     def delete_row(self, address: tuple[int, str]) -> tuple[bytes, list[Any]]:
         query = self._cache.get("d@")
@@ -383,7 +383,7 @@ class TableMap:
                 ),
             )
             query = self._cache[shape] = self._bytes(composed)
-        return query, key_params + [_text(new[i]) for i in present]
+        return query, key_params + [text_value(new[i]) for i in present]
 
     def delete_returning(self, old: tuple[Value, ...]) -> tuple[bytes, list[str | None]]:
         """DELETE in one statement returning what :meth:`update_returning` does."""
@@ -407,7 +407,9 @@ class TableMap:
             return None
         positions = self.key if key_only and not self.full else range(len(self.names))
         return {
-            self.names[i]: _text(values[i]) for i in positions if values[i] is not UNCHANGED_TOAST
+            self.names[i]: text_value(values[i])
+            for i in positions
+            if values[i] is not UNCHANGED_TOAST
         }
 
     def failing_column(
@@ -418,13 +420,13 @@ class TableMap:
             if value is UNCHANGED_TOAST or value is None:
                 continue
             try:
-                conn.execute(sql.SQL("SELECT {}").format(self._value(i)), [_text(value)])
+                conn.execute(sql.SQL("SELECT {}").format(self._value(i)), [text_value(value)])
             except psycopg.DataError:
                 return self.names[i]
         return None
 
 
-def _text(value: Value) -> str | None:
+def text_value(value: Value) -> str | None:
     if value is None:
         return None
     assert isinstance(value, bytes)
@@ -445,13 +447,15 @@ ORDER BY ic.relname
 """
 
 
-# Triggers of the table and its partitions that fire under session_replication_role
+# Triggers of the table and its partitions (pg_partition_tree lists nothing for a
+# table that is not partitioned) that fire under session_replication_role
 # = replica (A: always, R: replica). A partition's clone of a trigger of its
 # parent is "internal" before PostgreSQL 15, hence tgparentid.
 _FIRING_TRIGGERS = """
 SELECT EXISTS (
     SELECT 1 FROM pg_catalog.pg_trigger t
-    WHERE t.tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(%s::regclass))
+    WHERE (t.tgrelid = %(t)s::regclass
+           OR t.tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(%(t)s::regclass)))
       AND (NOT t.tgisinternal OR t.tgparentid <> 0) AND t.tgenabled IN ('A', 'R'))
 """
 
@@ -527,7 +531,7 @@ def build_map(
         )
     names = tuple(c.name for c in relation.columns)
     uniques, exact = _unique_indexes(conn, target.as_string(conn), names)
-    triggers = conn.execute(_FIRING_TRIGGERS, (target.as_string(conn),)).fetchone()
+    triggers = conn.execute(_FIRING_TRIGGERS, {"t": target.as_string(conn)}).fetchone()
     return TableMap(
         relation=relation,
         target=target,

@@ -24,23 +24,30 @@ local type refuses) raises :class:`StageMismatch` or the server's error; the
 applier then rolls the batch back and applies it again exactly, row by row,
 which reports and resolves the conflict as native would.
 
+With ``track_commit_timestamp`` on (PostgreSQL 14+), the rows an UPDATE or DELETE
+is about to change are first read and locked with their commit origin, and those
+another origin wrote last come back as :class:`Suspect` rows, reported by the
+applier (``*_origin_differs``, applied as native does) for the remote transaction
+whose change met the row first, with that change's values.
+
 A table is eligible when row order cannot matter beyond its key (see
 :func:`eligibility`): the replica identity is a local unique index and the only
-one, no trigger fires during apply, and nothing needs the old rows' commit
-timestamps. A table without such a key may still have its INSERTs staged.
+one, no trigger fires during apply, and origin-differs conflicts are applied (the
+native policy). A table without such a key may still have its INSERTs staged.
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
 
 from pgferry.protocol.messages import UNCHANGED_TOAST, BinaryValue, Delete, Insert, Update, Value
 
+from .conflicts import SYNC_ORIGIN_PREFIX, LocalRow
 from .mapping import Stamps, TableMap
 
 #: Staged rows (and bytes of values) after which a stage is applied, so a large
@@ -48,7 +55,8 @@ from .mapping import Stamps, TableMap
 MAX_ROWS = 10_000
 MAX_BYTES = 16 << 20
 
-_OP_COLUMN = "pgferry_op"
+_OP = sql.Identifier("pgferry_op")
+_N = sql.Identifier("pgferry_n")
 _names = itertools.count(1)
 
 
@@ -63,15 +71,28 @@ class Eligibility(enum.Enum):
     KEYED = "keyed"  # every change is staged by its key
 
 
-def eligibility(table: TableMap) -> Eligibility:
-    """What of ``table``'s changes may be staged."""
+class Suspect(NamedTuple):
+    """A local row a staged UPDATE or DELETE changes that another origin wrote last
+    (confirmed by :meth:`~pgferry.apply.conflicts.ConflictContext.origin_differs`)."""
+
+    #: The remote transaction and the new values (None: a DELETE) of the change
+    #: that met it first.
+    tx: Any
+    new: tuple[Value, ...] | None
+    key: tuple[Value, ...]
+    row: LocalRow
+
+
+def eligibility(table: TableMap, origin_differs_applied: bool = True) -> Eligibility:
+    """What of ``table``'s changes may be staged; ``origin_differs_applied``: the
+    table's update/delete_origin_differs policies apply the remote change."""
     if table.fires_triggers:
         # Row triggers must see every change, in order.
         return Eligibility.NONE
     keyed = (
         not table.full
         and bool(table.key)
-        and table.stamps is Stamps.NONE
+        and (table.stamps is not Stamps.ORIGIN or origin_differs_applied)
         and not table.other_uniques
         and not (table.identity_always - set(table.key))
         and any(
@@ -100,6 +121,10 @@ def _plain(values: tuple[Value, ...]) -> bool:
     return not any(v is UNCHANGED_TOAST or isinstance(v, BinaryValue) for v in values)
 
 
+def _width(values: tuple[Value, ...]) -> int:
+    return sum(len(v) for v in values if isinstance(v, bytes))
+
+
 class Stage:
     """The staged net changes of one table (see the module docstring)."""
 
@@ -108,8 +133,12 @@ class Stage:
         self.table = table
         self.kind = kind
         self.name = f"pgferry_stage_{next(_names)}"
+        #: The staging table exists (created in a committed transaction).
         self.created = False
-        # key -> [existed before the batch, last version or None if deleted]
+        #: Old rows' origins are checked (see the module docstring).
+        self.tracks = table.stamps is Stamps.ORIGIN
+        # key -> [existed before the batch, last version (None: deleted),
+        #         first remote transaction, its new values]
         self._rows: dict[tuple[Value, ...], list[Any]] = {}
         self._inserts: list[tuple[Value, ...]] = []
         self.size = 0
@@ -127,45 +156,52 @@ class Stage:
     def full(self) -> bool:
         return len(self._rows) + len(self._inserts) >= MAX_ROWS or self.size >= MAX_BYTES
 
-    def add(self, change: Insert | Update | Delete) -> bool:
-        """Stage ``change``; False when it cannot be (the caller applies the stage,
-        then the change row by row)."""
+    def add(self, change: Insert | Update | Delete, tx: Any = None) -> bool:
+        """Stage ``change`` of remote transaction ``tx``; False when it cannot be
+        (the caller applies the stage, then the change row by row)."""
         if isinstance(change, Insert):
-            if not _plain(change.new):
-                return False
-            if self.kind is Eligibility.INSERTS:
-                self._inserts.append(change.new)
-                self.size += _width(change.new)
-                return True
-            key = self._key(change.new)
-            if key is None:
-                return False
-            entry = self._rows.get(key)
-            if entry is None:
-                self._rows[key] = [False, change.new]
-            elif entry[0] is False and entry[1] is None:
-                entry[1] = change.new  # inserted, deleted, inserted again
-            else:
-                return False  # the key exists: an insert_exists for exact apply
-            self.size += _width(change.new)
-            return True
+            return self._insert(change.new)
         if self.kind is Eligibility.INSERTS:
             return False
         if isinstance(change, Delete):
-            key = self._key(change.old)
+            return self._delete(change.old, tx)
+        return self._update(change.old, change.new, tx)
+
+    def _insert(self, new: tuple[Value, ...]) -> bool:
+        if not _plain(new):
+            return False
+        if self.kind is Eligibility.INSERTS:
+            self._inserts.append(new)
+        else:
+            key = self._key(new)
             if key is None:
                 return False
             entry = self._rows.get(key)
             if entry is None:
-                self._rows[key] = [True, None]
-            elif entry[1] is None:
-                return False  # deleted twice: a delete_missing
+                self._rows[key] = [False, new, None, None]
+            elif entry[0] is False and entry[1] is None:
+                entry[1] = new  # inserted, deleted, inserted again
             else:
-                entry[1] = None
-            return True
-        new = change.new
+                return False  # the key exists: an insert_exists for exact apply
+        self.size += _width(new)
+        return True
+
+    def _delete(self, old: tuple[Value, ...], tx: Any) -> bool:
+        key = self._key(old)
+        if key is None:
+            return False
+        entry = self._rows.get(key)
+        if entry is None:
+            self._rows[key] = [True, None, tx, None]
+        elif entry[1] is None:
+            return False  # deleted twice: a delete_missing
+        else:
+            entry[1] = None
+        return True
+
+    def _update(self, old: tuple[Value, ...] | None, new: tuple[Value, ...], tx: Any) -> bool:
         key = self._key(new)
-        if key is None or (change.old is not None and self._key(change.old) != key):
+        if key is None or (old is not None and self._key(old) != key):
             return False  # a key-changing update is applied in order
         entry = self._rows.get(key)
         if entry is not None and entry[1] is None:
@@ -178,7 +214,7 @@ class Stage:
                 p if v is UNCHANGED_TOAST else v for v, p in zip(new, entry[1], strict=True)
             )
         if entry is None:
-            self._rows[key] = [True, new]
+            self._rows[key] = [True, new, tx, new]
         else:
             entry[1] = new
         self.size += _width(new)
@@ -193,6 +229,8 @@ class Stage:
         return key
 
     def clear(self, *, created: bool = True) -> None:
+        """Forget the staged rows (applied, or rolled back: then, unless
+        ``created``, so may be the staging table)."""
         self._rows.clear()
         self._inserts.clear()
         self.size = 0
@@ -201,15 +239,17 @@ class Stage:
     # -- applying ------------------------------------------------------------------
 
     def copy_data(self) -> tuple[bytes, dict[str, int]]:
-        """The staged rows in COPY text format, and how many of each operation."""
+        """The staged rows in COPY text format (with their operation and entry
+        number), and how many of each operation."""
         width = len(self.table.names)
         key = self.table.key
         counts = {"D": 0, "U": 0, "I": 0, "A": 0}
         lines: list[bytes] = []
         for values in self._inserts:
-            lines.append(b"\t".join([*map(_escape, values), b"I\n"]))
+            lines.append(b"\t".join([*map(_escape, values), b"I\t0\n"]))
         counts["I"] += len(self._inserts)
-        for key_values, (existed, values) in self._rows.items():
+        for n, (key_values, entry) in enumerate(self._rows.items()):
+            existed, values = entry[0], entry[1]
             if values is None:
                 op = "D" if existed else "A"
                 row: list[Value] = [None] * width
@@ -219,41 +259,49 @@ class Stage:
             else:
                 op = "U" if existed else "I"
             counts[op] += 1
-            lines.append(b"\t".join([*map(_escape, values), op.encode() + b"\n"]))
+            lines.append(b"\t".join([*map(_escape, values), op.encode(), b"%d\n" % n]))
         return b"".join(lines), counts
 
-    def apply(self, conn: psycopg.Connection[Any], *, keep: bool) -> None:
+    def apply(self, conn: psycopg.Connection[Any], *, keep: bool) -> list[Suspect]:
         """Apply the staged rows (in the open transaction) and clear the stage;
         ``keep``: the transaction goes on (the staging table is emptied now rather
-        than at commit)."""
+        than at commit). Returns the changed rows another origin wrote last."""
         if not self.pending:
-            return
+            return []
         data, counts = self.copy_data()
+        check = self.tracks and bool(counts["U"] or counts["D"])
         if not self.created:
             conn.execute(self._create())
             self.created = True
         with conn.cursor() as cur:
             with cur.copy(self._copy()) as copy:
                 copy.write(data)
-            present = tuple(counts[op] > 0 for op in "DUIA")
-            cur.execute(self._statement(present, keep))
-            expected = [counts[op] for op in "DUI" if counts[op]]
+            cur.execute(self._statement((check, *(counts[op] > 0 for op in "DUIA")), keep))
             # One result per statement, in order.
+            found = cur.fetchall() if check else []
+            expected = [counts[op] for op in "DUI" if counts[op]]
             touched: list[int] = []
             for _ in expected:
-                if touched:
+                if touched or check:
                     cur.nextset()
                 touched.append(cur.rowcount)
             absent_ok = True
             if counts["A"]:
-                if touched:
+                if touched or check:
                     cur.nextset()
-                found = cur.fetchone()
-                absent_ok = found is not None and found[0] == 0
+                result = cur.fetchone()
+                absent_ok = result is not None and result[0] == 0
+        suspects = []
+        if found:
+            entries = list(self._rows.items())
+            for n, *row in found:
+                key, (_existed, _values, tx, first) = entries[n]
+                suspects.append(Suspect(tx, first, key, LocalRow.from_row(tuple(row))))
         self.clear()
         self.applied += sum(counts.values())
         if touched != expected or not absent_ok:
             raise StageMismatch(f"table {self.table.display}: staged {counts}, touched {touched}")
+        return suspects
 
     # -- statements ----------------------------------------------------------------
 
@@ -270,33 +318,57 @@ class Stage:
             for i in range(len(t.names))
         )
         return (
-            sql.SQL('CREATE TEMP TABLE IF NOT EXISTS {} ({}, {} "char") ON COMMIT DELETE ROWS')
-            .format(self._staged(), columns, sql.Identifier(_OP_COLUMN))
+            sql.SQL('CREATE TEMP TABLE IF NOT EXISTS {} ({}, {} "char", {} int)')
+            .format(self._staged(), columns, _OP, _N)
             .as_bytes(t.context)
+            + b" ON COMMIT DELETE ROWS"
         )
 
     def _copy(self) -> bytes:
         return sql.SQL("COPY {} FROM STDIN").format(self._staged()).as_bytes(self.table.context)
 
     def _statement(self, present: tuple[bool, ...], keep: bool) -> bytes:
-        """DELETE, UPDATE, INSERT and the absence check, those with rows staged, as
-        one message (results in that order), then TRUNCATE with ``keep``."""
+        """The origin check, DELETE, UPDATE, INSERT and the absence check, those
+        needed, as one message (results in that order), then TRUNCATE with ``keep``."""
         shape = (*present, keep)
         cached = self._statements.get(shape)
         if cached is not None:
             return cached
         t = self.table
-        staged, op = self._staged(), sql.Identifier(_OP_COLUMN)
+        staged = self._staged()
         join = sql.SQL(" AND ").join(
             sql.SQL("t.{} = s.{}").format(sql.Identifier(t.names[i]), self._column(i))
             for i in t.key
         )
         parts: list[sql.Composable] = []
-        has_delete, has_update, has_insert, has_absent = present
+        has_check, has_delete, has_update, has_insert, has_absent = present
+        if has_check:
+            # Lock the rows to change and return those another live origin (or a
+            # local session: origin 0) wrote last; a table sync worker's origin is
+            # no conflict (see ConflictContext.origin_differs).
+            parts.append(
+                sql.SQL(
+                    "SELECT s.{n}, t.tableoid, t.ctid::text, st.timestamp, st.roident,"
+                    " pg_catalog.to_jsonb(t.*) FROM {t} AS t JOIN {s} AS s ON {join}"
+                    " CROSS JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin)"
+                    " AS st WHERE s.{op} IN ('U', 'D') AND st.timestamp IS NOT NULL"
+                    " AND st.roident <> {ours} AND (st.roident = 0 OR st.roident IN ("
+                    "SELECT r.roident FROM pg_catalog.pg_replication_origin AS r"
+                    " WHERE NOT pg_catalog.starts_with(r.roname, {sync}))) FOR UPDATE OF t"
+                ).format(
+                    n=_N,
+                    t=t.target,
+                    s=staged,
+                    join=join,
+                    op=_OP,
+                    ours=sql.Literal(t.origin_id),
+                    sync=sql.Literal(SYNC_ORIGIN_PREFIX),
+                )
+            )
         if has_delete:
             parts.append(
                 sql.SQL("DELETE FROM {} AS t USING {} AS s WHERE s.{} = 'D' AND {}").format(
-                    t.target, staged, op, join
+                    t.target, staged, _OP, join
                 )
             )
         if has_update:
@@ -312,26 +384,25 @@ class Stage:
                         for i in sets
                     ),
                     staged,
-                    op,
+                    _OP,
                     join,
                 )
             )
         if has_insert:
-            everything = range(len(t.names))
             parts.append(
                 sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {} WHERE {} = 'I'").format(
                     t.target,
                     sql.SQL(", ").join(sql.Identifier(n) for n in t.names),
                     sql.SQL(" OVERRIDING SYSTEM VALUE" if t.identity_always else ""),
-                    sql.SQL(", ").join(self._column(i) for i in everything),
+                    sql.SQL(", ").join(self._column(i) for i in range(len(t.names))),
                     staged,
-                    op,
+                    _OP,
                 )
             )
         if has_absent:
             parts.append(
                 sql.SQL("SELECT count(*) FROM {} AS t JOIN {} AS s ON {} WHERE s.{} = 'A'").format(
-                    t.target, staged, join, op
+                    t.target, staged, join, _OP
                 )
             )
         if keep:
@@ -339,7 +410,3 @@ class Stage:
         statement = sql.SQL("; ").join(parts).as_bytes(t.context)
         self._statements[shape] = statement
         return statement
-
-
-def _width(values: tuple[Value, ...]) -> int:
-    return sum(len(v) for v in values if isinstance(v, bytes))
