@@ -4,10 +4,12 @@ must still be applied in order, row by row."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from psycopg import sql
 
 from pgferry.apply.mapping import Stamps, TableMap, UniqueIndex
-from pgferry.apply.staging import Eligibility, Stage, eligibility
+from pgferry.apply.staging import Eligibility, Stage, _escape, _line, eligibility
 from pgferry.catalog import store
 from pgferry.protocol.messages import (
     UNCHANGED_TOAST,
@@ -267,3 +269,15 @@ def test_rows_written_by_another_origin_are_reported_once_per_key(pair: Pair) ->
         ("update_origin_differs", "4", "first", "99", True),
     ]
     assert counted == 2
+
+
+@given(
+    st.lists(
+        st.one_of(st.none(), st.binary(max_size=8), st.sampled_from([b"\\N", b"\t", b"a\\b"])),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_copy_lines_escape_exactly_what_copy_needs(values: list[bytes | None]) -> None:
+    row = tuple(values)
+    assert _line(row, b"\n") == b"\t".join(map(_escape, row)) + b"\n"

@@ -163,7 +163,7 @@ def test_create_with_defaults(published: Env) -> None:
         "create_slot": True,
         "connect": True,
         "binary": False,
-        "streaming": "off",
+        "streaming": "on",
         "two_phase": False,
         "disable_on_error": False,
         "synchronous_commit": "off",
@@ -172,7 +172,7 @@ def test_create_with_defaults(published: Env) -> None:
         "run_as_owner": False,
         "conflict_resolution": "error",
         "apply_mode": "batch",
-        "batch_transactions": 100,
+        "batch_transactions": 1000,
         "batch_latency_ms": 100,
     }
     assert published.tables() == {"public.t1": "i", "public.t2": "i"}

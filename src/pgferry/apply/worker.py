@@ -62,7 +62,7 @@ def batching_of(local: psycopg.Connection[Any], sub: store.Subscription) -> Batc
         logger.info("subscription %s: exact apply (commit-time conflict policies)", sub.name)
         return Batching(1)
     return Batching(
-        int(sub.option("batch_transactions", 100)),
+        int(sub.option("batch_transactions", 1000)),
         int(sub.option("batch_latency_ms", 100)) / 1000,
     )
 
@@ -180,7 +180,11 @@ class ApplyWorker:
             self.applier = applier
             options = PgoutputOptions(
                 publication_names=sub.publications,
-                streaming="on" if sub.option("streaming", "off") != "off" else "off",
+                # Large transactions arrive while in progress, spooled past a
+                # memory bound (publishers from 14 on; older ones send them whole).
+                streaming="on"
+                if sub.option("streaming", "on") != "off" and remote.major >= 14
+                else "off",
                 origin=session.origin_option,
             )
             stream = remote.start_replication(

@@ -216,10 +216,13 @@ def _check_publisher(
         )
     if options is not None:
         origin = options.get("origin", "any")
+        streaming = options.get("streaming", "on")
         PgoutputOptions(
             publication_names=publications,
             binary=bool(options.get("binary")),
-            streaming=options.get("streaming", "off"),
+            # streaming=on (the default) is honoured from 14 on; an older
+            # publisher sends transactions whole.
+            streaming=streaming if streaming != "on" or repl.major >= 14 else "off",
             two_phase=bool(options.get("two_phase")),
             # Before 16 the publisher cannot filter; the apply worker does.
             origin="none" if origin == "none" and repl.major >= 16 else None,

@@ -11,7 +11,9 @@ enabled              true      boolean
 connect              true      boolean
 slot_name            NAME      a replication slot name, or ``NONE`` (no slot)
 binary               false     boolean
-streaming            off       off, on, parallel (or a boolean: on/off)
+streaming            on        off, on, parallel (or a boolean: on/off); on:
+                               large transactions arrive while in progress (a
+                               publisher before 14 cannot: they arrive whole)
 two_phase            false     boolean
 disable_on_error     false     boolean
 synchronous_commit   off       on, off, local, remote_write, remote_apply
@@ -23,7 +25,7 @@ conflict_resolution  error     a resolution spec (pgferry's own; see
 apply_mode           batch     ``batch``: several remote transactions per local
                                commit; ``exact``: one local commit per remote
                                transaction, as native (pgferry's own)
-batch_transactions   100       1 to 100000: most remote transactions per local
+batch_transactions   1000      1 to 100000: most remote transactions per local
                                commit in batch mode
 batch_latency_ms     100       0 to 60000: longest a batch stays uncommitted
 ===================  ========  ==================================================
@@ -122,7 +124,7 @@ DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "connect": True,
     "binary": False,
-    "streaming": "off",
+    "streaming": "on",
     "two_phase": False,
     "disable_on_error": False,
     "synchronous_commit": "off",
@@ -131,7 +133,7 @@ DEFAULTS: dict[str, Any] = {
     "run_as_owner": False,
     "conflict_resolution": "error",
     "apply_mode": "batch",
-    "batch_transactions": 100,
+    "batch_transactions": 1000,
     "batch_latency_ms": 100,
 }
 _INTEGER_KEYS = {"batch_transactions": (1, 100000), "batch_latency_ms": (0, 60000)}
