@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import enum
 import itertools
+import operator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import psycopg
@@ -166,6 +168,15 @@ class Stage:
         #: Rows applied by staged statements so far (all batches).
         self.applied = 0
         self._statements: dict[tuple[bool, ...], bytes] = {}
+        positions = table.key
+        # A tuple even for a one-column key (itemgetter returns the bare value).
+        self._key_of: Callable[[tuple[Value, ...]], tuple[Value, ...]] = (
+            operator.itemgetter(*positions)
+            if len(positions) > 1
+            else (lambda values: (values[positions[0]],))
+            if positions
+            else (lambda values: ())
+        )
 
     # -- staging -----------------------------------------------------------------
 
@@ -242,10 +253,11 @@ class Stage:
         return True
 
     def _key(self, values: tuple[Value, ...] | None) -> tuple[Value, ...] | None:
+        """The key columns' values; None when one is NULL or was not sent."""
         if values is None:
             return None
-        key = tuple(values[i] for i in self.table.key)
-        if any(v is None or v is UNCHANGED_TOAST or isinstance(v, BinaryValue) for v in key):
+        key: tuple[Value, ...] = self._key_of(values)
+        if None in key or UNCHANGED_TOAST in key or BinaryValue in map(type, key):
             return None
         return key
 
