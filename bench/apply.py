@@ -14,9 +14,10 @@ ratio of wall times is printed, then the table of targets:
   the publisher's streaming decode floor, ``pg_recvlogical`` (protocol 2,
   streaming on) reading the same transaction to /dev/null;
 * ``lag``: ``--lag-seconds`` of pgbench at the publisher's full rate (4 clients)
-  while the subscriber runs; a heartbeat row written every 100 ms on the
-  publisher gives the replication lag (subscriber clock minus the heartbeat's
-  time, same machine) sampled every 100 ms: p50 and p99;
+  while the subscriber runs; a heartbeat row, stamped with the publisher's clock
+  every 50 ms, is polled on the subscriber every 10 ms: each heartbeat's lag is the
+  subscriber's clock when it is first seen minus its stamp (same machine, so one
+  clock; 10 ms resolution): p50 and p99;
 * ``rss``: pgferry only: peak and sampled RSS of its processes while it applies
   one transaction inserting ``--rss-rows`` rows;
 * ``decode``: pgferry only: ``bench.decode`` (pgoutput messages/s on one core).
@@ -48,7 +49,8 @@ from typing import Any
 
 import psycopg
 
-from bench.common import Timer, machine
+from bench.common import Publisher, Timer, machine
+from bench.stream import run_recvlogical
 from pgferry.conninfo import parse, with_params
 from pgferry.protocol import Lsn
 from pgferry.testing import Cluster, find_install
@@ -195,24 +197,7 @@ class Bench:
             c.destroy()
 
     def _pgbench(self, server: Server | Cluster, *args: str, db: str | None = None) -> None:
-        params = parse(server.dsn(db) if db else server.dsn())
-        env = dict(os.environ)
-        for key, var in (
-            ("host", "PGHOST"),
-            ("port", "PGPORT"),
-            ("user", "PGUSER"),
-            ("password", "PGPASSWORD"),
-            ("dbname", "PGDATABASE"),
-        ):
-            if key in params:
-                env[var] = params[key]
-        subprocess.run(
-            [str(self.install.bin("pgbench")), *args],
-            check=True,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        Publisher(server.dsn(db) if db else server.dsn(), self.install).pgbench(*args)
 
     def truncate(self, db: str) -> None:
         self.sub.sql("TRUNCATE " + ", ".join(TABLES), dbname=db)
@@ -347,34 +332,12 @@ class Bench:
             end.append(found)
 
         native, ferry = self._measure_both(update_all)
-        self.results["floor"] = self._recvlogical("bench_floor", end[0])
+        self.results["floor"] = run_recvlogical(
+            Publisher(self.pub.dsn(), self.install), "bench_floor", end[0], 2, "bench"
+        )
         self.pub.sql("SELECT pg_drop_replication_slot('bench_floor')")
         print(f"bigtx: streaming decode floor {self.results['floor']:.2f} s", flush=True)
         return native, ferry
-
-    def _recvlogical(self, slot: str, end: Lsn) -> float:
-        cmd = [
-            str(self.install.bin("pg_recvlogical")),
-            "-d",
-            with_params(self.pub.dsn(), replication="database"),
-            "--slot",
-            slot,
-            "--start",
-            "--no-loop",
-            "--endpos",
-            str(end),
-            "-f",
-            "/dev/null",
-            "-o",
-            "proto_version=2",
-            "-o",
-            "publication_names=bench",
-            "-o",
-            "streaming=on",
-        ]
-        with Timer() as t:
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        return t.seconds
 
     def lag(self) -> tuple[float, float]:
         """Lag under load: returns the p99s; the p50s go into the results."""
@@ -404,18 +367,20 @@ class Bench:
             with self.pub.connect() as conn:
                 while not stop.is_set():
                     conn.execute("UPDATE bench_heartbeat SET t = clock_timestamp() WHERE id = 1")
-                    time.sleep(0.1)
+                    time.sleep(0.05)
 
         def sample() -> None:
+            last = None
             with self.sub.connect(db) as conn:
                 while not stop.is_set():
                     row = conn.execute(
-                        "SELECT extract(epoch FROM clock_timestamp() - t)::float8"
+                        "SELECT t, extract(epoch FROM clock_timestamp() - t)::float8"
                         " FROM bench_heartbeat WHERE id = 1"
                     ).fetchone()
-                    if row is not None and row[0] is not None:
-                        samples.append(float(row[0]))
-                    time.sleep(0.1)
+                    if row is not None and row[0] != last:
+                        last = row[0]
+                        samples.append(float(row[1]))
+                    time.sleep(0.01)
 
         threads = [threading.Thread(target=f, daemon=True) for f in (heartbeat, sample)]
         for t in threads:

@@ -55,7 +55,10 @@ def run_pgferry(pub: Publisher, slot: str, end: Lsn) -> float:
     return t.seconds
 
 
-def run_recvlogical(pub: Publisher, slot: str, end: Lsn, proto: int) -> float:
+def run_recvlogical(
+    pub: Publisher, slot: str, end: Lsn, proto: int, publication: str = PUBLICATION
+) -> float:
+    """pg_recvlogical from ``slot`` to ``end`` into /dev/null (streaming on): seconds."""
     dsn = with_params(pub.dsn, replication="database")
     cmd = [
         str(pub.install.bin("pg_recvlogical")),
@@ -72,7 +75,7 @@ def run_recvlogical(pub: Publisher, slot: str, end: Lsn, proto: int) -> float:
         "-o",
         f"proto_version={proto}",
         "-o",
-        f"publication_names={PUBLICATION}",
+        f"publication_names={publication}",
         "-o",
         "streaming=on",
     ]

@@ -267,3 +267,27 @@ def test_batch_mode_groups_remote_transactions(pair: Pair) -> None:
     assert len(pair.rows("SELECT * FROM t")) == 20
     # Fewer local transactions than remote ones.
     assert len({r[0] for r in pair.rows("SELECT xmin::text FROM t")}) < 20
+
+
+def test_a_long_replay_keeps_the_walsender_alive(pair: Pair) -> None:
+    """A streamed transaction is replayed at its commit without reading the stream;
+    status updates keep going out, so wal_sender_timeout does not end the stream
+    (the worker would fail with "server closed the connection" otherwise)."""
+    pair.publish("CREATE TABLE big (id int PRIMARY KEY, v text)", ["big"], streaming="on")
+    pair.cluster.sql(
+        "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 400000) g",
+        dbname=pair.pub,
+    )
+    # The walsender's own settings: it streams past 64kB, and gives up on a
+    # subscriber that has not replied for 3 s.
+    pair.cluster.sql("ALTER SYSTEM SET logical_decoding_work_mem = '64kB'")
+    pair.cluster.sql("ALTER SYSTEM SET wal_sender_timeout = '3s'")
+    pair.cluster.sql("SELECT pg_reload_conf()")
+    try:
+        worker = pair.sync(timeout=120)
+    finally:
+        pair.cluster.sql("ALTER SYSTEM RESET logical_decoding_work_mem")
+        pair.cluster.sql("ALTER SYSTEM RESET wal_sender_timeout")
+        pair.cluster.sql("SELECT pg_reload_conf()")
+    assert pair.rows("SELECT count(*) FROM big") == [(400000,)]
+    assert worker.applier is not None and worker.applier.applied_count == 1

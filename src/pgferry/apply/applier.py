@@ -31,6 +31,12 @@ conflict types and policies):
   cascade on the subscriber);
 * logical messages are not applied.
 
+In batch mode (:class:`Batching`) several remote transactions share one local
+transaction; each eligible table's changes are then staged and applied set-based,
+as their net effect per key (:mod:`.staging`), and the rest go row by row,
+pipelined where the conflict policies allow. Either way a batch that meets a
+surprise is rolled back and applied again exactly (:class:`RetryExact`).
+
 A failing change raises :class:`~pgferry.errors.ApplyError` naming the
 subscription, table, remote xid and the transaction's finish LSN; the local
 transaction is rolled back, so nothing of it is applied and the origin does not
@@ -131,6 +137,8 @@ class Batching:
 
 #: Statements in flight in pipeline mode before their results are collected.
 PIPELINE_DEPTH = 2000
+#: Changes between two calls of :attr:`Applier.keepalive`.
+KEEPALIVE_EVERY = 2000
 
 
 class RetryExact(Exception):
@@ -199,6 +207,11 @@ class Applier:
         self._last: tuple[Transaction, Lsn] | None = None
         self._batch_started = 0.0
         self._remote_open = False
+        #: Called every KEEPALIVE_EVERY changes: a long transaction (a streamed one
+        #: replayed at its commit) must not let the walsender's wal_sender_timeout
+        #: expire while nothing is read from the stream.
+        self.keepalive: Callable[[], None] | None = None
+        self._changes = 0
 
     # -- session ------------------------------------------------------------------
 
@@ -242,6 +255,9 @@ class Applier:
             self._batch_started = time.monotonic()
 
     def change(self, tx: Transaction, change: Change) -> None:
+        self._changes += 1
+        if self._changes % KEEPALIVE_EVERY == 0 and self.keepalive is not None:
+            self.keepalive()
         if self._pipe is None:
             self._change(tx, change)
             return

@@ -194,6 +194,12 @@ class ApplyWorker:
             remote.close()
             raise
         logger.info("subscription %s: apply worker streaming from %s", self.name, start)
+
+        def keepalive() -> None:
+            if time.monotonic() >= stream.next_status_time:
+                stream.send_status()
+
+        applier.keepalive = keepalive
         decoder = PgoutputDecoder(stream.protocol_version)
         assembler = Assembler(applier, stream.protocol_version, relations=relations)
         durable_on_commit = synchronous_commit in _DURABLE_ON_COMMIT
