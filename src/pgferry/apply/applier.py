@@ -74,7 +74,7 @@ from pgferry.protocol.messages import (
     Value,
 )
 from pgferry.protocol.relations import RelationCache
-from pgferry.protocol.timestamps import to_datetime
+from pgferry.protocol.timestamps import now_pg_us, to_datetime
 
 from .conflicts import ConflictContext, LocalRow
 from .mapping import MappingError, Stamps, TableMap, build_map, text_value
@@ -137,6 +137,9 @@ class Batching:
 
 #: Statements in flight in pipeline mode before their results are collected.
 PIPELINE_DEPTH = 2000
+#: A batch whose last remote commit is younger than this (seconds) commits as
+#: soon as everything received is applied (see :attr:`Applier.live`).
+LIVE_WINDOW = 0.2
 #: Changes between two calls of :attr:`Applier.keepalive`.
 KEEPALIVE_EVERY = 2000
 
@@ -734,6 +737,15 @@ class Applier:
     def pending(self) -> bool:
         """Applied remote transactions wait in an open local transaction."""
         return self._last is not None
+
+    @property
+    def live(self) -> bool:
+        """The open batch's last remote commit is under :data:`LIVE_WINDOW` old:
+        the stream is live, not catching up (by the two servers' clocks)."""
+        return (
+            self._last is not None
+            and now_pg_us() - self._last[0].commit_time < LIVE_WINDOW * 1_000_000
+        )
 
     @property
     def due(self) -> bool:

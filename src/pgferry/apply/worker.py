@@ -47,6 +47,8 @@ from .conflicts import session_conflicts
 logger = logging.getLogger("pgferry.apply")
 
 _DURABLE_ON_COMMIT = {"on", "local", "remote_write", "remote_apply"}
+#: Most stream messages handled between two looks at the batch and the catalog.
+READ_BATCH = 2000
 
 
 def batching_of(local: psycopg.Connection[Any], sub: store.Subscription) -> Batching:
@@ -289,7 +291,9 @@ class ApplyWorker:
             while not self._stop:
                 # With a batch open, look again soon: it commits when the stream
                 # pauses (or at its size or latency limit).
-                batch = stream.read_batch(timeout=0.01 if applier.pending else 0.5)
+                batch = stream.read_batch(
+                    timeout=0.01 if applier.pending else 0.5, max_items=READ_BATCH
+                )
                 if not batch:
                     if stream.ended:
                         break
@@ -309,7 +313,12 @@ class ApplyWorker:
                         assert isinstance(item, PrimaryKeepalive)
                         if assembler.between_transactions:
                             idle_lsn = item.wal_end
-                if applier.due and assembler.between_transactions:
+                if assembler.between_transactions and (
+                    applier.due or (len(batch) < READ_BATCH and applier.live)
+                ):
+                    # At the limit, or live: everything received is applied and
+                    # the last commit is recent, so waiting would only add lag (in
+                    # a catch-up the commits are older and batches fill up).
                     applier.flush()
                 if time.monotonic() >= next_sync_check and assembler.between_transactions:
                     sync_handover()
