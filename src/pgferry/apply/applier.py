@@ -13,7 +13,7 @@ and ENABLE ALWAYS triggers fire, foreign keys are not checked), ``search_path = 
 (every name is qualified) and the subscription's ``synchronous_commit``.
 
 Behaviour per change, as native by default (see :mod:`pgferry.conflict` for the
-conflict types and policies):
+conflict types and policies, :mod:`.rowwise` for how each is detected):
 
 * INSERT inserts; one that collides with local rows on a unique index is an
   ``insert_exists`` (or ``multiple_unique_conflicts``) conflict: the worker stops;
@@ -46,7 +46,6 @@ move.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -59,11 +58,10 @@ from psycopg import sql
 
 from pgferry.assembler import Transaction
 from pgferry.catalog import store
-from pgferry.conflict import CONFLICT_TYPES, ConflictType, Outcome, Policy, Resolution, decide
-from pgferry.errors import ApplyError, ConflictError
+from pgferry.conflict import CONFLICT_TYPES, ConflictType, Policy, Resolution
+from pgferry.errors import ApplyError
 from pgferry.protocol.lsn import Lsn
 from pgferry.protocol.messages import (
-    UNCHANGED_TOAST,
     Change,
     Delete,
     Insert,
@@ -71,13 +69,13 @@ from pgferry.protocol.messages import (
     Relation,
     Truncate,
     Update,
-    Value,
 )
 from pgferry.protocol.relations import RelationCache
 from pgferry.protocol.timestamps import now_pg_us, to_datetime
 
 from .conflicts import ConflictContext, LocalRow
 from .mapping import MappingError, Stamps, TableMap, build_map, text_value
+from .rowwise import RowChanges
 from .staging import Eligibility, Stage, StageMismatch, Suspect, eligibility
 
 logger = logging.getLogger("pgferry.apply")
@@ -153,14 +151,7 @@ class RetryExact(Exception):
         self.until = until
 
 
-def _unique_conflict(rows: list[LocalRow], single: ConflictType) -> ConflictType:
-    """``single`` for one index collision; more (even of one row, as PG 18 counts
-    them) make multiple_unique_conflicts."""
-    collisions = sum(len(r.indexes) for r in rows)
-    return ConflictType.MULTIPLE_UNIQUE_CONFLICTS if collisions > 1 else single
-
-
-class Applier:
+class Applier(RowChanges):
     def __init__(
         self,
         conn: psycopg.Connection[Any],
@@ -491,230 +482,6 @@ class Applier:
         self._discard_stages()
         self.conflicts.reset()
         raise RetryExact(tx.commit_lsn)
-
-    # -- changes and their conflicts ---------------------------------------------------
-
-    def _rows(self, query: Any, params: Any) -> list[LocalRow]:
-        return [LocalRow.from_row(r) for r in self.conn.execute(query, params).fetchall()]
-
-    def _insert(self, tx: Transaction, table: TableMap, new: tuple[Value, ...]) -> None:
-        if not table.uniques or not table.on_conflict_ok:
-            # Nothing to collide with, or collisions we cannot resolve (a deferrable
-            # or expression index): they surface as errors, as in native.
-            self.conn.execute(*table.insert(new))
-            return
-        if self.conn.execute(*table.insert(new, skip_conflicts=True)).rowcount == 1:
-            return
-        located = table.find_conflicts(new)
-        rows = self._rows(*located) if located else []
-        if not rows:
-            # The colliding row is gone (not possible while we hold the locks of
-            # this transaction, but then the plain INSERT says what is wrong).
-            self.conn.execute(*table.insert(new))
-            return
-        ctype = _unique_conflict(rows, ConflictType.INSERT_EXISTS)
-        if not self._resolve(tx, table, ctype, rows, key=None, remote=new):
-            return
-        present = {i for i, v in enumerate(new) if v is not UNCHANGED_TOAST}
-        if len(rows) == 1 and not table.identity_always.intersection(present):
-            # The remote row replaces the local one in place (an UPDATE, which
-            # keeps what references it).
-            self.conn.execute(*table.update_row(new, rows[0].address))
-            return
-        for row in rows:
-            self.conn.execute(*table.delete_row(row.address))
-        self.conn.execute(*table.insert(new))
-
-    def _update(
-        self,
-        tx: Transaction,
-        table: TableMap,
-        old: tuple[Value, ...] | None,
-        new: tuple[Value, ...],
-    ) -> None:
-        conflicts = self.conflicts
-        relation = table.relation
-        identity = old if old is not None else new
-        key = table.row_json(identity, key_only=True)
-        # update_exists is possible on an index other than the replica identity's,
-        # or on any when the identity (hence maybe the key) changed.
-        check_unique = table.other_uniques or (old is not None and bool(table.uniques))
-        policy = conflicts.policy(relation, ConflictType.UPDATE_ORIGIN_DIFFERS)
-        if not check_unique and (table.stamps is Stamps.NONE or policy is Policy.APPLY_REMOTE):
-            # One statement: the outcome does not depend on the local row.
-            if table.stamps is Stamps.NONE:
-                found = self.conn.execute(*table.update(old, new)).rowcount > 0
-                rows: list[LocalRow] = []
-            else:
-                rows = self._rows(*table.update_returning(old, new))
-                found = bool(rows)
-                if rows and conflicts.origin_differs(self.conn, rows[0]):
-                    conflicts.record(
-                        self.conn,
-                        tx,
-                        relation,
-                        ConflictType.UPDATE_ORIGIN_DIFFERS,
-                        policy,
-                        True,
-                        key=key,
-                        local=rows,
-                        remote_row=table.row_json(new),
-                    )
-            if not found:
-                self._update_missing(tx, table, key, new)
-            return
-        located = self._rows(*table.locate_row(identity))
-        if not located:
-            self._update_missing(tx, table, key, new)
-            return
-        row = located[0]
-        if conflicts.origin_differs(self.conn, row) and not self._resolve(
-            tx, table, ConflictType.UPDATE_ORIGIN_DIFFERS, [row], key=key, remote=new
-        ):
-            return
-        if check_unique:
-            query = table.find_conflicts(new, exclude=row.address)
-            others = self._rows(*query) if query else []
-            if others:
-                ctype = _unique_conflict(others, ConflictType.UPDATE_EXISTS)
-                if not self._resolve(tx, table, ctype, others, key=key, remote=new):
-                    return
-                for other in others:
-                    self.conn.execute(*table.delete_row(other.address))
-        self.conn.execute(*table.update_row(new, row.address, key_unchanged=old is None))
-
-    def _update_missing(
-        self,
-        tx: Transaction,
-        table: TableMap,
-        key: dict[str, Any] | None,
-        new: tuple[Value, ...],
-    ) -> None:
-        if not self._resolve(tx, table, ConflictType.UPDATE_MISSING, [], key=key, remote=new):
-            return
-        # apply_remote: the new version is the row, if all of it was sent.
-        if all(v is not UNCHANGED_TOAST for v in new):
-            self._insert(tx, table, new)
-
-    def _delete(self, tx: Transaction, table: TableMap, old: tuple[Value, ...]) -> None:
-        conflicts = self.conflicts
-        relation = table.relation
-        key = table.row_json(old, key_only=True)
-        policy = conflicts.policy(relation, ConflictType.DELETE_ORIGIN_DIFFERS)
-        if table.stamps is Stamps.NONE:
-            if self.conn.execute(*table.delete(old)).rowcount == 0:
-                self._resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
-            return
-        if policy is Policy.APPLY_REMOTE:
-            rows = self._rows(*table.delete_returning(old))
-            if not rows:
-                self._resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
-            elif conflicts.origin_differs(self.conn, rows[0]):
-                conflicts.record(
-                    self.conn,
-                    tx,
-                    relation,
-                    ConflictType.DELETE_ORIGIN_DIFFERS,
-                    policy,
-                    True,
-                    key=key,
-                    local=rows,
-                    remote_row=None,
-                )
-            return
-        located = self._rows(*table.locate_row(old))
-        if not located:
-            self._resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
-            return
-        row = located[0]
-        if conflicts.origin_differs(self.conn, row) and not self._resolve(
-            tx, table, ConflictType.DELETE_ORIGIN_DIFFERS, [row], key=key, remote=None
-        ):
-            return
-        self.conn.execute(*table.delete_row(row.address))
-
-    def _resolve(
-        self,
-        tx: Transaction,
-        table: TableMap,
-        ctype: ConflictType,
-        local: list[LocalRow],
-        *,
-        key: dict[str, Any] | None,
-        remote: tuple[Value, ...] | None,
-    ) -> bool:
-        """Decide a conflict and log it; True when the remote change is to be applied.
-
-        Raises :class:`ConflictError` (after rolling back and logging the conflict
-        in a transaction of its own) when the policy says stop.
-        """
-        conflicts = self.conflicts
-        policy = conflicts.policy(table.relation, ctype)
-        stamps = [conflicts.local_stamp(self.conn, r) for r in local]
-        outcome = decide(ctype, policy, conflicts.remote_stamp(tx), stamps)
-        record = conflicts.record(
-            self.conn,
-            tx,
-            table.relation,
-            ctype,
-            policy,
-            outcome is Outcome.APPLY,
-            key=key if key is not None else (table.row_json(remote, key_only=True)),
-            local=local,
-            remote_row=table.row_json(remote),
-        )
-        if outcome is not Outcome.ERROR:
-            return outcome is Outcome.APPLY
-        self._rollback()
-        with self.conn.transaction():
-            conflicts.flush_only(self.conn, record)
-        raise self._conflict_error(tx, table, ctype, record, local)
-
-    def _conflict_error(
-        self,
-        tx: Transaction,
-        table: TableMap,
-        ctype: ConflictType,
-        record: Any,
-        local: list[LocalRow],
-    ) -> ConflictError:
-        def show(value: Any) -> str:
-            text = json.dumps(value, default=str)
-            return text if len(text) <= 200 else text[:197] + "..."
-
-        parts = []
-        indexes = sorted({name for row in local for name in row.indexes})
-        if indexes:
-            listed = ", ".join(f'"{name}"' for name in indexes)
-            parts.append(f"unique index{'es' if len(indexes) > 1 else ''} {listed}")
-        if record.key:
-            parts.append(f"key {show(record.key)}")
-        if record.local_row is not None:
-            who = (
-                f"origin {record.local_origin!r}"
-                if record.local_origin
-                else "locally"
-                if record.local_commit_time
-                else "by an unknown writer"
-            )
-            when = f" at {record.local_commit_time}" if record.local_commit_time else ""
-            parts.append(f"existing local row {show(record.local_row)} (written {who}{when})")
-        if record.remote_row is not None:
-            parts.append(f"remote row {show(record.remote_row)}")
-        return ConflictError(
-            f"subscription {self.subscription!r}: conflict detected on relation"
-            f' "{table.display}": conflict={ctype} ({"; ".join(parts)}) in remote'
-            f" transaction {tx.xid} finished at {tx.commit_lsn}",
-            conflict_type=str(ctype),
-            subscription=self.subscription,
-            table=table.display,
-            xid=tx.xid,
-            finish_lsn=str(tx.commit_lsn),
-            hint=f"resolve it by policy (pgferry subscription alter {self.subscription}"
-            f" --with conflict_resolution=...), fix the local data, or skip the"
-            f" transaction with pgferry subscription alter {self.subscription}"
-            f" --skip {tx.commit_lsn}",
-        )
 
     def commit(self, tx: Transaction, end_lsn: Lsn) -> None:
         conn = self.conn
