@@ -122,6 +122,9 @@ SCENARIOS = {
         native_with="streaming = on",
         ferry_with=["streaming=on"],
         min_major=14,
+        # The walsenders' own setting (a writer's session setting does not reach
+        # them): past 64kB the transactions are streamed in progress.
+        publisher_settings={"logical_decoding_work_mem": "64kB"},
     ),
     "partition_leaf": Scenario(
         schema="CREATE TABLE m (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);"
@@ -264,8 +267,7 @@ def test_scenario_matches_native(env: Env, name: str, mode: str) -> None:
     thread = threading.Thread(target=launcher.run, daemon=True)
     thread.start()
     try:
-        options = "-c logical_decoding_work_mem=64kB"
-        with env.pub.connect(env.pub_db, options=options) as conn:
+        with env.pub.connect(env.pub_db) as conn:
             for statement in sc.after:
                 conn.execute(statement)
         columns = {t: "*" for t in sc.tables}
@@ -290,6 +292,14 @@ def test_scenario_matches_native(env: Env, name: str, mode: str) -> None:
                 break
             assert time.monotonic() < deadline, f"{name}: native {got['native']} != ferry"
             time.sleep(0.3)
+        if name == "stream":
+            # Both subscribers did receive the transactions streamed.
+            streamed = env.pub.sql(
+                "SELECT slot_name, stream_txns > 0 FROM pg_stat_replication_slots"
+                " WHERE slot_name IN ('ferry', 'native') ORDER BY slot_name",
+                dbname=env.pub_db,
+            )
+            assert streamed == [("ferry", True), ("native", True)]
     finally:
         launcher.request_stop()
         thread.join(timeout=60)
