@@ -220,12 +220,17 @@ def test_batch_of_mixed_changes_matches_the_publisher(pair: Pair) -> None:
         ).fetchone() == (0,)
 
 
-def test_a_missing_row_in_a_staged_batch_is_found_and_logged_exactly(pair: Pair) -> None:
+def _published_with_rows(pair: Pair) -> None:
+    """Published and applied: 20 rows of k on both sides."""
     _publish(pair)
     pair.cluster.sql(
         "INSERT INTO k SELECT g, 'v', 'b' FROM generate_series(1, 20) g", dbname=pair.pub
     )
     pair.sync()
+
+
+def test_a_missing_row_in_a_staged_batch_is_found_and_logged_exactly(pair: Pair) -> None:
+    _published_with_rows(pair)
     pair.cluster.sql("DELETE FROM k WHERE id = 7", dbname=pair.sub)
     pair.cluster.sql("UPDATE k SET v = 'w' WHERE id <= 10", dbname=pair.pub)
     pair.cluster.sql("UPDATE k SET n = 1 WHERE id > 10", dbname=pair.pub)
@@ -234,7 +239,8 @@ def test_a_missing_row_in_a_staged_batch_is_found_and_logged_exactly(pair: Pair)
     # after the staged batch is found short and applied again row by row.
     expected = [r for r in _state(pair, pair.pub)[0] if r[0] != 7]
     assert _state(pair, pair.sub)[0] == expected
-    assert worker.applier is not None
+    # The retry applied the batch exactly: nothing of it was staged.
+    assert worker.applier is not None and worker.applier.staged_rows == 0
     with pair.cluster.connect(pair.sub) as conn:
         rows = conn.execute(
             "SELECT conflict_type, key::text FROM pgferry.conflict WHERE subscription = 'ferry'"
@@ -246,11 +252,7 @@ def test_rows_written_by_another_origin_are_reported_once_per_key(pair: Pair) ->
     """track_commit_timestamp is on in the test clusters: a staged UPDATE or DELETE
     of a locally written row is an *_origin_differs conflict, applied and logged
     for the first remote change that met the row, as exact apply logs it."""
-    _publish(pair)
-    pair.cluster.sql(
-        "INSERT INTO k SELECT g, 'v', 'b' FROM generate_series(1, 20) g", dbname=pair.pub
-    )
-    pair.sync()
+    _published_with_rows(pair)
     pair.cluster.sql("UPDATE k SET n = 99 WHERE id IN (3, 4)", dbname=pair.sub)
     pair.cluster.sql("UPDATE k SET v = 'first' WHERE id <= 5", dbname=pair.pub)
     pair.cluster.sql("UPDATE k SET v = 'second' WHERE id <= 5", dbname=pair.pub)

@@ -331,9 +331,9 @@ class Stage:
                 key, (_existed, _values, tx, first) = entries[n]
                 suspects.append(Suspect(tx, first, key, LocalRow.from_row(tuple(row))))
         self.clear()
-        self.applied += sum(counts.values())
         if touched != expected or not absent_ok:
             raise StageMismatch(f"table {self.table.display}: staged {counts}, touched {touched}")
+        self.applied += sum(counts.values())
         return suspects
 
     # -- statements ----------------------------------------------------------------
