@@ -39,8 +39,8 @@ native policy). A table without such a key may still have its INSERTs staged.
 from __future__ import annotations
 
 import enum
-import itertools
 import operator
+import zlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -59,7 +59,6 @@ MAX_BYTES = 16 << 20
 
 _OP = sql.Identifier("pgferry_op")
 _N = sql.Identifier("pgferry_n")
-_names = itertools.count(1)
 
 
 class StageMismatch(Exception):
@@ -155,7 +154,10 @@ class Stage:
         assert kind is not Eligibility.NONE
         self.table = table
         self.kind = kind
-        self.name = f"pgferry_stage_{next(_names)}"
+        # Named after the relation and its shape: an applier started again on the
+        # same session (after RetryExact) finds its tables instead of adding more.
+        shape = zlib.crc32(repr((table.names, table.types, table.key)).encode())
+        self.name = f"pgferry_stage_{table.relation.relation_id}_{shape:08x}"
         #: The staging table exists (created in a committed transaction).
         self.created = False
         #: Old rows' origins are checked (see the module docstring).
