@@ -290,9 +290,12 @@ class ApplyWorker:
         try:
             while not self._stop:
                 # With a batch open, look again soon: it commits when the stream
-                # pauses (or at its size or latency limit).
+                # pauses (or at its size or latency limit). While a table syncs,
+                # its handover is looked at five times as often.
+                syncing = any(s.state != "r" for s in states.values())
                 batch = stream.read_batch(
-                    timeout=0.01 if applier.pending else 0.5, max_items=READ_BATCH
+                    timeout=0.01 if applier.pending else 0.1 if syncing else 0.5,
+                    max_items=READ_BATCH,
                 )
                 if not batch:
                     if stream.ended:
@@ -322,7 +325,7 @@ class ApplyWorker:
                     applier.flush()
                 if time.monotonic() >= next_sync_check and assembler.between_transactions:
                     sync_handover()
-                    next_sync_check = time.monotonic() + 0.5
+                    next_sync_check = time.monotonic() + (0.1 if syncing else 0.5)
                 if error_shown and applier.applied_count:
                     # Replication moves again: the stored error is history now
                     # (its count stays in the stats).

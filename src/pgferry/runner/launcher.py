@@ -56,7 +56,7 @@ class Launcher:
         dsn: str,
         *,
         max_sync_workers_per_subscription: int = 2,
-        poll_interval: float = 1.0,
+        poll_interval: float = 0.25,
         retry_interval: float = 5.0,
         stop_timeout: float = 30.0,
     ) -> None:

@@ -315,7 +315,7 @@ class TableSyncWorker:
         done = start >= until
         try:
             while not done and not self._stop:
-                batch = stream.read_batch(timeout=0.5)
+                batch = stream.read_batch(timeout=0.1)
                 if not batch and assembler.between_transactions:
                     stream.send_status(reply_requested=True)  # where is the walsender?
                 for item in batch:
