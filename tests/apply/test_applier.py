@@ -7,8 +7,11 @@ origin has caught up with the publisher or the worker fails.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
+from pgferry.apply.applier import Applier
 from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, store
 from pgferry.errors import ApplyError, ConflictError
 from pgferry.protocol import Lsn
@@ -291,3 +294,21 @@ def test_a_long_replay_keeps_the_walsender_alive(pair: Pair) -> None:
         pair.cluster.sql("SELECT pg_reload_conf()")
     assert pair.rows("SELECT count(*) FROM big") == [(400000,)]
     assert worker.applier is not None and worker.applier.applied_count == 1
+
+
+def test_session_setup_waits_for_an_exiting_holder_of_the_origin(pair: Pair) -> None:
+    """A worker that just stopped may hold the replication origin while its backend
+    exits; the next worker's session waits for it instead of failing."""
+    holder = pair.cluster.connect(pair.sub, autocommit=True)
+    Applier.prepare_session(holder, "pgferry_wait_test", "off")
+    timer = threading.Timer(0.3, holder.close)
+    timer.start()
+    try:
+        with pair.cluster.connect(pair.sub, autocommit=True) as conn:
+            Applier.prepare_session(conn, "pgferry_wait_test", "off")
+            row = conn.execute("SELECT pg_catalog.pg_replication_origin_session_is_setup()")
+            assert row.fetchone() == (True,)
+            conn.execute("SELECT pg_catalog.pg_replication_origin_session_reset()")
+            conn.execute("SELECT pg_catalog.pg_replication_origin_drop('pgferry_wait_test')")
+    finally:
+        timer.join()

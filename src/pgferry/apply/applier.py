@@ -138,6 +138,8 @@ PIPELINE_DEPTH = 2000
 #: A batch whose last remote commit is younger than this (seconds) commits as
 #: soon as everything received is applied (see :attr:`Applier.live`).
 LIVE_WINDOW = 0.2
+#: Seconds to wait for the replication origin held by an exiting session.
+ORIGIN_WAIT = 5.0
 #: Changes between two calls of :attr:`Applier.keepalive`.
 KEEPALIVE_EVERY = 2000
 
@@ -221,7 +223,17 @@ class Applier(RowChanges):
         row = conn.execute("SELECT pg_catalog.pg_replication_origin_oid(%s)", (origin,)).fetchone()
         if row is None or row[0] is None:
             conn.execute("SELECT pg_catalog.pg_replication_origin_create(%s)", (origin,))
-        conn.execute("SELECT pg_catalog.pg_replication_origin_session_setup(%s)", (origin,))
+        # The session of a worker that just stopped may still hold the origin
+        # for a moment while its backend exits: wait for it, briefly.
+        deadline = time.monotonic() + ORIGIN_WAIT
+        while True:
+            try:
+                conn.execute("SELECT pg_catalog.pg_replication_origin_session_setup(%s)", (origin,))
+                break
+            except psycopg.errors.ObjectInUse:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
         progress = conn.execute(
             "SELECT pg_catalog.pg_replication_origin_progress(%s, false)::text", (origin,)
         ).fetchone()
