@@ -241,7 +241,7 @@ class Stage:
         if entry is not None and entry[1] is None:
             return False  # an update of a deleted row: update_missing
         if not _plain(new):
-            if entry is None or any(isinstance(v, BinaryValue) for v in new):
+            if entry is None or BinaryValue in map(type, new):
                 return False
             # Unchanged TOAST: the value is the one this batch last gave it.
             new = tuple(

@@ -40,6 +40,7 @@ from pgferry.protocol.pgoutput import PgoutputDecoder
 from pgferry.protocol.relations import RelationCache
 from pgferry.protocol.timestamps import to_datetime
 from pgferry.stream import PgoutputOptions, ReplicationConnection, ReplicationStream
+from pgferry.stream.commands import streaming_for
 
 from .applier import Applier, Batching, RetryExact
 from .conflicts import session_conflicts
@@ -67,6 +68,11 @@ def batching_of(local: psycopg.Connection[Any], sub: store.Subscription) -> Batc
         int(sub.option("batch_transactions", 1000)),
         int(sub.option("batch_latency_ms", 100)) / 1000,
     )
+
+
+def _handover_interval(states: dict[tuple[str, str], Any]) -> float:
+    """Seconds between two looks at the handovers: shorter while a table syncs."""
+    return 0.1 if any(s.state != "r" for s in states.values()) else 0.5
 
 
 class ApplyWorker:
@@ -148,6 +154,7 @@ class ApplyWorker:
         synchronous_commit = str(sub.option("synchronous_commit", "off"))
         start = Applier.prepare_session(local, sub.origin_name, synchronous_commit)
         states = handover.states(local, self.name)
+        handover_due = _handover_interval(states)
 
         def applies(relation: Relation, tx: Transaction) -> bool:
             # Ready tables always; a table just handed over by its sync worker for
@@ -182,11 +189,11 @@ class ApplyWorker:
             self.applier = applier
             options = PgoutputOptions(
                 publication_names=sub.publications,
-                # Large transactions arrive while in progress, spooled past a
-                # memory bound (publishers from 14 on; older ones send them whole).
-                streaming="on"
-                if sub.option("streaming", "on") != "off" and remote.major >= 14
-                else "off",
+                # Large transactions arrive while in progress and are spooled past
+                # a memory bound (parallel too: they are applied at their commit).
+                streaming="off"
+                if streaming_for(sub.option("streaming", "on"), remote.major) == "off"
+                else "on",
                 origin=session.origin_option,
             )
             stream = remote.start_replication(
@@ -196,12 +203,7 @@ class ApplyWorker:
             remote.close()
             raise
         logger.info("subscription %s: apply worker streaming from %s", self.name, start)
-
-        def keepalive() -> None:
-            if time.monotonic() >= stream.next_status_time:
-                stream.send_status()
-
-        applier.keepalive = keepalive
+        applier.keepalive = stream.send_status_if_due
         decoder = PgoutputDecoder(stream.protocol_version)
         assembler = Assembler(applier, stream.protocol_version, relations=relations)
         durable_on_commit = synchronous_commit in _DURABLE_ON_COMMIT
@@ -214,7 +216,7 @@ class ApplyWorker:
 
         def sync_handover() -> None:
             """Between transactions: serve the table sync workers' handovers."""
-            nonlocal states
+            nonlocal states, handover_due
             applier.flush()  # the position given out must be committed
             states = handover.states(local, self.name)
             # Every remote transaction ending up to here is processed, none after:
@@ -244,6 +246,7 @@ class ApplyWorker:
                 ):
                     store.set_table_state(local, self.name, key[0], key[1], "r", position)
             states = handover.states(local, self.name)
+            handover_due = _handover_interval(states)
 
         def confirm() -> None:
             nonlocal idle_lsn
@@ -292,9 +295,8 @@ class ApplyWorker:
                 # With a batch open, look again soon: it commits when the stream
                 # pauses (or at its size or latency limit). While a table syncs,
                 # its handover is looked at five times as often.
-                syncing = any(s.state != "r" for s in states.values())
                 batch = stream.read_batch(
-                    timeout=0.01 if applier.pending else 0.1 if syncing else 0.5,
+                    timeout=0.01 if applier.pending else handover_due,
                     max_items=READ_BATCH,
                 )
                 if not batch:
@@ -325,7 +327,7 @@ class ApplyWorker:
                     applier.flush()
                 if time.monotonic() >= next_sync_check and assembler.between_transactions:
                     sync_handover()
-                    next_sync_check = time.monotonic() + (0.1 if syncing else 0.5)
+                    next_sync_check = time.monotonic() + handover_due
                 if error_shown and applier.applied_count:
                     # Replication moves again: the stored error is history now
                     # (its count stays in the stats).

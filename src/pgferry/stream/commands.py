@@ -28,6 +28,12 @@ SnapshotAction = Literal["export", "use", "nothing"]
 Streaming = Literal["off", "on", "parallel"]
 
 
+def streaming_for(value: Streaming, publisher_major: int) -> Streaming:
+    """The ``streaming`` option a publisher of ``publisher_major`` is asked for:
+    ``on`` (the default) from 14 on; an older publisher sends transactions whole."""
+    return "off" if value == "on" and publisher_major < 14 else value
+
+
 def major_version(server_version_num: int) -> int:
     """``server_version_num`` (e.g. 150004) -> major version (15)."""
     return server_version_num // 10000

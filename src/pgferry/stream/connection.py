@@ -346,6 +346,12 @@ class ReplicationStream:
         self.write_lsn = max(self.write_lsn, write if write is not None else flush)
         self.apply_lsn = max(self.apply_lsn, apply if apply is not None else flush)
 
+    def send_status_if_due(self, now: float | None = None) -> None:
+        """Send a status update if the status interval has passed (also while the
+        consumer is busy and does not read: the walsender's timeout counts)."""
+        if (now if now is not None else time.monotonic()) >= self._next_status:
+            self.send_status()
+
     def send_status(self, *, reply_requested: bool = False) -> None:
         """Send a standby status update with the confirmed positions now."""
         msg = encode_standby_status(
@@ -387,8 +393,7 @@ class ReplicationStream:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             now = time.monotonic()
-            if now >= self._next_status:
-                self.send_status()
+            self.send_status_if_due(now)
             try:
                 while len(out) < max_items:
                     nbytes, data = get_copy_data(1)

@@ -93,9 +93,10 @@ from pgferry.errors import (
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
 from pgferry.publisher.spec import parse_table_name
 from pgferry.stream import PgoutputOptions, ReplicationConnection
-from pgferry.stream.commands import quote_literal
+from pgferry.stream.commands import quote_literal, streaming_for
 from pgferry.subscription.options import (
     ALTER_KEYS,
+    DEFAULTS,
     REFRESH_KEYS,
     CreateOptions,
     create_options,
@@ -216,13 +217,10 @@ def _check_publisher(
         )
     if options is not None:
         origin = options.get("origin", "any")
-        streaming = options.get("streaming", "on")
         PgoutputOptions(
             publication_names=publications,
             binary=bool(options.get("binary")),
-            # streaming=on (the default) is honoured from 14 on; an older
-            # publisher sends transactions whole.
-            streaming=streaming if streaming != "on" or repl.major >= 14 else "off",
+            streaming=streaming_for(options.get("streaming", DEFAULTS["streaming"]), repl.major),
             two_phase=bool(options.get("two_phase")),
             # Before 16 the publisher cannot filter; the apply worker does.
             origin="none" if origin == "none" and repl.major >= 16 else None,

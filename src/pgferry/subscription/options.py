@@ -118,6 +118,8 @@ _BOOLEAN_KEYS = frozenset(
         "refresh",
     }
 )
+
+
 DEFAULTS: dict[str, Any] = {
     "copy_data": True,
     "create_slot": True,
