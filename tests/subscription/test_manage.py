@@ -23,7 +23,6 @@ from pgferry.catalog import ensure_catalog, store
 from pgferry.catalog.store import SubscriptionExists, SubscriptionNotFound
 from pgferry.errors import (
     ConnectionFailed,
-    FeatureNotSupported,
     InterfaceError,
     PublicationNotFound,
     ReplicationNotPermitted,
@@ -163,7 +162,7 @@ def test_create_with_defaults(published: Env) -> None:
         "create_slot": True,
         "connect": True,
         "binary": False,
-        "streaming": "on",
+        "streaming": "parallel",
         "two_phase": False,
         "disable_on_error": False,
         "synchronous_commit": "off",
@@ -363,18 +362,9 @@ def test_a_role_without_replication_is_refused(published: Env) -> None:
         published.cluster.sql("DROP ROLE ferry_norepl")
 
 
-@pytest.mark.pg_max(15)
-def test_options_the_publisher_cannot_honour_are_refused(published: Env) -> None:
-    with pytest.raises(FeatureNotSupported, match="streaming = parallel needs PostgreSQL 16"):
-        published.create("ferry", "streaming=parallel")
-    assert published.slots() == {}
-    # origin = none before 16: pgferry filters the Origin messages itself.
-    published.create("ferry", "origin=none")
-    assert published.row().options["origin"] == "none"
-
-
-@pytest.mark.pg_min(16)
-def test_origin_none_is_accepted_from_16(published: Env) -> None:
+def test_origin_none_and_parallel_streaming_need_no_16(published: Env) -> None:
+    # Before 16 too: pgferry filters the Origin messages itself, and applies a
+    # streamed transaction as it arrives by itself (the publisher streams "on").
     published.create("ferry", "origin=none", "streaming=parallel")
     assert published.row().options["origin"] == "none"
     assert published.row().options["streaming"] == "parallel"

@@ -75,7 +75,7 @@ from pgferry.protocol.timestamps import now_pg_us, to_datetime
 
 from .conflicts import ConflictContext, LocalRow
 from .mapping import MappingError, Stamps, TableMap, build_map, text_value
-from .rowwise import RowChanges
+from .rowwise import Provisional, RowChanges
 from .staging import Eligibility, Stage, StageMismatch, Suspect, eligibility
 
 logger = logging.getLogger("pgferry.apply")
@@ -178,6 +178,10 @@ class Applier(RowChanges):
         self.origin = origin
         self.relations = relations
         self.applies = applies
+        self._applies_memo: tuple[Transaction | None, dict[int, tuple[Relation, bool]]] = (
+            None,
+            {},
+        )
         self.skip_lsn = skip_lsn
         #: End LSN and local commit order of the last applied remote transaction.
         self.applied_lsn: Lsn | None = None
@@ -212,10 +216,13 @@ class Applier(RowChanges):
     # -- session ------------------------------------------------------------------
 
     @staticmethod
-    def prepare_session(conn: psycopg.Connection[Any], origin: str, synchronous_commit: str) -> Lsn:
+    def prepare_session(
+        conn: psycopg.Connection[Any], origin: str, synchronous_commit: str, *, bind: bool = True
+    ) -> Lsn:
         """Set up the apply session; returns the origin's flushed progress.
 
-        Creates the replication origin if missing and binds the session to it.
+        Creates the replication origin if missing and (unless not ``bind``) binds
+        the session to it.
         """
         conn.execute("SET session_replication_role = replica")
         conn.execute("SET search_path = ''")
@@ -223,21 +230,37 @@ class Applier(RowChanges):
         row = conn.execute("SELECT pg_catalog.pg_replication_origin_oid(%s)", (origin,)).fetchone()
         if row is None or row[0] is None:
             conn.execute("SELECT pg_catalog.pg_replication_origin_create(%s)", (origin,))
-        # The session of a worker that just stopped may still hold the origin
-        # for a moment while its backend exits: wait for it, briefly.
-        deadline = time.monotonic() + ORIGIN_WAIT
-        while True:
-            try:
-                conn.execute("SELECT pg_catalog.pg_replication_origin_session_setup(%s)", (origin,))
-                break
-            except psycopg.errors.ObjectInUse:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.05)
+        if bind:
+            Applier.bind_origin(conn, origin)
         progress = conn.execute(
             "SELECT pg_catalog.pg_replication_origin_progress(%s, false)::text", (origin,)
         ).fetchone()
         return Lsn.parse(progress[0]) if progress and progress[0] else Lsn(0)
+
+    @staticmethod
+    def bind_origin(conn: psycopg.Connection[Any], origin: str) -> None:
+        """Bind the session to the replication origin (one session at a time).
+
+        The session of a worker that just stopped may still hold it for a moment
+        while its backend exits: wait for it, briefly.
+        """
+        deadline = time.monotonic() + ORIGIN_WAIT
+        while True:
+            try:
+                conn.execute("SELECT pg_catalog.pg_replication_origin_session_setup(%s)", (origin,))
+                return
+            except psycopg.errors.ObjectInUse:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
+    @staticmethod
+    def release_origin(conn: psycopg.Connection[Any]) -> None:
+        """Unbind the session from its replication origin, if it is bound."""
+        conn.execute(
+            "SELECT pg_catalog.pg_replication_origin_session_reset()"
+            " WHERE pg_catalog.pg_replication_origin_session_is_setup()"
+        )
 
     # -- TransactionConsumer --------------------------------------------------------
 
@@ -366,6 +389,8 @@ class Applier(RowChanges):
         native's, apply_remote)."""
         if not self.conflicts.origin_differs(self.conn, suspect.row):
             return
+        if self.provisional:
+            raise Provisional(f"origin differs on {table.display}")
         ctype = (
             ConflictType.UPDATE_ORIGIN_DIFFERS
             if suspect.new is not None
@@ -383,6 +408,36 @@ class Applier(RowChanges):
             local=[suspect.row],
             remote_row=table.row_json(suspect.new),
         )
+
+    def checkpoint(self, tx: Transaction) -> None:
+        """Send everything staged or queued so far and see to its results; the
+        open transaction goes on (a savepoint may follow). A surprise fails the
+        batch (:class:`RetryExact`)."""
+        self._apply_stages(tx, None, keep=True)
+        if self._pipe is not None:
+            try:
+                self._collect()
+                self.conflicts.flush(self.conn)
+            except psycopg.Error:
+                self._batch_failed(tx)
+
+    def rollback_to(self, tx: Transaction, savepoint: sql.Composable) -> None:
+        """Undo what was applied since ``savepoint`` (taken after a checkpoint):
+        what is staged is dropped, what is queued is waited for first."""
+        self._discard_stages()  # and staging tables may be younger than the savepoint
+        if self._pipe is not None:
+            try:
+                self._collect()
+            except psycopg.Error:
+                self._batch_failed(tx)
+        self.conflicts.reset()
+        self.conn.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(savepoint))
+
+    def settle(self, end_lsn: Lsn) -> None:
+        """Count a remote transaction committed, with the origin, by another
+        session of this subscription (see :mod:`.live`)."""
+        self.applied_lsn = end_lsn
+        self.applied_count += 1
 
     @property
     def staged_rows(self) -> int:
@@ -482,7 +537,9 @@ class Applier(RowChanges):
                 stack.close()
 
     def _batch_failed(self, tx: Transaction) -> NoReturn:
-        logger.info(
+        # A provisional transaction's caller says what becomes of it (see .live).
+        logger.log(
+            logging.DEBUG if self.provisional else logging.INFO,
             "subscription %s: a pipelined or staged batch failed; applying up to %s exactly",
             self.subscription,
             tx.commit_lsn,
@@ -595,7 +652,14 @@ class Applier(RowChanges):
 
     def _map(self, tx: Transaction, relation_id: int, op: str) -> TableMap | None:
         relation = self.relations.relation(relation_id)
-        if not self.applies(relation, tx):
+        # Asked once per relation and remote transaction: a large one has many changes.
+        memo = self._applies_memo
+        if memo[0] is not tx:
+            memo = self._applies_memo = (tx, {})
+        decided = memo[1].get(relation_id)
+        if decided is None or decided[0] is not relation:
+            decided = memo[1][relation_id] = (relation, self.applies(relation, tx))
+        if not decided[1]:
             return None
         table = self._maps.get(relation_id)
         if table is None or table.relation is not relation:

@@ -32,12 +32,21 @@ def _unique_conflict(rows: list[LocalRow], single: ConflictType) -> ConflictType
     return ConflictType.MULTIPLE_UNIQUE_CONFLICTS if collisions > 1 else single
 
 
+class Provisional(Exception):
+    """A change of a transaction applied before its commit was known (see
+    :mod:`.live`) met a conflict. What it is logged with and how a commit-time
+    policy decides it depend on that commit: the transaction is applied again,
+    whole, once it has arrived."""
+
+
 class RowChanges:
     """One change, one statement (or a few, to detect and resolve a conflict)."""
 
     conn: psycopg.Connection[Any]
     subscription: str
     conflicts: ConflictContext
+    #: The transaction's commit is not known yet: a conflict raises Provisional.
+    provisional: bool = False
 
     def _rollback(self) -> None:
         raise NotImplementedError
@@ -196,6 +205,8 @@ class RowChanges:
         Raises :class:`ConflictError` (after rolling back and logging the conflict
         in a transaction of its own) when the policy says stop.
         """
+        if self.provisional:
+            raise Provisional(f"{ctype} on {table.display}")
         conflicts = self.conflicts
         policy = conflicts.policy(table.relation, ctype)
         stamps = [conflicts.local_stamp(self.conn, r) for r in local]

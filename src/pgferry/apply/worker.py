@@ -44,6 +44,7 @@ from pgferry.stream.commands import streaming_for
 
 from .applier import Applier, Batching, RetryExact
 from .conflicts import session_conflicts
+from .live import LiveStreams, RetrySerial
 
 logger = logging.getLogger("pgferry.apply")
 
@@ -90,8 +91,12 @@ class ApplyWorker:
         self.confirm_interval = confirm_interval
         self._stop = False
         self._exact_until: Lsn | None = None
+        #: Streamed transactions to apply at their commit, not as they arrive.
+        self._serial: set[int] = set()
         #: The applier of the current (or last) run, for inspection.
         self.applier: Applier | None = None
+        #: Streamed transactions applied as they arrived (this worker, all runs).
+        self.live_applied = 0
 
     def request_stop(self) -> None:
         self._stop = True
@@ -107,7 +112,12 @@ class ApplyWorker:
                     # Start again from the origin, applying the failed batch's
                     # transactions one by one: the failure shows where it is.
                     self._exact_until = retry.until
-                    local.execute("SELECT pg_catalog.pg_replication_origin_session_reset()")
+                except RetrySerial as retry:
+                    # Start again from the origin; the publisher streams that
+                    # transaction again, and it is spooled this time.
+                    self._serial.add(retry.xid)
+                    local.execute("RESET lock_timeout")
+                Applier.release_origin(local)
         except ApplyError as exc:
             self._record_failure(local, exc)
             raise
@@ -187,13 +197,28 @@ class ApplyWorker:
                 exact_until=self._exact_until,
             )
             self.applier = applier
+            streaming = sub.option("streaming", "parallel")
+            live = LiveStreams(
+                applier,
+                lambda: psycopg.connect(self.subscriber_dsn, autocommit=True),
+                synchronous_commit=synchronous_commit,
+                applies=applies,
+                eligible=lambda xid, lsn: (
+                    streaming == "parallel"
+                    and xid not in self._serial
+                    and applier.batching.max_transactions > 1
+                    and applier.skip_lsn is None
+                    and not applier.skip_origins
+                    and (self._exact_until is None or self._exact_until < lsn)
+                    and all(s.state in ("r", "s") for s in states.values())
+                ),
+            )
             options = PgoutputOptions(
                 publication_names=sub.publications,
-                # Large transactions arrive while in progress and are spooled past
-                # a memory bound (parallel too: they are applied at their commit).
-                streaming="off"
-                if streaming_for(sub.option("streaming", "on"), remote.major) == "off"
-                else "on",
+                # Large transactions arrive while in progress: applied as they
+                # arrive (parallel, see .live) or spooled past a memory bound and
+                # applied at their commit (on).
+                streaming=streaming_for(streaming, remote.major),
                 origin=session.origin_option,
             )
             stream = remote.start_replication(
@@ -205,7 +230,7 @@ class ApplyWorker:
         logger.info("subscription %s: apply worker streaming from %s", self.name, start)
         applier.keepalive = stream.send_status_if_due
         decoder = PgoutputDecoder(stream.protocol_version)
-        assembler = Assembler(applier, stream.protocol_version, relations=relations)
+        assembler = Assembler(applier, stream.protocol_version, relations=relations, streams=live)
         durable_on_commit = synchronous_commit in _DURABLE_ON_COMMIT
         # (remote end LSN, local WAL position at or after its commit), oldest first.
         unflushed: deque[tuple[Lsn, Lsn]] = deque()
@@ -325,7 +350,11 @@ class ApplyWorker:
                     # the last commit is recent, so waiting would only add lag (in
                     # a catch-up the commits are older and batches fill up).
                     applier.flush()
-                if time.monotonic() >= next_sync_check and assembler.between_transactions:
+                if (
+                    time.monotonic() >= next_sync_check
+                    and assembler.between_transactions
+                    and live.current is None  # a sync worker could wait for its locks
+                ):
                     sync_handover()
                     next_sync_check = time.monotonic() + handover_due
                 if error_shown and applier.applied_count:
@@ -340,10 +369,18 @@ class ApplyWorker:
                 applier.flush()
             confirm()
             stream.send_status()
+        except ApplyError as exc:
+            applier.abort()
+            if live.current is not None and exc.sqlstate == "55P03":
+                # lock_not_available: maybe the side session's lock (see .live).
+                raise RetrySerial(live.current, str(exc)) from exc
+            raise
         except BaseException:
             applier.abort()
             raise
         finally:
+            self.live_applied += live.applied
+            live.close()
             stream.close()
             if not local.closed and not local.broken:
                 try:

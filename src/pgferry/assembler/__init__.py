@@ -5,6 +5,7 @@ See :mod:`pgferry.assembler.core` for the contract.
 
 from pgferry.assembler.core import (
     Assembler,
+    StreamConsumer,
     Transaction,
     TransactionConsumer,
     delivery_position,
@@ -14,6 +15,7 @@ from pgferry.assembler.spool import Spool
 __all__ = [
     "Assembler",
     "Spool",
+    "StreamConsumer",
     "Transaction",
     "TransactionConsumer",
     "delivery_position",

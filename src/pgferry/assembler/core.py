@@ -9,7 +9,9 @@ each as ``begin(tx)``, its changes, ``commit(tx, end_lsn)``:
   their commit), so nothing is buffered;
 * streamed transactions (Stream Start .. Stream Stop chunks) are spooled and
   replayed at Stream Commit, or dropped at Stream Abort; a subtransaction's abort
-  (ROLLBACK TO SAVEPOINT) drops just its changes;
+  (ROLLBACK TO SAVEPOINT) drops just its changes. With a :class:`StreamConsumer`
+  that takes it at its first chunk, a streamed transaction is instead handed over
+  as it arrives (its changes, its subtransactions' aborts, its end), not spooled;
 * two-phase transactions (Begin Prepare .. Prepare, or Stream Prepare) are spooled
   and replayed at COMMIT PREPARED with that commit's LSN and time, or dropped at
   ROLLBACK PREPARED;
@@ -83,6 +85,28 @@ class Transaction(NamedTuple):
     streamed: bool
 
 
+class StreamConsumer(Protocol):
+    """Takes streamed transactions while they arrive, before their outcome is known.
+
+    ``stream_open`` is asked at a transaction's first chunk; if it says no, that
+    transaction is spooled and replayed to the :class:`TransactionConsumer` as
+    usual. Otherwise every later chunk starts with ``stream_resume``, its messages
+    (Origin, Relation, Type and changes, whose ``xid`` is the subtransaction's) go
+    to ``stream_message``, and it ends with ``stream_commit`` or, for the
+    transaction (``subxid == xid``) or one of its subtransactions, ``stream_abort``.
+    """
+
+    def stream_open(self, xid: int, lsn: Lsn) -> bool: ...
+
+    def stream_resume(self, xid: int) -> None: ...
+
+    def stream_message(self, xid: int, msg: Message) -> None: ...
+
+    def stream_abort(self, xid: int, subxid: int) -> None: ...
+
+    def stream_commit(self, tx: Transaction, end_lsn: Lsn) -> None: ...
+
+
 class TransactionConsumer(Protocol):
     def begin(self, tx: Transaction) -> None: ...
 
@@ -107,6 +131,10 @@ class _Pending:
     origin_lsn: Lsn | None = None
     gid: str | None = None
     subxids: set[int] = field(default_factory=set)
+    #: Handed to the StreamConsumer as it arrives (not spooled).
+    live: bool = False
+    #: Its Relation and Type messages, for the cache at its commit (live only).
+    metadata: list[Relation | Type] = field(default_factory=list)
 
 
 class Assembler:
@@ -119,8 +147,10 @@ class Assembler:
         *,
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
         relations: RelationCache | None = None,
+        streams: StreamConsumer | None = None,
     ) -> None:
         self.consumer = consumer
+        self.streams = streams
         self.protocol_version = protocol_version
         self.memory_limit = memory_limit
         self.relations = relations if relations is not None else RelationCache()
@@ -267,7 +297,17 @@ class Assembler:
         pending = self._streams.get(msg.xid)
         if pending is None:
             pending = _Pending(msg.xid, lsn, Spool(self.memory_limit), streamed=True)
+            # Only from its first chunk: a stream picked up in its middle (never
+            # the case after a clean start) is spooled.
+            pending.live = (
+                self.streams is not None
+                and msg.first_segment
+                and self.streams.stream_open(msg.xid, lsn)
+            )
             self._streams[msg.xid] = pending
+        elif pending.live:
+            assert self.streams is not None
+            self.streams.stream_resume(msg.xid)
         self._stream_xid = msg.xid
 
     def _feed_stream(self, msg: Message, payload: bytes) -> None:
@@ -276,6 +316,9 @@ class Assembler:
         if type(msg) is Origin:
             pending.origin = msg.name
             pending.origin_lsn = msg.origin_lsn
+            if pending.live:
+                assert self.streams is not None
+                self.streams.stream_message(pending.xid, msg)
             return
         xid = getattr(msg, "xid", None)
         if xid is None or not isinstance(
@@ -286,7 +329,13 @@ class Assembler:
                 offset=0,
             )
         pending.subxids.add(xid)
-        pending.spool.append(xid, payload)
+        if pending.live:
+            assert self.streams is not None
+            if isinstance(msg, (Relation, Type)):
+                pending.metadata.append(msg)
+            self.streams.stream_message(pending.xid, msg)
+        else:
+            pending.spool.append(xid, payload)
 
     def _stream_commit(self, msg: StreamCommit, lsn: Lsn) -> None:
         pending = self._streams.pop(msg.xid, None)
@@ -301,12 +350,22 @@ class Assembler:
             None,
             True,
         )
+        if pending.live:
+            assert self.streams is not None
+            self.streams.stream_commit(tx, msg.end_lsn)
+            # As at a replay: its descriptions count as sent once it commits.
+            for meta in pending.metadata:
+                self.relations.update(meta)
+            return
         self._replay(pending, tx, msg.end_lsn)
 
     def _stream_abort(self, msg: StreamAbort, lsn: Lsn) -> None:
         pending = self._streams.get(msg.xid)
         if pending is None:
             return  # nothing of it was streamed to us (e.g. before a restart)
+        if pending.live:
+            assert self.streams is not None
+            self.streams.stream_abort(msg.xid, msg.subxid)
         if msg.subxid == msg.xid:
             pending.spool.close()
             del self._streams[msg.xid]
@@ -352,6 +411,9 @@ class Assembler:
         pending = self._streams.pop(msg.xid, None)
         if pending is None:
             raise ProtocolError(f"Stream Prepare of unknown xid {msg.xid}", offset=0)
+        if pending.live:
+            # A stream consumer is only used by sessions without two_phase.
+            raise ProtocolError(f"Stream Prepare of xid {msg.xid} applied as it streamed", offset=0)
         pending.gid = msg.gid
         pending.first_lsn = min(pending.first_lsn, msg.prepare_lsn)
         self._prepared[msg.gid] = pending

@@ -29,9 +29,11 @@ Streaming = Literal["off", "on", "parallel"]
 
 
 def streaming_for(value: Streaming, publisher_major: int) -> Streaming:
-    """The ``streaming`` option a publisher of ``publisher_major`` is asked for:
-    ``on`` (the default) from 14 on; an older publisher sends transactions whole."""
-    return "off" if value == "on" and publisher_major < 14 else value
+    """The ``streaming`` option a subscription's publisher of ``publisher_major``
+    is asked for: ``on`` for ``on`` and ``parallel`` from 14 on (pgferry applies a
+    streamed transaction as it arrives by itself: ``parallel`` needs nothing of the
+    publisher's protocol 4); an older publisher sends transactions whole."""
+    return "off" if value == "off" or publisher_major < 14 else "on"
 
 
 def major_version(server_version_num: int) -> int:

@@ -44,9 +44,10 @@ Deliberate differences from native:
 
 * ``create`` checks the publications exist and that the subscriber has every
   published table and column, and refuses options the publisher's version cannot
-  honour (``binary`` and ``streaming`` before 14, ``two_phase`` before 15,
-  ``origin=none`` and ``streaming=parallel`` before 16); native finds out later
-  or silently does without;
+  honour (``binary`` before 14, ``two_phase`` before 15); native finds out later
+  or silently does without. ``streaming`` (``on`` or ``parallel``) is asked of a
+  publisher from 14 on, as native does; ``parallel`` needs nothing more of it
+  (pgferry applies a streamed transaction as it arrives by itself);
 * ``alter --refresh-publication`` (and a publication change) works on a disabled
   subscription too: pgferry connects to the publisher for the refresh itself;
 * the replication origin is named ``pgferry_<NAME>``, not after an OID as native's

@@ -11,9 +11,11 @@ enabled              true      boolean
 connect              true      boolean
 slot_name            NAME      a replication slot name, or ``NONE`` (no slot)
 binary               false     boolean
-streaming            on        off, on, parallel (or a boolean: on/off); on:
-                               large transactions arrive while in progress (a
-                               publisher before 14 cannot: they arrive whole)
+streaming            parallel  off, on, parallel (or a boolean: on/off); on:
+                               large transactions arrive while in progress and
+                               are applied at their commit; parallel: applied as
+                               they arrive (a publisher before 14 cannot stream:
+                               they arrive whole)
 two_phase            false     boolean
 disable_on_error     false     boolean
 synchronous_commit   off       on, off, local, remote_write, remote_apply
@@ -126,7 +128,7 @@ DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "connect": True,
     "binary": False,
-    "streaming": "on",
+    "streaming": "parallel",
     "two_phase": False,
     "disable_on_error": False,
     "synchronous_commit": "off",
