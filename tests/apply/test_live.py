@@ -194,9 +194,7 @@ def test_a_conflict_sends_the_transaction_to_its_commit(pair: Pair, streams_earl
     assert pair.rows("SELECT count(*) FROM big") == [(1,)]
 
 
-def test_the_main_session_does_not_wait_for_the_side_one(
-    pair: Pair, streams_early: None
-) -> None:
+def test_the_main_session_does_not_wait_for_the_side_one(pair: Pair, streams_early: None) -> None:
     """Where the subscriber differs (a unique index of its own), a transaction
     committed while another streams can wait for the streamed one's row: the wait
     is cut short and the streamed transaction applied at its commit, in order."""

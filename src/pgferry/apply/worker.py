@@ -10,6 +10,10 @@ Contract:
 * in batch mode (the default ``apply_mode``) groups consecutive remote
   transactions into one local commit, committed at the batch limits and whenever
   the stream pauses or a handover needs a commit point;
+* with ``streaming = parallel`` (the default) applies a large streamed
+  transaction as it arrives, on a second session (see :mod:`.live`); when that
+  cannot go on safely, starts again from the origin with the transaction spooled
+  and applied at its commit;
 * tells the publisher "flushed" only for remote transactions whose local commit is
   durable: with ``synchronous_commit`` off (native's default for subscriptions) it
   pairs the last applied remote LSN with the local WAL insert position and confirms
@@ -116,7 +120,9 @@ class ApplyWorker:
                     # Start again from the origin; the publisher streams that
                     # transaction again, and it is spooled this time.
                     self._serial.add(retry.xid)
-                    local.execute("RESET lock_timeout")
+                # As the session was: the origin unbound, no lock wait limit (a
+                # batch that failed may have rolled back the RESET of .live).
+                local.execute("RESET lock_timeout")
                 Applier.release_origin(local)
         except ApplyError as exc:
             self._record_failure(local, exc)
