@@ -45,6 +45,7 @@ from typing import Any, NoReturn, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from pgferry.assembler import Transaction
 from pgferry.protocol.lsn import Lsn
@@ -71,6 +72,7 @@ LOCK_WAIT = "1s"
 UNKNOWN_COMMIT = Lsn((1 << 64) - 1)
 
 _T = TypeVar("_T")
+IDLE = TransactionStatus.IDLE
 
 
 class RetrySerial(Exception):
@@ -134,6 +136,15 @@ class LiveStreams:
         #: Transactions applied as they arrived (this worker run).
         self.applied = 0
 
+    def _forget(self) -> None:
+        """No transaction is open on the side session any more."""
+        self._applier = None
+        self._relations = None
+        self._xid = None
+        self._tx = None
+        self._savepoints = []
+        self._decided = {}
+
     @property
     def current(self) -> int | None:
         """The xid of the transaction open on the side session, if any."""
@@ -159,8 +170,6 @@ class LiveStreams:
         self._xid = xid
         self._tx = Transaction(xid, UNKNOWN_COMMIT, 0, None, None, None, True)
         self._relations = _StreamRelations(main.relations)
-        self._savepoints = []
-        self._decided = {}
         applier = self._applier = Applier(
             side,
             main.subscription,
@@ -292,27 +301,18 @@ class LiveStreams:
     def _end(self, *, rolled_back: bool = True) -> None:
         if rolled_back and self._applier is not None:
             self._applier.abort()
-        self._applier = None
-        self._relations = None
-        self._xid = None
-        self._tx = None
-        self._savepoints = []
-        self._decided = {}
+        self._forget()
         self._main_lock_wait(None)
 
     def _abandon(self) -> None:
         """Roll the side transaction back, whatever state things are in."""
         if self._applier is not None:
             self._applier.abort()
-        if self._conn is not None and not self._conn.closed:
+        conn = self._conn
+        if conn is not None and not conn.closed and conn.info.transaction_status != IDLE:
             with contextlib.suppress(psycopg.Error):
-                self._conn.execute("ROLLBACK")
-        self._applier = None
-        self._relations = None
-        self._xid = None
-        self._tx = None
-        self._savepoints = []
-        self._decided = {}
+                conn.execute("ROLLBACK")
+        self._forget()
         with contextlib.suppress(psycopg.Error):
             if not self.main.conn.closed and not self.main.in_transaction:
                 self.main.conn.execute("RESET lock_timeout")
