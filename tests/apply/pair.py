@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -15,6 +16,15 @@ from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, sto
 from pgferry.protocol import Lsn
 from pgferry.testing import Cluster
 from tests.support import create_slot, current_lsn
+
+
+@dataclass
+class Running:
+    """A worker running in ``thread``; ``failure`` gets what it raised."""
+
+    worker: ApplyWorker
+    thread: threading.Thread
+    failure: list[BaseException]
 
 
 @dataclass
@@ -57,10 +67,9 @@ class Pair:
         )
         return Lsn.parse(row[0][0]) if row and row[0][0] else Lsn(0)
 
-    def sync(self, timeout: float = 30) -> ApplyWorker:
-        """Run the worker until everything written so far is applied; re-raise its
-        error. Returns the (stopped) worker."""
-        target = current_lsn(self.cluster, self.pub)
+    @contextmanager
+    def running(self) -> Iterator[Running]:
+        """The apply worker in a thread until the block ends (then stopped)."""
         worker = ApplyWorker(self.cluster.dsn(self.sub), "ferry", status_interval=1)
         failure: list[BaseException] = []
 
@@ -72,22 +81,32 @@ class Pair:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        deadline = time.monotonic() + timeout
-        # The origin records the end LSN of the last applied commit.
-        while not failure and self.progress() < target and time.monotonic() < deadline:
-            if not thread.is_alive():
-                break
-            time.sleep(0.1)
-            target_now = current_lsn(self.cluster, self.pub)
-            # Other activity (e.g. the catalog) does not produce commits to apply:
-            # stop once the slot has confirmed past the target instead.
-            if self.confirmed() >= target and target_now >= target:
-                break
-        worker.request_stop()
-        thread.join(timeout=30)
-        if failure:
-            raise failure[0]
-        return worker
+        try:
+            yield Running(worker, thread, failure)
+        finally:
+            worker.request_stop()
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+
+    def sync(self, timeout: float = 30) -> ApplyWorker:
+        """Run the worker until everything written so far is applied; re-raise its
+        error. Returns the (stopped) worker."""
+        target = current_lsn(self.cluster, self.pub)
+        with self.running() as run:
+            deadline = time.monotonic() + timeout
+            # The origin records the end LSN of the last applied commit.
+            while not run.failure and self.progress() < target and time.monotonic() < deadline:
+                if not run.thread.is_alive():
+                    break
+                time.sleep(0.1)
+                target_now = current_lsn(self.cluster, self.pub)
+                # Other activity (e.g. the catalog) does not produce commits to
+                # apply: stop once the slot has confirmed past the target instead.
+                if self.confirmed() >= target and target_now >= target:
+                    break
+        if run.failure:
+            raise run.failure[0]
+        return run.worker
 
     def confirmed(self) -> Lsn:
         row = self.cluster.sql(

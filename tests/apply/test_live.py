@@ -9,18 +9,17 @@ subscriber holds before the commit can be looked at.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from typing import Any
 
+import psycopg
 import pytest
 
-from pgferry.apply import ApplyWorker
 from pgferry.apply.live import UNKNOWN_COMMIT
 from pgferry.errors import ConflictError
 from pgferry.protocol import Lsn
-from tests.apply.pair import Pair
+from tests.apply.pair import Pair, Running
 from tests.support import current_lsn
 
 TABLE = "CREATE TABLE big (id int PRIMARY KEY, v text);CREATE TABLE small (id int PRIMARY KEY)"
@@ -37,28 +36,6 @@ def streams_early(pair: Pair) -> Iterator[None]:
     finally:
         cluster.sql("ALTER SYSTEM RESET logical_decoding_work_mem")
         cluster.sql("SELECT pg_reload_conf()")
-
-
-@contextmanager
-def running(pair: Pair) -> Iterator[tuple[ApplyWorker, list[BaseException]]]:
-    """The apply worker in a thread until the block ends."""
-    worker = ApplyWorker(pair.cluster.dsn(pair.sub), "ferry", status_interval=1)
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run()
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield worker, failure
-    finally:
-        worker.request_stop()
-        thread.join(timeout=30)
-        assert not thread.is_alive()
 
 
 def wait_for(what: str, check: Callable[[], bool], failure: list[BaseException]) -> None:
@@ -80,6 +57,13 @@ def side_holds_big(pair: Pair) -> bool:
     return bool(rows[0][0])
 
 
+def stream_in(pair: Pair, run: Running, publisher: psycopg.Connection[Any]) -> None:
+    """Insert 20,000 rows in the publisher's open transaction, and wait until the
+    subscriber applies them, before the commit."""
+    publisher.execute("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
+    wait_for("the side session's lock", lambda: side_holds_big(pair), run.failure)
+
+
 def same_rows(pair: Pair, query: str) -> None:
     assert pair.rows(query) == pair.cluster.sql(query, dbname=pair.pub)
 
@@ -90,29 +74,25 @@ def test_a_streamed_transaction_is_applied_while_it_is_open(
     pair.publish(TABLE, ["big", "small"])
     publisher = pair.cluster.connect(pair.pub, autocommit=False)
     try:
-        with running(pair) as (worker, failure):
-            publisher.execute(
-                "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 20000) g"
-            )
-            # Applied on the subscriber while the publisher's transaction is open.
-            wait_for("the side session's lock", lambda: side_holds_big(pair), failure)
+        with pair.running() as run:
+            stream_in(pair, run, publisher)
             assert pair.rows("SELECT count(*) FROM big") == [(0,)]
             # A transaction committed meanwhile goes on through the main session.
             pair.cluster.sql("INSERT INTO small VALUES (1)", dbname=pair.pub)
             wait_for(
                 "the interleaved commit",
                 lambda: pair.rows("SELECT count(*) FROM small") == [(1,)],
-                failure,
+                run.failure,
             )
             publisher.execute("UPDATE big SET v = 'u' WHERE id % 3 = 0")
             publisher.execute("DELETE FROM big WHERE id % 5 = 0")
             publisher.execute("INSERT INTO small VALUES (2)")
             publisher.commit()
             target = current_lsn(pair.cluster, pair.pub)
-            wait_for("the commit", lambda: pair.progress() >= target, failure)
+            wait_for("the commit", lambda: pair.progress() >= target, run.failure)
             same_rows(pair, "SELECT * FROM big ORDER BY id")
             same_rows(pair, "SELECT * FROM small ORDER BY id")
-        assert worker.live_applied == 1
+        assert run.worker.live_applied == 1
         # One local transaction for the streamed one, with the origin.
         assert len(pair.rows("SELECT DISTINCT xmin::text FROM big")) == 1
     finally:
@@ -123,7 +103,7 @@ def test_subtransaction_aborts_and_a_rolled_back_stream(pair: Pair, streams_earl
     pair.publish(TABLE, ["big", "small"])
     fill = "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(%s::int, %s::int) g"
     with (
-        running(pair) as (worker, failure),
+        pair.running() as run,
         pair.cluster.connect(pair.pub, autocommit=False) as publisher,
     ):
         publisher.execute(fill, (1, 5000))
@@ -147,22 +127,19 @@ def test_subtransaction_aborts_and_a_rolled_back_stream(pair: Pair, streams_earl
         publisher.execute("INSERT INTO small VALUES (1)")
         publisher.commit()
         target = current_lsn(pair.cluster, pair.pub)
-        wait_for("the commits", lambda: pair.progress() >= target, failure)
+        wait_for("the commits", lambda: pair.progress() >= target, run.failure)
         same_rows(pair, "SELECT * FROM big ORDER BY id")
         same_rows(pair, "SELECT * FROM small")
     assert pair.rows("SELECT count(*), min(id), max(id) FROM big") == [(9951, 50, 25000)]
-    assert worker.live_applied == 1
+    assert run.worker.live_applied == 1
 
 
 def test_a_worker_stopped_mid_stream_gets_it_again(pair: Pair, streams_early: None) -> None:
     pair.publish(TABLE, ["big", "small"])
     publisher = pair.cluster.connect(pair.pub, autocommit=False)
     try:
-        with running(pair) as (_, failure):
-            publisher.execute(
-                "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 20000) g"
-            )
-            wait_for("the side session's lock", lambda: side_holds_big(pair), failure)
+        with pair.running() as run:
+            stream_in(pair, run, publisher)
         # Stopped: what it applied of the open transaction is rolled back.
         assert not side_holds_big(pair)
         assert pair.rows("SELECT count(*) FROM big") == [(0,)]
@@ -202,24 +179,21 @@ def test_the_main_session_does_not_wait_for_the_side_one(pair: Pair, streams_ear
     pair.cluster.sql("CREATE UNIQUE INDEX big_v ON big (v)", dbname=pair.sub)
     publisher = pair.cluster.connect(pair.pub, autocommit=False)
     try:
-        with running(pair) as (worker, failure):
+        with pair.running() as run:
             publisher.execute("INSERT INTO big VALUES (0, 'same')")
-            publisher.execute(
-                "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 20000) g"
-            )
-            wait_for("the side session's lock", lambda: side_holds_big(pair), failure)
+            stream_in(pair, run, publisher)
             # Committed first on the publisher: it must win the value.
             pair.cluster.sql("INSERT INTO big VALUES (-1, 'same')", dbname=pair.pub)
             publisher.commit()
 
             def stopped() -> bool:
-                return bool(failure)
+                return bool(run.failure)
 
             wait_for("the conflict", stopped, [])
-        assert isinstance(failure[0], ConflictError)
+        assert isinstance(run.failure[0], ConflictError)
         # The streamed transaction met the row of the one committed before it.
-        assert failure[0].conflict_type == "insert_exists"
+        assert run.failure[0].conflict_type == "insert_exists"
         assert pair.rows("SELECT id FROM big") == [(-1,)]
-        assert worker.live_applied == 0
+        assert run.worker.live_applied == 0
     finally:
         publisher.close()
