@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ from pgferry.protocol.timestamps import now_pg_us, to_datetime
 from .conflicts import ConflictContext, LocalRow
 from .mapping import MappingError, Stamps, TableMap, build_map, text_value
 from .rowwise import Provisional, RowChanges
-from .staging import Eligibility, Stage, StageMismatch, Suspect, eligibility
+from .staging import Eligibility, Stage, Staged, StageMismatch, Suspect, eligibility
 
 logger = logging.getLogger("pgferry.apply")
 
@@ -153,6 +154,46 @@ class RetryExact(Exception):
         self.until = until
 
 
+class _Writer:
+    """Runs a batch's staged statements, and maybe its commit, on the connection
+    in a thread of its own, while the applier goes on staging the next rows in
+    memory (psycopg waits for the server without holding the GIL). The applier
+    waits for it before it uses the connection again (:attr:`Applier.conn`), and
+    turns what it raised into what running them in line would have raised."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        tx: Transaction,
+        begin: bool,
+        staged: list[Staged],
+        commit: tuple[sql.Composed, Lsn, int] | None,
+    ) -> None:
+        self.tx = tx
+        self.commit = commit
+        self.committing = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(conn, begin, staged), name="pgferry-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, conn: psycopg.Connection[Any], begin: bool, staged: list[Staged]) -> None:
+        try:
+            if begin:
+                conn.execute("BEGIN")
+            for run in staged:
+                run.run(conn)
+            if self.commit is not None:
+                self.committing = True
+                conn.execute(self.commit[0])
+        except BaseException as exc:  # handed to the applier's thread
+            self.error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+
 class Applier(RowChanges):
     def __init__(
         self,
@@ -167,13 +208,18 @@ class Applier(RowChanges):
         skip_origins: bool = False,
         batching: Batching = Batching(),
         exact_until: Lsn | None = None,
+        background: bool = False,
     ) -> None:
         """``skip_origins``: apply nothing of the transactions that reached the
         publisher through replication (``origin = none`` on a publisher older than
-        16, which cannot filter them itself)."""
+        16, which cannot filter them itself). ``background``: staged statements and
+        batch commits may run in a thread of their own (see :class:`_Writer`);
+        then the owner waits (:meth:`wait`) before using the connection itself."""
         if not conn.autocommit:
             raise ValueError("the applier manages its transactions: pass an autocommit connection")
-        self.conn = conn
+        self._conn = conn
+        self.background = background
+        self._writer: _Writer | None = None
         self.subscription = subscription
         self.origin = origin
         self.relations = relations
@@ -203,6 +249,10 @@ class Applier(RowChanges):
         # A local transaction is open; it holds ``_batched`` applied remote
         # transactions, the last of which is ``_last`` (tx, end LSN).
         self._in_tx = False
+        # BEGIN was sent (it is sent before the batch's first statement).
+        self._begun = False
+        # Pipelined statements may be used in this batch.
+        self._pipelining = False
         self._batched = 0
         self._last: tuple[Transaction, Lsn] | None = None
         self._batch_started = 0.0
@@ -277,17 +327,35 @@ class Applier(RowChanges):
         self._staging = not self._exact and self.batching.set_based
         self._remote_open = True
         if not self._in_tx:
-            if not self._exact and self.batching.pipeline:
-                self._open_pipeline()
-            self.conn.execute("BEGIN")
+            # BEGIN goes out with the first statement (see conn): a batch staged
+            # in memory meanwhile overlaps the writer's commit of the one before.
             self._in_tx = True
+            self._begun = False
+            self._pipelining = not self._exact and self.batching.pipeline
             self._batch_started = time.monotonic()
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The connection, ready for a statement of the batch: what the writer
+        was doing is done, and the local transaction is begun."""
+        if self._writer is not None:
+            self._wait_writer()
+        if self._in_tx and not self._begun:
+            self._begun = True
+            self._conn.execute("BEGIN")
+        return self._conn
+
+    def wait(self) -> None:
+        """Wait for the writer (see :class:`_Writer`): after this, the owner may use
+        the connection; raises what the writer's work raised."""
+        if self._writer is not None:
+            self._wait_writer()
 
     def change(self, tx: Transaction, change: Change) -> None:
         self._changes += 1
         if self._changes % KEEPALIVE_EVERY == 0 and self.keepalive is not None:
             self.keepalive()
-        if self._pipe is None:
+        if not self._pipelining:
             self._change(tx, change)
             return
         try:
@@ -316,12 +384,15 @@ class Applier(RowChanges):
             elif table.fires_triggers:
                 # Its triggers may read other tables: they see every change before.
                 self._apply_stages(tx, None, keep=True)
-        if self._pipe is not None:
+        if self._pipelining:
             if self._native_policies(table):
+                if self._pipe is None:
+                    self._open_pipeline()
                 self._pipelined(tx, table, change)
                 return
             # This table's conflicts are resolved as they happen: results are
             # needed at once from here to the end of the batch.
+            self._pipelining = False
             self._collect()
             self._close_pipeline_strict()
         try:
@@ -367,21 +438,14 @@ class Applier(RowChanges):
         ]
         if not pending:
             return
-        pipelined = self._pipe is not None
         try:
-            if pipelined:
-                # COPY is not possible in pipeline mode.
+            if self._pipe is not None:
+                # COPY is not possible in pipeline mode (it opens again when needed).
                 self._collect()
                 self._close_pipeline_strict()
-            for stage in pending:
-                for suspect in stage.apply(self.conn, keep=keep):
-                    self._suspect(stage.table, suspect)
-            self.conflicts.flush(self.conn)
-        except (psycopg.Error, StageMismatch) as exc:
-            logger.debug("subscription %s: staged apply failed: %s", self.subscription, exc)
+        except psycopg.Error:
             self._batch_failed(tx)
-        if pipelined and keep:
-            self._open_pipeline()
+        self._run_staged(tx, [(stage, stage.prepare(keep=keep)) for stage in pending], None)
 
     def _suspect(self, table: TableMap, suspect: Suspect) -> None:
         """A staged change met a row another origin wrote: log it as the exact path
@@ -420,6 +484,7 @@ class Applier(RowChanges):
                 self.conflicts.flush(self.conn)
             except psycopg.Error:
                 self._batch_failed(tx)
+        self.wait()
 
     def rollback_to(self, tx: Transaction, savepoint: sql.Composable) -> None:
         """Undo what was applied since ``savepoint`` (taken after a checkpoint):
@@ -544,22 +609,24 @@ class Applier(RowChanges):
             self.subscription,
             tx.commit_lsn,
         )
+        self._join_writer()
         self._close_pipeline()
         with contextlib.suppress(psycopg.Error):
-            self.conn.execute("ROLLBACK")
+            self._conn.execute("ROLLBACK")
         self._forget_batch()
         self._discard_stages()
         self.conflicts.reset()
         raise RetryExact(tx.commit_lsn)
 
     def commit(self, tx: Transaction, end_lsn: Lsn) -> None:
-        conn = self.conn
         try:
-            self.conflicts.flush(conn)
+            # (The connection is not asked for without a need: see conn.)
+            if self.conflicts.records or self.conflicts.counts:
+                self.conflicts.flush(self.conn)
             if self._skipping:
                 # ALTER SUBSCRIPTION ... SKIP: the transaction is consumed, not applied,
                 # and the skip is cleared in the same commit.
-                store.set_skip_lsn(conn, self.subscription, None)
+                store.set_skip_lsn(self.conn, self.subscription, None)
                 self.skip_lsn = None
         except psycopg.Error as exc:
             raise self._error(exc, tx, None, "COMMIT") from None
@@ -567,7 +634,7 @@ class Applier(RowChanges):
         self._batched += 1
         self._last = (tx, end_lsn)
         if self._exact or self._batched >= self.batching.max_transactions or self.due:
-            self.flush()
+            self.flush(background=True)
 
     @property
     def pending(self) -> bool:
@@ -591,10 +658,13 @@ class Applier(RowChanges):
             and time.monotonic() - self._batch_started >= self.batching.max_latency
         )
 
-    def flush(self) -> None:
+    def flush(self, *, background: bool = False) -> None:
         """Commit the applied remote transactions waiting in the open local one
-        (between remote transactions only; a no-op otherwise)."""
+        (between remote transactions only; a no-op otherwise). ``background``: the
+        writer may commit (see :class:`_Writer`); otherwise the commit is done
+        when this returns."""
         if self._last is None or self._remote_open:
+            self.wait()
             return
         tx, end_lsn = self._last
         if self._pipe is not None:
@@ -604,18 +674,100 @@ class Applier(RowChanges):
                 self._close_pipeline_strict()
             except psycopg.Error:
                 self._batch_failed(tx)
+        commit = commit_with_origin(end_lsn, to_datetime(tx.commit_time))
+        if background and self.background:
+            pending = [s for s in self._stages.values() if s is not None and s.pending]
+            staged = [(stage, stage.prepare(keep=False)) for stage in pending]
+            if self._run_staged(tx, staged, (commit, end_lsn, self._batched)):
+                self._forget_batch()
+                return
         self._apply_stages(tx, None, keep=False)
         try:
-            self.conn.execute(commit_with_origin(end_lsn, to_datetime(tx.commit_time)))
+            self.conn.execute(commit)
         except psycopg.Error as exc:
             with contextlib.suppress(psycopg.Error):
-                self.conn.execute("ROLLBACK")  # if the message stopped before COMMIT
+                self._conn.execute("ROLLBACK")  # if the message stopped before COMMIT
             self._forget_batch()
             self._discard_stages()
             raise self._error(exc, tx, None, "COMMIT") from None
         self.applied_lsn = end_lsn
         self.applied_count += self._batched
         self._forget_batch()
+
+    # -- the writer ---------------------------------------------------------------------
+
+    def _run_staged(
+        self,
+        tx: Transaction,
+        staged: list[tuple[Stage, Staged | None]],
+        commit: tuple[sql.Composed, Lsn, int] | None,
+    ) -> bool:
+        """Run prepared stages: by the writer when they need nothing in between
+        (no origins to check) and there is one (then also ``commit``, and True);
+        here and now otherwise, seeing to the suspects."""
+        runs = [(stage, run) for stage, run in staged if run is not None]
+        if self.background and not any(run.checks_origins for _, run in runs):
+            if not runs and commit is None:
+                return True
+            if self.conflicts.records or self.conflicts.counts:
+                self.conflicts.flush(self.conn)
+            self._write(tx, [run for _, run in runs], commit)
+            return True
+        try:
+            for stage, run in runs:
+                for suspect in run.run(self.conn):
+                    self._suspect(stage.table, suspect)
+            self.conflicts.flush(self.conn)
+        except (psycopg.Error, StageMismatch) as exc:
+            logger.debug("subscription %s: staged apply failed: %s", self.subscription, exc)
+            self._batch_failed(tx)
+        return False
+
+    def _write(
+        self, tx: Transaction, staged: list[Staged], commit: tuple[sql.Composed, Lsn, int] | None
+    ) -> None:
+        """Hand the staged statements (and the batch's commit) to the writer."""
+        begin = not self._begun
+        self._begun = True
+        if self._writer is not None:
+            self._wait_writer()
+        self._writer = _Writer(self._conn, tx, begin, staged, commit)
+
+    def _wait_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        assert writer is not None
+        writer.join()
+        exc = writer.error
+        if exc is None:
+            if writer.commit is not None:
+                self.applied_lsn = writer.commit[1]
+                self.applied_count += writer.commit[2]
+            return
+        # What the writer did is rolled back, and so is whatever came after it.
+        with contextlib.suppress(psycopg.Error):
+            self._conn.execute("ROLLBACK")
+        self._close_pipeline()
+        self._forget_batch()
+        self._discard_stages()
+        self.conflicts.reset()
+        if writer.committing and isinstance(exc, psycopg.Error):
+            raise self._error(exc, writer.tx, None, "COMMIT") from None
+        if isinstance(exc, (psycopg.Error, StageMismatch)):
+            logger.log(
+                logging.DEBUG if self.provisional else logging.INFO,
+                "subscription %s: a staged batch failed (%s); applying up to %s exactly",
+                self.subscription,
+                exc,
+                writer.tx.commit_lsn,
+            )
+            raise RetryExact(writer.tx.commit_lsn) from exc
+        raise exc
+
+    def _join_writer(self) -> None:
+        """Wait for the writer, whatever it raised (what it did is rolled back next)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.join()
 
     def message(self, message: LogicalMessage) -> None:
         """Non-transactional messages are not applied."""
@@ -627,10 +779,12 @@ class Applier(RowChanges):
 
     def abort(self) -> None:
         """Roll back the local transaction in progress, if any (after an error)."""
+        writing = self._writer is not None
+        self._join_writer()
         self._close_pipeline()
-        if self._in_tx and not self.conn.closed:
+        if (self._in_tx or writing) and not self._conn.closed:
             with contextlib.suppress(psycopg.Error):
-                self._rollback()
+                self._conn.execute("ROLLBACK")
         self._forget_batch()
         self._discard_stages()
         self.conflicts.reset()
@@ -638,12 +792,15 @@ class Applier(RowChanges):
     def _rollback(self) -> None:
         """Roll back the open local transaction: the whole batch, which the
         origin (not moved) sends again after a restart."""
-        self.conn.execute("ROLLBACK")
+        self._join_writer()
+        self._conn.execute("ROLLBACK")
         self._forget_batch()
         self._discard_stages()
 
     def _forget_batch(self) -> None:
         self._in_tx = False
+        self._begun = False
+        self._pipelining = False
         self._remote_open = False
         self._batched = 0
         self._last = None

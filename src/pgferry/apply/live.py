@@ -178,6 +178,7 @@ class LiveStreams:
             applies=self._decide,
             conflicts=dataclasses.replace(main.conflicts, records=[], counts=collections.Counter()),
             batching=main.batching,
+            background=True,
         )
         applier.provisional = True
         applier.keepalive = main.keepalive
@@ -203,7 +204,8 @@ class LiveStreams:
         subxid = msg.xid
         if subxid != xid and subxid is not None and subxid not in self._savepoints:
             self._guard(self._applier.checkpoint, self._tx)
-            self._guard(self._side().execute, sql.SQL("SAVEPOINT {}").format(_savepoint(subxid)))
+            savepoint = sql.SQL("SAVEPOINT {}").format(_savepoint(subxid))
+            self._guard(lambda: self._applier_conn().execute(savepoint))
             self._savepoints.append(subxid)
         self._guard(self._applier.change, self._tx, msg)
 
@@ -257,6 +259,10 @@ class LiveStreams:
             Applier.prepare_session(conn, self.main.origin, self.synchronous_commit, bind=False)
             self._conn = conn
         return self._conn
+
+    def _applier_conn(self) -> psycopg.Connection[Any]:
+        assert self._applier is not None
+        return self._applier.conn  # in the side transaction, the writer done
 
     def _decide(self, relation: Relation, tx: Transaction) -> bool:
         decided = self._applies(relation, tx)

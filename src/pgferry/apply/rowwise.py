@@ -42,11 +42,14 @@ class Provisional(Exception):
 class RowChanges:
     """One change, one statement (or a few, to detect and resolve a conflict)."""
 
-    conn: psycopg.Connection[Any]
     subscription: str
     conflicts: ConflictContext
     #: The transaction's commit is not known yet: a conflict raises Provisional.
     provisional: bool = False
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        raise NotImplementedError
 
     def _rollback(self) -> None:
         raise NotImplementedError

@@ -147,6 +147,59 @@ def _width(values: tuple[Value, ...]) -> int:
     return sum(map(len, filter(None, values)))  # type: ignore[arg-type]
 
 
+class Staged(NamedTuple):
+    """One stage's rows and statements, ready to run in a transaction."""
+
+    display: str
+    create: bytes | None
+    copy: bytes
+    data: bytes
+    statement: bytes
+    counts: dict[str, int]
+    #: The staged entries (by entry number), when the origins are checked.
+    entries: list[tuple[tuple[Value, ...], list[Any]]] | None
+
+    @property
+    def checks_origins(self) -> bool:
+        return self.entries is not None
+
+    def run(self, conn: psycopg.Connection[Any]) -> list[Suspect]:
+        """COPY the rows and run the statements; returns the changed rows another
+        origin wrote last. A row count that is not the staged one raises
+        :class:`StageMismatch`."""
+        counts = self.counts
+        check = self.entries is not None
+        if self.create is not None:
+            conn.execute(self.create)
+        with conn.cursor() as cur:
+            with cur.copy(self.copy) as copy:
+                copy.write(self.data)
+            cur.execute(self.statement)
+            # One result per statement, in order.
+            found = cur.fetchall() if check else []
+            expected = [counts[op] for op in "DUI" if counts[op]]
+            touched: list[int] = []
+            for _ in expected:
+                if touched or check:
+                    cur.nextset()
+                touched.append(cur.rowcount)
+            absent_ok = True
+            if counts["A"]:
+                if touched or check:
+                    cur.nextset()
+                result = cur.fetchone()
+                absent_ok = result is not None and result[0] == 0
+        if touched != expected or not absent_ok:
+            raise StageMismatch(f"table {self.display}: staged {counts}, touched {touched}")
+        suspects = []
+        if found:
+            assert self.entries is not None
+            for n, *row in found:
+                key, (_existed, _values, tx, first) = self.entries[n]
+                suspects.append(Suspect(tx, first, key, LocalRow.from_row(tuple(row))))
+        return suspects
+
+
 class Stage:
     """The staged net changes of one table (see the module docstring)."""
 
@@ -301,42 +354,30 @@ class Stage:
         """Apply the staged rows (in the open transaction) and clear the stage;
         ``keep``: the transaction goes on (the staging table is emptied now rather
         than at commit). Returns the changed rows another origin wrote last."""
+        staged = self.prepare(keep=keep)
+        return staged.run(conn) if staged is not None else []
+
+    def prepare(self, *, keep: bool) -> Staged | None:
+        """The staged rows as statements to run (:meth:`Staged.run`), and the stage
+        cleared; None when nothing is staged. Running them needs nothing of the
+        stage any more, so another thread may, while this one stages more."""
         if not self.pending:
-            return []
+            return None
         data, counts = self.copy_data()
         check = self.tracks and bool(counts["U"] or counts["D"])
-        if not self.created:
-            conn.execute(self._create())
-            self.created = True
-        with conn.cursor() as cur:
-            with cur.copy(self._copy()) as copy:
-                copy.write(data)
-            cur.execute(self._statement((check, *(counts[op] > 0 for op in "DUIA")), keep))
-            # One result per statement, in order.
-            found = cur.fetchall() if check else []
-            expected = [counts[op] for op in "DUI" if counts[op]]
-            touched: list[int] = []
-            for _ in expected:
-                if touched or check:
-                    cur.nextset()
-                touched.append(cur.rowcount)
-            absent_ok = True
-            if counts["A"]:
-                if touched or check:
-                    cur.nextset()
-                result = cur.fetchone()
-                absent_ok = result is not None and result[0] == 0
-        suspects = []
-        if found:
-            entries = list(self._rows.items())
-            for n, *row in found:
-                key, (_existed, _values, tx, first) = entries[n]
-                suspects.append(Suspect(tx, first, key, LocalRow.from_row(tuple(row))))
+        staged = Staged(
+            self.table.display,
+            None if self.created else self._create(),
+            self._copy(),
+            data,
+            self._statement((check, *(counts[op] > 0 for op in "DUIA")), keep),
+            counts,
+            list(self._rows.items()) if check else None,
+        )
+        self.created = True
         self.clear()
-        if touched != expected or not absent_ok:
-            raise StageMismatch(f"table {self.table.display}: staged {counts}, touched {touched}")
         self.applied += sum(counts.values())
-        return suspects
+        return staged
 
     # -- statements ----------------------------------------------------------------
 

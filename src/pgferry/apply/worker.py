@@ -201,6 +201,7 @@ class ApplyWorker:
                 skip_origins=session.skip_origins,
                 batching=batching_of(local, sub),
                 exact_until=self._exact_until,
+                background=True,
             )
             self.applier = applier
             streaming = sub.option("streaming", "parallel")
@@ -283,6 +284,7 @@ class ApplyWorker:
             nonlocal idle_lsn
             if assembler.between_transactions:
                 applier.flush()  # what is applied gets confirmed, and the worker row written
+            applier.wait()  # the connection is used here
             candidate = INVALID_LSN
             applied = applier.applied_lsn
             if applied is not None:
@@ -355,7 +357,7 @@ class ApplyWorker:
                     # At the limit, or live: everything received is applied and
                     # the last commit is recent, so waiting would only add lag (in
                     # a catch-up the commits are older and batches fill up).
-                    applier.flush()
+                    applier.flush(background=True)
                 if (
                     time.monotonic() >= next_sync_check
                     and assembler.between_transactions
@@ -366,6 +368,7 @@ class ApplyWorker:
                 if error_shown and applier.applied_count:
                     # Replication moves again: the stored error is history now
                     # (its count stays in the stats).
+                    applier.wait()
                     store.record_error(local, self.name, None)
                     error_shown = False
                 if time.monotonic() >= next_confirm:
