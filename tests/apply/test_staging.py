@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from pgferry.apply.mapping import Stamps, TableMap, UniqueIndex
-from pgferry.apply.staging import Eligibility, Stage, _escape, _line, eligibility
+from pgferry.apply.staging import Eligibility, Stage, _escape, _py_line, eligibility
 from pgferry.catalog import store
 from pgferry.protocol.messages import (
     UNCHANGED_TOAST,
@@ -287,4 +287,4 @@ def test_rows_written_by_another_origin_are_reported_once_per_key(pair: Pair) ->
 )
 def test_copy_lines_escape_exactly_what_copy_needs(values: list[bytes | None]) -> None:
     row = tuple(values)
-    assert _line(row, b"\n") == b"\t".join(map(_escape, row)) + b"\n"
+    assert _py_line(row, b"\n") == b"\t".join(map(_escape, row)) + b"\n"

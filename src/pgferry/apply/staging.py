@@ -48,6 +48,7 @@ import psycopg
 from psycopg import sql
 
 from pgferry.protocol.messages import UNCHANGED_TOAST, BinaryValue, Delete, Insert, Update, Value
+from pgferry.protocol.speedups import SPEEDUPS
 
 from .conflicts import SYNC_ORIGIN_PREFIX, LocalRow
 from .mapping import Stamps, TableMap
@@ -121,7 +122,7 @@ def _escape(value: Value) -> bytes:
 _NULL = b"\\N"
 
 
-def _line(values: tuple[Value, ...], tail: bytes) -> bytes:
+def _py_line(values: tuple[Value, ...], tail: bytes) -> bytes:
     """A row of COPY's text format ending with ``tail``. The fields are joined as
     they are, then checked for what would need escaping, all at C speed: most
     rows need none."""
@@ -138,13 +139,17 @@ def _line(values: tuple[Value, ...], tail: bytes) -> bytes:
     return line + tail
 
 
-def _plain(values: tuple[Value, ...]) -> bool:
-    """Every value sent, in text form (the applier does not ask for binary)."""
-    return UNCHANGED_TOAST not in values and BinaryValue not in map(type, values)
-
-
-def _width(values: tuple[Value, ...]) -> int:
+def _py_plain_width(values: tuple[Value, ...]) -> int:
+    """The values' total length when every one was sent in text form (the applier
+    does not ask for binary), else -1."""
+    if UNCHANGED_TOAST in values or BinaryValue in map(type, values):
+        return -1
     return sum(map(len, filter(None, values)))  # type: ignore[arg-type]
+
+
+# The C twins where built (see pgferry.protocol.speedups).
+_line = SPEEDUPS.copy_line if SPEEDUPS is not None else _py_line
+_plain_width = SPEEDUPS.plain_width if SPEEDUPS is not None else _py_plain_width
 
 
 class Staged(NamedTuple):
@@ -255,7 +260,8 @@ class Stage:
         return self._update(change.old, change.new, tx)
 
     def _insert(self, new: tuple[Value, ...]) -> bool:
-        if not _plain(new):
+        width = _plain_width(new)
+        if width < 0:
             return False
         if self.kind is Eligibility.INSERTS:
             self._inserts.append(new)
@@ -270,7 +276,7 @@ class Stage:
                 entry[1] = new  # inserted, deleted, inserted again
             else:
                 return False  # the key exists: an insert_exists for exact apply
-        self.size += _width(new)
+        self.size += width
         return True
 
     def _delete(self, old: tuple[Value, ...], tx: Any) -> bool:
@@ -293,18 +299,20 @@ class Stage:
         entry = self._rows.get(key)
         if entry is not None and entry[1] is None:
             return False  # an update of a deleted row: update_missing
-        if not _plain(new):
+        width = _plain_width(new)
+        if width < 0:
             if entry is None or BinaryValue in map(type, new):
                 return False
             # Unchanged TOAST: the value is the one this batch last gave it.
             new = tuple(
                 p if v is UNCHANGED_TOAST else v for v, p in zip(new, entry[1], strict=True)
             )
+            width = _plain_width(new)
         if entry is None:
             self._rows[key] = [True, new, tx, new]
         else:
             entry[1] = new
-        self.size += _width(new)
+        self.size += width
         return True
 
     def _key(self, values: tuple[Value, ...] | None) -> tuple[Value, ...] | None:

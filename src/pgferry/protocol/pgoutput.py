@@ -52,6 +52,8 @@ from pgferry.protocol.messages import (
     Update,
     Value,
 )
+from pgferry.protocol.speedups import SPEEDUPS, unknown_kind
+from pgferry.protocol.speedups import ShortValue as _Short
 
 _I32 = struct.Struct(">I")
 _I16 = struct.Struct(">H")
@@ -87,13 +89,6 @@ _new = tuple.__new__
 Tuple = tuple[Value, ...]
 
 
-class _Short(Exception):
-    """Internal: a read ran past the end of the buffer at ``offset``."""
-
-    def __init__(self, offset: int) -> None:
-        self.offset = offset
-
-
 def _read_string(buf: bytes, pos: int) -> tuple[str, int]:
     end = buf.find(b"\0", pos)
     if end < 0:
@@ -104,7 +99,7 @@ def _read_string(buf: bytes, pos: int) -> tuple[str, int]:
         raise ProtocolError(f"string is not valid UTF-8: {exc.reason}", offset=pos) from None
 
 
-def _read_tuple(buf: bytes, pos: int) -> tuple[Tuple, int]:
+def _py_read_tuple(buf: bytes, pos: int) -> tuple[Tuple, int]:
     """TupleData: Int16 column count, then per column a kind byte and maybe a value."""
     (ncols,) = _I16.unpack_from(buf, pos)
     pos += 2
@@ -134,8 +129,11 @@ def _read_tuple(buf: bytes, pos: int) -> tuple[Tuple, int]:
                 raise _Short(start)
             append(BinaryValue(buf[start:pos]))
         else:
-            raise ProtocolError(f"unknown tuple column kind {bytes([kind])!r}", offset=pos)
+            raise unknown_kind(kind, pos)
     return tuple(values), pos
+
+
+_read_tuple = SPEEDUPS.read_tuple if SPEEDUPS is not None else _py_read_tuple
 
 
 class PgoutputDecoder:

@@ -1,0 +1,252 @@
+/*
+ * pgferry._speedups: the per-change hot spots of the pure-Python code, in C.
+ *
+ * Optional: every function here has a Python twin that is the reference (the
+ * tests run both on the same inputs and compare). The package works without
+ * this module; it is built when a C compiler is there.
+ *
+ *   read_tuple(buf, pos) -> (values, next_pos)
+ *       pgoutput TupleData (PostgreSQL docs, "Logical Replication Message
+ *       Formats"): Int16 column count, then per column a kind byte ('n' NULL,
+ *       'u' unchanged TOAST, 't' text, 'b' binary) and, for 't' and 'b', an
+ *       Int32 length and that many bytes. Twin: pgoutput._py_read_tuple.
+ *   copy_line(values, tail) -> bytes
+ *       One row of COPY's text format: NULL as \N, backslash, tab, newline and
+ *       carriage return escaped, fields joined by tabs, then tail.
+ *       Twin: staging._py_line.
+ *   plain_width(values) -> int
+ *       The total length of the values, or -1 if one is unchanged TOAST or
+ *       binary. Twin: staging._py_plain_width.
+ *
+ * configure(unchanged, binary_type, short_error, kind_error) must be called
+ * first with the Python objects these functions produce or raise: the
+ * unchanged-TOAST marker, the BinaryValue type, a callable (offset) -> exception
+ * for a value running past the buffer, and a callable (kind, offset) ->
+ * exception for an unknown column kind. A header running past the buffer
+ * raises IndexError, as indexing bytes does in the twin.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+static PyObject *unchanged = NULL;
+static PyObject *binary_type = NULL;
+static PyObject *short_error = NULL;
+static PyObject *kind_error = NULL;
+
+static PyObject *
+configure(PyObject *self, PyObject *args)
+{
+    PyObject *u, *b, *s, *k;
+    if (!PyArg_ParseTuple(args, "OOOO", &u, &b, &s, &k))
+        return NULL;
+    Py_XSETREF(unchanged, Py_NewRef(u));
+    Py_XSETREF(binary_type, Py_NewRef(b));
+    Py_XSETREF(short_error, Py_NewRef(s));
+    Py_XSETREF(kind_error, Py_NewRef(k));
+    Py_RETURN_NONE;
+}
+
+static int
+configured(void)
+{
+    if (unchanged == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "pgferry._speedups is not configured");
+        return 0;
+    }
+    return 1;
+}
+
+static void
+raise_from(PyObject *factory, PyObject *args)
+{
+    /* factory(*args) returns the exception to raise */
+    if (args == NULL)
+        return;
+    PyObject *exc = PyObject_CallObject(factory, args);
+    Py_DECREF(args);
+    if (exc == NULL)
+        return;
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+}
+
+static PyObject *
+read_tuple(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t pos;
+    if (!configured())
+        return NULL;
+    if (!PyArg_ParseTuple(args, "y*n", &view, &pos))
+        return NULL;
+    const unsigned char *buf = (const unsigned char *)view.buf;
+    Py_ssize_t size = view.len;
+    PyObject *values = NULL;
+    if (pos < 0 || pos + 2 > size) {
+        PyErr_SetString(PyExc_IndexError, "tuple header out of range");
+        goto fail;
+    }
+    Py_ssize_t ncols = ((Py_ssize_t)buf[pos] << 8) | buf[pos + 1];
+    pos += 2;
+    values = PyTuple_New(ncols);
+    if (values == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < ncols; i++) {
+        if (pos >= size) {
+            PyErr_SetString(PyExc_IndexError, "column kind out of range");
+            goto fail;
+        }
+        unsigned char kind = buf[pos];
+        PyObject *value;
+        if (kind == 't' || kind == 'b') {
+            if (pos + 5 > size) {
+                PyErr_SetString(PyExc_IndexError, "column length out of range");
+                goto fail;
+            }
+            size_t length = ((size_t)buf[pos + 1] << 24) | ((size_t)buf[pos + 2] << 16) |
+                            ((size_t)buf[pos + 3] << 8) | (size_t)buf[pos + 4];
+            Py_ssize_t start = pos + 5;
+            if (length > (size_t)(size - start)) {
+                raise_from(short_error, Py_BuildValue("(n)", start));
+                goto fail;
+            }
+            pos = start + (Py_ssize_t)length;
+            value = PyBytes_FromStringAndSize((const char *)buf + start, (Py_ssize_t)length);
+            if (value == NULL)
+                goto fail;
+            if (kind == 'b') {
+                PyObject *wrapped = PyObject_CallOneArg(binary_type, value);
+                Py_DECREF(value);
+                if (wrapped == NULL)
+                    goto fail;
+                value = wrapped;
+            }
+        }
+        else if (kind == 'n') {
+            value = Py_NewRef(Py_None);
+            pos += 1;
+        }
+        else if (kind == 'u') {
+            value = Py_NewRef(unchanged);
+            pos += 1;
+        }
+        else {
+            raise_from(kind_error, Py_BuildValue("(in)", (int)kind, pos));
+            goto fail;
+        }
+        PyTuple_SET_ITEM(values, i, value);
+    }
+    PyBuffer_Release(&view);
+    PyObject *result = Py_BuildValue("(Nn)", values, pos);
+    return result;
+fail:
+    Py_XDECREF(values);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+static PyObject *
+copy_line(PyObject *self, PyObject *args)
+{
+    PyObject *values, *tail;
+    if (!PyArg_ParseTuple(args, "O!S", &PyTuple_Type, &values, &tail))
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(values);
+    /* First pass: the length, escapes included. */
+    Py_ssize_t total = PyBytes_GET_SIZE(tail) + (n > 0 ? n - 1 : 0);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyTuple_GET_ITEM(values, i);
+        if (v == Py_None) {
+            total += 2;
+            continue;
+        }
+        if (!PyBytes_Check(v)) {
+            PyErr_Format(PyExc_TypeError, "a COPY field must be bytes or None, not %.100s",
+                         Py_TYPE(v)->tp_name);
+            return NULL;
+        }
+        const char *s = PyBytes_AS_STRING(v);
+        Py_ssize_t len = PyBytes_GET_SIZE(v);
+        total += len;
+        for (Py_ssize_t j = 0; j < len; j++) {
+            char c = s[j];
+            if (c == '\\' || c == '\t' || c == '\n' || c == '\r')
+                total += 1;
+        }
+    }
+    PyObject *line = PyBytes_FromStringAndSize(NULL, total);
+    if (line == NULL)
+        return NULL;
+    char *out = PyBytes_AS_STRING(line);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i > 0)
+            *out++ = '\t';
+        PyObject *v = PyTuple_GET_ITEM(values, i);
+        if (v == Py_None) {
+            *out++ = '\\';
+            *out++ = 'N';
+            continue;
+        }
+        const char *s = PyBytes_AS_STRING(v);
+        Py_ssize_t len = PyBytes_GET_SIZE(v);
+        for (Py_ssize_t j = 0; j < len; j++) {
+            char c = s[j];
+            switch (c) {
+            case '\\': *out++ = '\\'; *out++ = '\\'; break;
+            case '\t': *out++ = '\\'; *out++ = 't'; break;
+            case '\n': *out++ = '\\'; *out++ = 'n'; break;
+            case '\r': *out++ = '\\'; *out++ = 'r'; break;
+            default: *out++ = c;
+            }
+        }
+    }
+    memcpy(out, PyBytes_AS_STRING(tail), PyBytes_GET_SIZE(tail));
+    return line;
+}
+
+static PyObject *
+plain_width(PyObject *self, PyObject *arg)
+{
+    if (!configured())
+        return NULL;
+    if (!PyTuple_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "plain_width takes a tuple");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(arg), width = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyTuple_GET_ITEM(arg, i);
+        if (v == Py_None)
+            continue;
+        if (v == unchanged || (PyObject *)Py_TYPE(v) == binary_type)
+            return PyLong_FromLong(-1);
+        if (!PyBytes_Check(v)) {
+            PyErr_Format(PyExc_TypeError, "a column value must be bytes or None, not %.100s",
+                         Py_TYPE(v)->tp_name);
+            return NULL;
+        }
+        width += PyBytes_GET_SIZE(v);
+    }
+    return PyLong_FromSsize_t(width);
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS, "Set the objects the functions produce or raise."},
+    {"read_tuple", read_tuple, METH_VARARGS, "pgoutput TupleData -> (values, next offset)."},
+    {"copy_line", copy_line, METH_VARARGS, "A row of COPY's text format, then tail."},
+    {"plain_width", plain_width, METH_O, "Total length, or -1 if a value is not plain."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "pgferry._speedups", "C twins of pgferry's hottest functions.", -1,
+    methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,13 @@
+from collections.abc import Callable
+
+from pgferry.protocol.messages import Value
+
+def configure(
+    unchanged: object,
+    binary_type: type[bytes],
+    short_error: Callable[[int], BaseException],
+    kind_error: Callable[[int, int], BaseException],
+) -> None: ...
+def read_tuple(buf: bytes, pos: int) -> tuple[tuple[Value, ...], int]: ...
+def copy_line(values: tuple[Value, ...], tail: bytes) -> bytes: ...
+def plain_width(values: tuple[Value, ...]) -> int: ...

@@ -1,0 +1,41 @@
+"""The optional C twins of the hottest functions (:mod:`pgferry._speedups`).
+
+:data:`SPEEDUPS` is that module, configured, or None: pgferry was built without a
+C compiler, or ``PGFERRY_PURE_PYTHON`` is set (to anything but empty). Each of its
+functions has a Python twin, the reference, used without it:
+``pgoutput._py_read_tuple`` and ``staging._py_line`` / ``_py_plain_width``;
+``tests/protocol/test_speedups.py`` runs both on the same inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+from pgferry.errors import ProtocolError
+from pgferry.protocol.messages import UNCHANGED_TOAST, BinaryValue
+
+
+class ShortValue(Exception):
+    """Internal: a read ran past the end of the buffer at ``offset``."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+def unknown_kind(kind: int, offset: int) -> ProtocolError:
+    return ProtocolError(f"unknown tuple column kind {bytes([kind])!r}", offset=offset)
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get("PGFERRY_PURE_PYTHON"):
+        return None
+    try:
+        from pgferry import _speedups
+    except ImportError:  # built without a C compiler
+        return None
+    _speedups.configure(UNCHANGED_TOAST, BinaryValue, ShortValue, unknown_kind)
+    return _speedups
+
+
+SPEEDUPS = _load()

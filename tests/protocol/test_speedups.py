@@ -1,0 +1,107 @@
+"""The C twins (pgferry._speedups) against their Python references, on the same
+inputs: random tuples, random bytes, every way a buffer can be cut short."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pgferry.apply.staging import _py_line, _py_plain_width
+from pgferry.errors import ProtocolError
+from pgferry.protocol.messages import UNCHANGED_TOAST, BinaryValue, Value
+from pgferry.protocol.pgoutput import _py_read_tuple
+from pgferry.protocol.speedups import SPEEDUPS, ShortValue
+
+pytestmark = pytest.mark.skipif(
+    SPEEDUPS is None, reason="pgferry._speedups not built (or PGFERRY_PURE_PYTHON set)"
+)
+
+values = st.one_of(
+    st.none(),
+    st.just(UNCHANGED_TOAST),
+    st.binary(max_size=12),
+    st.sampled_from([b"\\N", b"\t", b"a\\b", b"\r\n", b"\xff\x00"]),
+    st.binary(max_size=6).map(BinaryValue),
+)
+
+
+def encode(row: tuple[Value, ...]) -> bytes:
+    out = [struct.pack(">H", len(row))]
+    for v in row:
+        if v is None:
+            out.append(b"n")
+        elif v is UNCHANGED_TOAST:
+            out.append(b"u")
+        else:
+            assert isinstance(v, bytes)
+            kind = b"b" if isinstance(v, BinaryValue) else b"t"
+            out.append(kind + struct.pack(">I", len(v)) + v)
+    return b"".join(out)
+
+
+def outcome(fn: object, *args: object) -> object:
+    """What ``fn(*args)`` returns, or the kind of error and where it points."""
+    try:
+        result = fn(*args)  # type: ignore[operator]
+    except ShortValue as exc:
+        return ("short", exc.offset)
+    except ProtocolError as exc:
+        return ("protocol", exc.offset, str(exc))
+    except (IndexError, struct.error):
+        return ("truncated",)
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], tuple):
+        # BinaryValue and bytes compare equal: compare the types too.
+        return result, [type(v) for v in result[0]]
+    return result
+
+
+@given(st.lists(values, max_size=8), st.binary(max_size=3))
+def test_read_tuple_matches_on_whole_tuples(row: list[Value], prefix: bytes) -> None:
+    buf = prefix + encode(tuple(row)) + b"tail"
+    assert SPEEDUPS is not None
+    got = outcome(SPEEDUPS.read_tuple, buf, len(prefix))
+    assert got == outcome(_py_read_tuple, buf, len(prefix))
+    assert got == ((tuple(row), len(buf) - 4), [type(v) for v in row])
+
+
+@given(st.lists(values, min_size=1, max_size=6), st.data())
+def test_read_tuple_matches_on_cut_buffers(row: list[Value], data: st.DataObject) -> None:
+    whole = encode(tuple(row))
+    buf = whole[: data.draw(st.integers(0, len(whole) - 1))]
+    assert SPEEDUPS is not None
+    assert outcome(SPEEDUPS.read_tuple, buf, 0) == outcome(_py_read_tuple, buf, 0)
+
+
+@given(st.binary(max_size=40), st.integers(0, 4))
+def test_read_tuple_matches_on_random_bytes(buf: bytes, pos: int) -> None:
+    assert SPEEDUPS is not None
+    assert outcome(SPEEDUPS.read_tuple, buf, pos) == outcome(_py_read_tuple, buf, pos)
+
+
+def test_an_unknown_column_kind_is_a_protocol_error_naming_it() -> None:
+    assert SPEEDUPS is not None
+    buf = b"\x00\x02nx"
+    got = outcome(SPEEDUPS.read_tuple, buf, 0)
+    assert got == outcome(_py_read_tuple, buf, 0)
+    assert got == ("protocol", 3, "unknown tuple column kind b'x' (at byte offset 3)")
+
+
+@given(
+    st.lists(
+        st.one_of(st.none(), st.binary(max_size=8), st.sampled_from([b"\\N", b"\t", b"a\\b"])),
+        max_size=6,
+    ),
+    st.sampled_from([b"\n", b"\tU\t7\n", b""]),
+)
+def test_copy_line_matches(row: list[bytes | None], tail: bytes) -> None:
+    assert SPEEDUPS is not None
+    assert SPEEDUPS.copy_line(tuple(row), tail) == _py_line(tuple(row), tail)
+
+
+@given(st.lists(values, max_size=6))
+def test_plain_width_matches(row: list[Value]) -> None:
+    assert SPEEDUPS is not None
+    assert SPEEDUPS.plain_width(tuple(row)) == _py_plain_width(tuple(row))
