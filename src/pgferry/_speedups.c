@@ -10,10 +10,14 @@
  *       Formats"): Int16 column count, then per column a kind byte ('n' NULL,
  *       'u' unchanged TOAST, 't' text, 'b' binary) and, for 't' and 'b', an
  *       Int32 length and that many bytes. Twin: pgoutput._py_read_tuple.
- *   copy_line(values, tail) -> bytes
+ *   copy_line(values, tail, n=-1) -> bytes
  *       One row of COPY's text format: NULL as \N, backslash, tab, newline and
- *       carriage return escaped, fields joined by tabs, then tail.
- *       Twin: staging._py_line.
+ *       carriage return escaped, fields joined by tabs, then tail, then (when
+ *       n >= 0) n in decimal and a newline. Twin: staging._py_line.
+ *   parse_copy_data(data) -> XLogData | PrimaryKeepalive
+ *       The streaming replication envelope of one CopyData message: an XLogData
+ *       ('w': Int64 start, Int64 end, Int64 send time, payload) is parsed here,
+ *       anything else by the Python twin. Twin: envelope._py_parse_copy_data.
  *   plain_width(values) -> int
  *       The total length of the values, or -1 if one is unchanged TOAST or
  *       binary. Twin: staging._py_plain_width.
@@ -24,6 +28,8 @@
  * for a value running past the buffer, and a callable (kind, offset) ->
  * exception for an unknown column kind. A header running past the buffer
  * raises IndexError, as indexing bytes does in the twin.
+ * configure_envelope(xlogdata_new, lsn, fallback) likewise for parse_copy_data:
+ * a callable (4-tuple) -> XLogData, a callable (int) -> Lsn, and the twin.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -34,6 +40,77 @@ static PyObject *unchanged = NULL;
 static PyObject *binary_type = NULL;
 static PyObject *short_error = NULL;
 static PyObject *kind_error = NULL;
+
+static PyObject *xlogdata_new = NULL;
+static PyObject *lsn_new = NULL;
+static PyObject *envelope_fallback = NULL;
+
+static PyObject *
+configure_envelope(PyObject *self, PyObject *args)
+{
+    PyObject *x, *l, *f;
+    if (!PyArg_ParseTuple(args, "OOO", &x, &l, &f))
+        return NULL;
+    Py_XSETREF(xlogdata_new, Py_NewRef(x));
+    Py_XSETREF(lsn_new, Py_NewRef(l));
+    Py_XSETREF(envelope_fallback, Py_NewRef(f));
+    Py_RETURN_NONE;
+}
+
+static unsigned long long
+be64(const unsigned char *p)
+{
+    unsigned long long v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static PyObject *
+make_lsn(unsigned long long v)
+{
+    PyObject *n = PyLong_FromUnsignedLongLong(v);
+    if (n == NULL)
+        return NULL;
+    PyObject *lsn = PyObject_CallOneArg(lsn_new, n);
+    Py_DECREF(n);
+    return lsn;
+}
+
+static PyObject *
+parse_copy_data(PyObject *self, PyObject *arg)
+{
+    if (xlogdata_new == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "pgferry._speedups envelope is not configured");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *p = (const unsigned char *)view.buf;
+    if (view.len < 25 || p[0] != 'w') {
+        PyBuffer_Release(&view);
+        return PyObject_CallOneArg(envelope_fallback, arg);
+    }
+    PyObject *start = NULL, *end = NULL, *sent = NULL, *payload = NULL, *fields = NULL;
+    PyObject *result = NULL;
+    start = make_lsn(be64(p + 1));
+    end = start ? make_lsn(be64(p + 9)) : NULL;
+    sent = end ? PyLong_FromLongLong((long long)be64(p + 17)) : NULL;
+    payload = sent ? PyBytes_FromStringAndSize((const char *)p + 25, view.len - 25) : NULL;
+    if (payload != NULL) {
+        fields = PyTuple_Pack(4, start, end, sent, payload);
+        if (fields != NULL)
+            result = PyObject_CallOneArg(xlogdata_new, fields);
+    }
+    Py_XDECREF(start);
+    Py_XDECREF(end);
+    Py_XDECREF(sent);
+    Py_XDECREF(payload);
+    Py_XDECREF(fields);
+    PyBuffer_Release(&view);
+    return result;
+}
 
 static PyObject *
 configure(PyObject *self, PyObject *args)
@@ -151,11 +228,16 @@ static PyObject *
 copy_line(PyObject *self, PyObject *args)
 {
     PyObject *values, *tail;
-    if (!PyArg_ParseTuple(args, "O!S", &PyTuple_Type, &values, &tail))
+    Py_ssize_t number = -1;
+    if (!PyArg_ParseTuple(args, "O!S|n", &PyTuple_Type, &values, &tail, &number))
         return NULL;
+    char digits[32];
+    int ndigits = 0;
+    if (number >= 0)
+        ndigits = snprintf(digits, sizeof digits, "%zd\n", number);
     Py_ssize_t n = PyTuple_GET_SIZE(values);
     /* First pass: the length, escapes included. */
-    Py_ssize_t total = PyBytes_GET_SIZE(tail) + (n > 0 ? n - 1 : 0);
+    Py_ssize_t total = PyBytes_GET_SIZE(tail) + ndigits + (n > 0 ? n - 1 : 0);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *v = PyTuple_GET_ITEM(values, i);
         if (v == Py_None) {
@@ -203,6 +285,9 @@ copy_line(PyObject *self, PyObject *args)
         }
     }
     memcpy(out, PyBytes_AS_STRING(tail), PyBytes_GET_SIZE(tail));
+    out += PyBytes_GET_SIZE(tail);
+    if (ndigits > 0)
+        memcpy(out, digits, ndigits);
     return line;
 }
 
@@ -235,7 +320,9 @@ plain_width(PyObject *self, PyObject *arg)
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Set the objects the functions produce or raise."},
     {"read_tuple", read_tuple, METH_VARARGS, "pgoutput TupleData -> (values, next offset)."},
-    {"copy_line", copy_line, METH_VARARGS, "A row of COPY's text format, then tail."},
+    {"copy_line", copy_line, METH_VARARGS, "A row of COPY's text format, then tail (and n)."},
+    {"configure_envelope", configure_envelope, METH_VARARGS, "Set the envelope's objects."},
+    {"parse_copy_data", parse_copy_data, METH_O, "One CopyData message of a stream."},
     {"plain_width", plain_width, METH_O, "Total length, or -1 if a value is not plain."},
     {NULL, NULL, 0, NULL},
 };

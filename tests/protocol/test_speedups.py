@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from pgferry.apply.staging import _py_line, _py_plain_width
 from pgferry.errors import ProtocolError
+from pgferry.protocol.envelope import _py_parse_copy_data
 from pgferry.protocol.messages import UNCHANGED_TOAST, BinaryValue, Value
 from pgferry.protocol.pgoutput import _py_read_tuple
 from pgferry.protocol.speedups import SPEEDUPS, ShortValue
@@ -94,10 +95,12 @@ def test_an_unknown_column_kind_is_a_protocol_error_naming_it() -> None:
         st.one_of(st.none(), st.binary(max_size=8), st.sampled_from([b"\\N", b"\t", b"a\\b"])),
         max_size=6,
     ),
-    st.sampled_from([b"\n", b"\tU\t7\n", b""]),
+    st.sampled_from([b"\n", b"\tU\t7\n", b"", b"\tD\t"]),
+    st.integers(-1, 10**12),
 )
-def test_copy_line_matches(row: list[bytes | None], tail: bytes) -> None:
+def test_copy_line_matches(row: list[bytes | None], tail: bytes, n: int) -> None:
     assert SPEEDUPS is not None
+    assert SPEEDUPS.copy_line(tuple(row), tail, n) == _py_line(tuple(row), tail, n)
     assert SPEEDUPS.copy_line(tuple(row), tail) == _py_line(tuple(row), tail)
 
 
@@ -105,3 +108,26 @@ def test_copy_line_matches(row: list[bytes | None], tail: bytes) -> None:
 def test_plain_width_matches(row: list[Value]) -> None:
     assert SPEEDUPS is not None
     assert SPEEDUPS.plain_width(tuple(row)) == _py_plain_width(tuple(row))
+
+
+@given(
+    st.one_of(
+        st.builds(
+            lambda head, body: b"w" + head + body,
+            st.binary(min_size=24, max_size=24),
+            st.binary(max_size=20),
+        ),
+        st.builds(lambda body: b"k" + body, st.binary(min_size=17, max_size=17)),
+        st.binary(max_size=30),
+    ),
+    st.booleans(),
+)
+def test_parse_copy_data_matches(data: bytes, view: bool) -> None:
+    assert SPEEDUPS is not None
+    got = outcome(SPEEDUPS.parse_copy_data, memoryview(data) if view else data)
+    expected = outcome(_py_parse_copy_data, data)
+    assert got == expected
+    # The same classes too (an Lsn equals its int).
+    assert type(got) is type(expected)
+    if isinstance(got, tuple) and isinstance(expected, tuple):
+        assert [type(f) for f in got] == [type(f) for f in expected]

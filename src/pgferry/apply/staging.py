@@ -122,10 +122,12 @@ def _escape(value: Value) -> bytes:
 _NULL = b"\\N"
 
 
-def _py_line(values: tuple[Value, ...], tail: bytes) -> bytes:
-    """A row of COPY's text format ending with ``tail``. The fields are joined as
-    they are, then checked for what would need escaping, all at C speed: most
-    rows need none."""
+def _py_line(values: tuple[Value, ...], tail: bytes, n: int = -1) -> bytes:
+    """A row of COPY's text format ending with ``tail`` (and, when ``n >= 0``, n
+    and a newline). The fields are joined as they are, then checked for what
+    would need escaping, all at C speed: most rows need none."""
+    if n >= 0:
+        tail += b"%d\n" % n
     nulls = values.count(None)
     fields = tuple(_NULL if v is None else v for v in values) if nulls else values
     line = b"\t".join(fields)  # type: ignore[arg-type]
@@ -146,6 +148,8 @@ def _py_plain_width(values: tuple[Value, ...]) -> int:
         return -1
     return sum(map(len, filter(None, values)))  # type: ignore[arg-type]
 
+
+_TAILS = {op: b"\t%s\t" % op.encode() for op in "DUIA"}
 
 # The C twins where built (see pgferry.protocol.speedups).
 _line = SPEEDUPS.copy_line if SPEEDUPS is not None else _py_line
@@ -355,7 +359,7 @@ class Stage:
             else:
                 op = "U" if existed else "I"
             counts[op] += 1
-            lines.append(_line(values, b"\t%s\t%d\n" % (op.encode(), n)))
+            lines.append(_line(values, _TAILS[op], n))
         return b"".join(lines), counts
 
     def apply(self, conn: psycopg.Connection[Any], *, keep: bool) -> list[Suspect]:

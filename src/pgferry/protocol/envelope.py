@@ -17,11 +17,14 @@ Pure functions, no I/O: bytes in, typed messages out (and the reverse).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 from pgferry.errors import ProtocolError
 from pgferry.protocol.lsn import Lsn
 from pgferry.protocol.lsn import lsn_from_wire as _lsn
+from pgferry.protocol.speedups import SPEEDUPS
 
 _XLOG_HEAD = struct.Struct(">QQq")
 _KEEPALIVE = struct.Struct(">QqB")
@@ -46,7 +49,7 @@ class PrimaryKeepalive(NamedTuple):
     reply_requested: bool
 
 
-def parse_copy_data(data: bytes | memoryview) -> XLogData | PrimaryKeepalive:
+def _py_parse_copy_data(data: bytes | memoryview) -> XLogData | PrimaryKeepalive:
     """Decode one CopyData payload received in COPY BOTH mode.
 
     ``data`` may be a memoryview over libpq's buffer: the payload is copied out.
@@ -69,6 +72,14 @@ def parse_copy_data(data: bytes | memoryview) -> XLogData | PrimaryKeepalive:
         end, sent, reply = _KEEPALIVE.unpack_from(data, 1)
         return PrimaryKeepalive(_lsn(end), sent, reply != 0)
     raise ProtocolError(f"unknown CopyData message type {bytes([kind])!r}", offset=0)
+
+
+parse_copy_data: Callable[[bytes | memoryview], XLogData | PrimaryKeepalive]
+if SPEEDUPS is not None:  # its C twin (see pgferry.protocol.speedups)
+    SPEEDUPS.configure_envelope(partial(_new, XLogData), _lsn, _py_parse_copy_data)
+    parse_copy_data = SPEEDUPS.parse_copy_data
+else:
+    parse_copy_data = _py_parse_copy_data
 
 
 def encode_standby_status(
