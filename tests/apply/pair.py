@@ -108,6 +108,12 @@ class Pair:
             raise run.failure[0]
         return run.worker
 
+    def caught_up(self, target: Lsn) -> bool:
+        """Every commit before ``target`` is applied: the origin is past it, or the
+        slot confirmed past it (WAL with no commit after the last one, such as a
+        checkpoint's, moves only the latter)."""
+        return self.progress() >= target or self.confirmed() >= target
+
     def confirmed(self) -> Lsn:
         row = self.cluster.sql(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'ferry'",

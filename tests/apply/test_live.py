@@ -89,7 +89,7 @@ def test_a_streamed_transaction_is_applied_while_it_is_open(
             publisher.execute("INSERT INTO small VALUES (2)")
             publisher.commit()
             target = current_lsn(pair.cluster, pair.pub)
-            wait_for("the commit", lambda: pair.progress() >= target, run.failure)
+            wait_for("the commit", lambda: pair.caught_up(target), run.failure)
             same_rows(pair, "SELECT * FROM big ORDER BY id")
             same_rows(pair, "SELECT * FROM small ORDER BY id")
         assert run.worker.live_applied == 1
@@ -127,7 +127,7 @@ def test_subtransaction_aborts_and_a_rolled_back_stream(pair: Pair, streams_earl
         publisher.execute("INSERT INTO small VALUES (1)")
         publisher.commit()
         target = current_lsn(pair.cluster, pair.pub)
-        wait_for("the commits", lambda: pair.progress() >= target, run.failure)
+        wait_for("the commits", lambda: pair.caught_up(target), run.failure)
         same_rows(pair, "SELECT * FROM big ORDER BY id")
         same_rows(pair, "SELECT * FROM small")
     assert pair.rows("SELECT count(*), min(id), max(id) FROM big") == [(9951, 50, 25000)]

@@ -56,6 +56,7 @@ from typing import Any, NoReturn
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from pgferry.assembler import Transaction
 from pgferry.catalog import store
@@ -80,6 +81,8 @@ from .rowwise import Provisional, RowChanges
 from .staging import Eligibility, Stage, Staged, StageMismatch, Suspect, eligibility
 
 logger = logging.getLogger("pgferry.apply")
+
+IDLE = TransactionStatus.IDLE
 
 #: Decides whether this worker applies a table's change in a given transaction
 #: (the table sync handover uses it); default: every table.
@@ -431,11 +434,7 @@ class Applier(RowChanges):
     def _apply_stages(self, tx: Transaction, stages: list[Stage] | None, *, keep: bool) -> None:
         """Apply the staged changes (of ``stages``, or of every table); ``keep``: the
         batch goes on. A surprise fails the batch (:class:`RetryExact`)."""
-        pending = [
-            s
-            for s in (stages if stages is not None else self._stages.values())
-            if s is not None and s.pending
-        ]
+        pending = self._pending_stages(stages)
         if not pending:
             return
         try:
@@ -446,6 +445,11 @@ class Applier(RowChanges):
         except psycopg.Error:
             self._batch_failed(tx)
         self._run_staged(tx, [(stage, stage.prepare(keep=keep)) for stage in pending], None)
+
+    def _pending_stages(self, stages: list[Stage] | None) -> list[Stage]:
+        """Those of ``stages`` (or of every table) with rows staged."""
+        candidates = stages if stages is not None else self._stages.values()
+        return [s for s in candidates if s is not None and s.pending]
 
     def _suspect(self, table: TableMap, suspect: Suspect) -> None:
         """A staged change met a row another origin wrote: log it as the exact path
@@ -601,22 +605,29 @@ class Applier(RowChanges):
             with contextlib.suppress(psycopg.Error):
                 stack.close()
 
-    def _batch_failed(self, tx: Transaction) -> NoReturn:
+    def _batch_failed(self, tx: Transaction, cause: BaseException | None = None) -> NoReturn:
         # A provisional transaction's caller says what becomes of it (see .live).
         logger.log(
             logging.DEBUG if self.provisional else logging.INFO,
-            "subscription %s: a pipelined or staged batch failed; applying up to %s exactly",
+            "subscription %s: a pipelined or staged batch failed%s; applying up to %s exactly",
             self.subscription,
+            f" ({cause})" if cause is not None else "",
             tx.commit_lsn,
         )
+        self._drop_batch()
+        raise RetryExact(tx.commit_lsn) from cause
+
+    def _drop_batch(self) -> None:
+        """Roll back the local transaction, whatever it holds (the writer's work
+        too), and forget the batch: the origin, not moved, sends it again."""
         self._join_writer()
         self._close_pipeline()
-        with contextlib.suppress(psycopg.Error):
-            self._conn.execute("ROLLBACK")
+        if not self._conn.closed and self._conn.info.transaction_status != IDLE:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.execute("ROLLBACK")
         self._forget_batch()
         self._discard_stages()
         self.conflicts.reset()
-        raise RetryExact(tx.commit_lsn)
 
     def commit(self, tx: Transaction, end_lsn: Lsn) -> None:
         try:
@@ -676,8 +687,7 @@ class Applier(RowChanges):
                 self._batch_failed(tx)
         commit = commit_with_origin(end_lsn, to_datetime(tx.commit_time))
         if background and self.background:
-            pending = [s for s in self._stages.values() if s is not None and s.pending]
-            staged = [(stage, stage.prepare(keep=False)) for stage in pending]
+            staged = [(stage, stage.prepare(keep=False)) for stage in self._pending_stages(None)]
             if self._run_staged(tx, staged, (commit, end_lsn, self._batched)):
                 self._forget_batch()
                 return
@@ -743,24 +753,12 @@ class Applier(RowChanges):
                 self.applied_lsn = writer.commit[1]
                 self.applied_count += writer.commit[2]
             return
+        if isinstance(exc, (psycopg.Error, StageMismatch)) and not writer.committing:
+            self._batch_failed(writer.tx, exc)
         # What the writer did is rolled back, and so is whatever came after it.
-        with contextlib.suppress(psycopg.Error):
-            self._conn.execute("ROLLBACK")
-        self._close_pipeline()
-        self._forget_batch()
-        self._discard_stages()
-        self.conflicts.reset()
-        if writer.committing and isinstance(exc, psycopg.Error):
+        self._drop_batch()
+        if isinstance(exc, psycopg.Error):
             raise self._error(exc, writer.tx, None, "COMMIT") from None
-        if isinstance(exc, (psycopg.Error, StageMismatch)):
-            logger.log(
-                logging.DEBUG if self.provisional else logging.INFO,
-                "subscription %s: a staged batch failed (%s); applying up to %s exactly",
-                self.subscription,
-                exc,
-                writer.tx.commit_lsn,
-            )
-            raise RetryExact(writer.tx.commit_lsn) from exc
         raise exc
 
     def _join_writer(self) -> None:
@@ -779,15 +777,7 @@ class Applier(RowChanges):
 
     def abort(self) -> None:
         """Roll back the local transaction in progress, if any (after an error)."""
-        writing = self._writer is not None
-        self._join_writer()
-        self._close_pipeline()
-        if (self._in_tx or writing) and not self._conn.closed:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.execute("ROLLBACK")
-        self._forget_batch()
-        self._discard_stages()
-        self.conflicts.reset()
+        self._drop_batch()
 
     def _rollback(self) -> None:
         """Roll back the open local transaction: the whole batch, which the

@@ -45,7 +45,6 @@ from typing import Any, NoReturn, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.pq import TransactionStatus
 
 from pgferry.assembler import Transaction
 from pgferry.protocol.lsn import Lsn
@@ -62,7 +61,7 @@ from pgferry.protocol.messages import (
 )
 from pgferry.protocol.relations import RelationCache
 
-from .applier import Applier, TableFilter
+from .applier import IDLE, Applier, TableFilter
 
 logger = logging.getLogger("pgferry.apply")
 
@@ -72,7 +71,6 @@ LOCK_WAIT = "1s"
 UNKNOWN_COMMIT = Lsn((1 << 64) - 1)
 
 _T = TypeVar("_T")
-IDLE = TransactionStatus.IDLE
 
 
 class RetrySerial(Exception):

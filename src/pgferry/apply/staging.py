@@ -16,8 +16,9 @@ mode the applier instead hands each change of an eligible table to that table's
   key column) is refused: the applier applies what is staged, then that change
   row by row, so order is kept wherever it matters.
 
-:meth:`Stage.apply` copies the net rows into a temporary table (text COPY: the
-values arrive in their text form) and applies them with one DELETE ... USING,
+:meth:`Stage.prepare`, then :meth:`Staged.run`, copy the net rows into a
+temporary table (text COPY: the values arrive in their text form) and apply
+them with one DELETE ... USING,
 one UPDATE ... FROM and one INSERT ... SELECT, sent as one message, checking
 each row count. Any surprise (a missing row, a unique violation, a value the
 local type refuses) raises :class:`StageMismatch` or the server's error; the
@@ -361,13 +362,6 @@ class Stage:
             counts[op] += 1
             lines.append(_line(values, _TAILS[op], n))
         return b"".join(lines), counts
-
-    def apply(self, conn: psycopg.Connection[Any], *, keep: bool) -> list[Suspect]:
-        """Apply the staged rows (in the open transaction) and clear the stage;
-        ``keep``: the transaction goes on (the staging table is emptied now rather
-        than at commit). Returns the changed rows another origin wrote last."""
-        staged = self.prepare(keep=keep)
-        return staged.run(conn) if staged is not None else []
 
     def prepare(self, *, keep: bool) -> Staged | None:
         """The staged rows as statements to run (:meth:`Staged.run`), and the stage
