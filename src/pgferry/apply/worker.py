@@ -75,6 +75,16 @@ def batching_of(local: psycopg.Connection[Any], sub: store.Subscription) -> Batc
     )
 
 
+def _wal_positions(local: psycopg.Connection[Any]) -> tuple[Lsn, Lsn]:
+    """The subscriber's WAL insert and flush positions."""
+    row = local.execute(
+        "SELECT pg_catalog.pg_current_wal_insert_lsn()::text,"
+        " pg_catalog.pg_current_wal_flush_lsn()::text"
+    ).fetchone()
+    assert row is not None
+    return Lsn.parse(row[0]), Lsn.parse(row[1])
+
+
 def _handover_interval(states: dict[tuple[str, str], Any]) -> float:
     """Seconds between two looks at the handovers: shorter while a table syncs."""
     return 0.1 if any(s.state != "r" for s in states.values()) else 0.5
@@ -280,7 +290,18 @@ class ApplyWorker:
             states = handover.states(local, self.name)
             handover_due = _handover_interval(states)
 
-        def confirm() -> None:
+        def report() -> None:
+            handover.report_worker(
+                local,
+                self.name,
+                "",
+                os.getpid(),
+                stream.received_lsn,
+                to_datetime(stream.last_server_time) if stream.last_server_time else None,
+                stream.flush_lsn,
+            )
+
+        def confirm(idle: bool = False) -> None:
             nonlocal idle_lsn
             if assembler.between_transactions:
                 applier.flush()  # what is applied gets confirmed, and the worker row written
@@ -291,14 +312,20 @@ class ApplyWorker:
                 if durable_on_commit:
                     candidate = applied
                 else:
-                    row = local.execute(
-                        "SELECT pg_catalog.pg_current_wal_insert_lsn()::text,"
-                        " pg_catalog.pg_current_wal_flush_lsn()::text"
-                    ).fetchone()
-                    assert row is not None
-                    inserted, flushed = Lsn.parse(row[0]), Lsn.parse(row[1])
+                    inserted, flushed = _wal_positions(local)
                     if not unflushed or unflushed[-1][0] != applied:
                         unflushed.append((applied, inserted))
+                    if idle and not applier.in_transaction and unflushed[-1][1] > flushed:
+                        # Nothing more to apply: make what was applied durable now
+                        # instead of when the WAL writer gets to it (up to
+                        # wal_writer_delay, and we would only look again after the
+                        # idle wait), so the publisher learns the position at once.
+                        # A commit flushes the WAL before it only if it wrote some
+                        # itself (an xid alone is not enough): the worker row.
+                        with local.transaction():
+                            local.execute("SET LOCAL synchronous_commit = on")
+                            report()
+                        flushed = _wal_positions(local)[1]
                     while unflushed and unflushed[0][1] <= flushed:
                         candidate = unflushed.popleft()[0]
             if not unflushed and idle_lsn > candidate:
@@ -313,15 +340,7 @@ class ApplyWorker:
                 # restart re-sends less.
                 stream.send_status()
             if not applier.in_transaction:
-                handover.report_worker(
-                    local,
-                    self.name,
-                    "",
-                    os.getpid(),
-                    stream.received_lsn,
-                    to_datetime(stream.last_server_time) if stream.last_server_time else None,
-                    stream.flush_lsn,
-                )
+                report()
 
         try:
             while not self._stop:
@@ -337,7 +356,7 @@ class ApplyWorker:
                         break
                     if assembler.between_transactions:
                         applier.flush()
-                    confirm()
+                    confirm(idle=assembler.between_transactions)
                     if assembler.between_transactions:
                         # Idle: ask the walsender where it is (it answers with a
                         # keepalive), as native does, so that our position and the
