@@ -49,6 +49,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -137,6 +138,8 @@ class Batching:
     set_based: bool = True
 
 
+#: Batches handed to writer threads and not yet waited for (see _Writer).
+WRITER_DEPTH = 2
 #: Statements in flight in pipeline mode before their results are collected.
 PIPELINE_DEPTH = 2000
 #: A batch whose last remote commit is younger than this (seconds) commits as
@@ -162,7 +165,13 @@ class _Writer:
     in a thread of its own, while the applier goes on staging the next rows in
     memory (psycopg waits for the server without holding the GIL). The applier
     waits for it before it uses the connection again (:attr:`Applier.conn`), and
-    turns what it raised into what running them in line would have raised."""
+    turns what it raised into what running them in line would have raised.
+
+    Up to :data:`WRITER_DEPTH` writers are in flight, each starting when the one
+    before it (``after``) is done, so the applier does not wait for a batch's
+    commit while it has the next batch staged: the server works on one batch
+    while the applier decodes the one after. A writer whose predecessor failed
+    does nothing (:attr:`skipped`): all of it is rolled back with the failure."""
 
     def __init__(
         self,
@@ -171,17 +180,34 @@ class _Writer:
         begin: bool,
         staged: list[Staged],
         commit: tuple[sql.Composed, Lsn, int] | None,
+        after: _Writer | None = None,
     ) -> None:
         self.tx = tx
         self.commit = commit
         self.committing = False
+        self.skipped = False
         self.error: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._run, args=(conn, begin, staged), name="pgferry-writer", daemon=True
+            target=self._run,
+            args=(conn, begin, staged, after),
+            name="pgferry-writer",
+            daemon=True,
         )
         self._thread.start()
 
-    def _run(self, conn: psycopg.Connection[Any], begin: bool, staged: list[Staged]) -> None:
+    def _run(
+        self,
+        conn: psycopg.Connection[Any],
+        begin: bool,
+        staged: list[Staged],
+        after: _Writer | None,
+    ) -> None:
+        if after is not None:
+            after.join()
+            if after.error is not None or after.skipped:
+                self.skipped = True
+                return
+            after = None  # (not kept: a chain would hold every batch's rows)
         try:
             if begin:
                 conn.execute("BEGIN")
@@ -222,7 +248,8 @@ class Applier(RowChanges):
             raise ValueError("the applier manages its transactions: pass an autocommit connection")
         self._conn = conn
         self.background = background
-        self._writer: _Writer | None = None
+        #: Writers in flight, oldest first (see _Writer).
+        self._writers: deque[_Writer] = deque()
         self.subscription = subscription
         self.origin = origin
         self.relations = relations
@@ -341,7 +368,7 @@ class Applier(RowChanges):
     def conn(self) -> psycopg.Connection[Any]:
         """The connection, ready for a statement of the batch: what the writer
         was doing is done, and the local transaction is begun."""
-        if self._writer is not None:
+        while self._writers:
             self._wait_writer()
         if self._in_tx and not self._begun:
             self._begun = True
@@ -351,7 +378,7 @@ class Applier(RowChanges):
     def wait(self) -> None:
         """Wait for the writer (see :class:`_Writer`): after this, the owner may use
         the connection; raises what the writer's work raised."""
-        if self._writer is not None:
+        while self._writers:
             self._wait_writer()
 
     def change(self, tx: Transaction, change: Change) -> None:
@@ -739,14 +766,18 @@ class Applier(RowChanges):
         """Hand the staged statements (and the batch's commit) to the writer."""
         begin = not self._begun
         self._begun = True
-        if self._writer is not None:
+        while len(self._writers) >= WRITER_DEPTH:
             self._wait_writer()
-        self._writer = _Writer(self._conn, tx, begin, staged, commit)
+        after = self._writers[-1] if self._writers else None
+        self._writers.append(_Writer(self._conn, tx, begin, staged, commit, after))
 
     def _wait_writer(self) -> None:
-        writer, self._writer = self._writer, None
-        assert writer is not None
+        """Wait for the oldest writer; what it raised is raised here (the later
+        ones skip their work, and are rolled back with it)."""
+        writer = self._writers.popleft()
         writer.join()
+        # (Only a failed writer's successors skip, and they are joined with it.)
+        assert not writer.skipped
         exc = writer.error
         if exc is None:
             if writer.commit is not None:
@@ -762,10 +793,9 @@ class Applier(RowChanges):
         raise exc
 
     def _join_writer(self) -> None:
-        """Wait for the writer, whatever it raised (what it did is rolled back next)."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.join()
+        """Wait for the writers, whatever they raised (what they did is rolled back next)."""
+        while self._writers:
+            self._writers.popleft().join()
 
     def message(self, message: LogicalMessage) -> None:
         """Non-transactional messages are not applied."""

@@ -252,6 +252,8 @@ class ApplyWorker:
         # (remote end LSN, local WAL position at or after its commit), oldest first.
         unflushed: deque[tuple[Lsn, Lsn]] = deque()
         idle_lsn = INVALID_LSN
+        # Changes were received since the last idle confirm.
+        unconfirmed = False
         next_confirm = time.monotonic() + self.confirm_interval
         error_shown = sub.last_error is not None
         next_sync_check = time.monotonic()
@@ -357,19 +359,30 @@ class ApplyWorker:
                     if assembler.between_transactions:
                         applier.flush()
                     confirm(idle=assembler.between_transactions)
+                    unconfirmed = bool(unflushed)
                     if assembler.between_transactions:
                         # Idle: ask the walsender where it is (it answers with a
                         # keepalive), as native does, so that our position and the
                         # slot move on without waiting for its own keepalives.
                         stream.send_status(reply_requested=True)
                     continue
+                received = False
                 for item in batch:
                     if isinstance(item, XLogData):
                         assembler.feed(decoder.decode(item.payload), item.payload, item.data_start)
+                        received = True
                     else:
                         assert isinstance(item, PrimaryKeepalive)
                         if assembler.between_transactions:
                             idle_lsn = item.wal_end
+                if received:
+                    unconfirmed = True
+                elif unconfirmed and assembler.between_transactions:
+                    # Only keepalives: the walsender has nothing for us (it sends
+                    # them while it reads WAL of other databases, ours included,
+                    # so the stream need not fall silent): idle, as above.
+                    confirm(idle=True)
+                    unconfirmed = bool(unflushed)
                 if assembler.between_transactions and (
                     applier.due or (len(batch) < READ_BATCH and applier.live)
                 ):
