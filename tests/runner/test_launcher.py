@@ -231,3 +231,43 @@ def test_kill_9_of_workers_and_launcher_during_load(setup: Setup) -> None:
 
 def _rows(cluster: Cluster, db: str, query: str) -> list[tuple[Any, ...]]:
     return cluster.sql(query, dbname=db)
+
+
+def test_workers_are_forked_and_leave_the_launcher_session_alone(
+    setup: Setup, tmp_path: Any
+) -> None:
+    """``pgferry run`` forks its workers (no new interpreter: the same command
+    line, the launcher as parent); the sync workers' exits do not touch the
+    catalog connection the fork copied, so the launcher never loses it."""
+    log = tmp_path / "launcher.log"
+    with log.open("wb") as stderr:
+        launcher = subprocess.Popen(
+            [*PGFERRY, "-d", setup.sub_dsn, "run"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "PGFERRY_LOG_LEVEL": "WARNING"},
+        )
+    try:
+        _wait(lambda: _states(setup) == {"r"}, what="tables ready")
+        _wait(lambda: _apply_pid(setup) is not None, timeout=30, what="the worker row")
+        worker = _apply_pid(setup)
+        with open(f"/proc/{worker}/cmdline", "rb") as f:
+            worker_cmdline = f.read()
+        with open(f"/proc/{worker}/stat") as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{launcher.pid}/cmdline", "rb") as f:
+            assert worker_cmdline == f.read()
+        assert parent == launcher.pid
+        # Replication works on, and the launcher still follows the catalog.
+        setup.publisher.sql("INSERT INTO history VALUES (3, 9)", dbname=setup.pub_db)
+        _wait(lambda: _same(setup), what="the insert")
+        with setup.subscriber.connect("sub") as conn:
+            store.set_enabled(conn, "ferry", False)
+        _wait(lambda: not _walsender_active(setup), timeout=20, what="the worker to stop")
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=60) == 0
+    text = log.read_text()
+    assert "catalog connection failed" not in text, text
+    assert "Traceback" not in text, text

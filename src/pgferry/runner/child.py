@@ -3,6 +3,9 @@
     python -m pgferry.runner.child apply SUBSCRIPTION
     python -m pgferry.runner.child sync SUBSCRIPTION SCHEMA TABLE
 
+or, without a new interpreter, :func:`run_forked` in a process forked from the
+launcher (see :mod:`.launcher`).
+
 The subscriber DSN comes in the environment (``PGFERRY_SUBSCRIBER_DSN``), not on
 the command line, so that no password shows in ``ps``. SIGTERM and SIGINT stop the
 worker cleanly (it finishes the transaction in hand, confirms, and exits 0). Exit
@@ -16,8 +19,9 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from types import FrameType
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from pgferry.errors import PgferryError
 from pgferry.runner.env import DSN_ENV, LAUNCHER_PID_ENV, LOG_LEVEL_ENV
@@ -52,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get(LOG_LEVEL_ENV, "INFO"),
         stream=sys.stderr,
         format="%(asctime)s pgferry[%(process)d] %(levelname)s %(message)s",
+        force=True,  # forked: not the launcher's settings
     )
     dsn = os.environ.get(DSN_ENV, "")
     worker: Worker
@@ -81,6 +86,38 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("pgferry").exception("worker failed: %s", exc)
         return 1
     return 0
+
+
+def run_forked(dsn: str, launcher_pid: int, args: list[str]) -> NoReturn:
+    """Run a worker in a process just forked from the launcher, and end it.
+
+    What a worker started with ``python -m`` gets, it gets here too: the DSN and
+    the launcher's pid in the environment, stdin from /dev/null, its own logging
+    and signal handlers. It never returns into the launcher's code (whose frames,
+    and whose catalog connection, the fork copied: the connection is left alone,
+    as closing it would end the launcher's session): ``os._exit``.
+    """
+    code = 1
+    try:
+        # Until main() sets its own: the launcher's would only stop the copy of it.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.environ[DSN_ENV] = dsn
+        os.environ[LAUNCHER_PID_ENV] = str(launcher_pid)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
 
 
 if __name__ == "__main__":
