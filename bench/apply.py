@@ -280,6 +280,8 @@ class Bench:
 
     def sync(self) -> tuple[float, float]:
         timeout = self.args.timeout
+        for db in ("native", "ferry"):
+            self.truncate(db)  # (empty, also after another scenario)
         with Timer() as native:
             self.native_subscribe(copy=True)
             wait_caught_up(self.pub, "native", self.native_ready, timeout)
