@@ -17,7 +17,10 @@ Contract:
 * tells the publisher "flushed" only for remote transactions whose local commit is
   durable: with ``synchronous_commit`` off (native's default for subscriptions) it
   pairs the last applied remote LSN with the local WAL insert position and confirms
-  it once the local WAL is flushed past that point, as native does;
+  it once the local WAL is flushed past that point, as native does; when the
+  stream goes idle (nothing or only keepalives to read) it flushes that WAL
+  itself, by writing its worker row with ``synchronous_commit`` on, rather than
+  wait for the WAL writer and its own next look;
 * between transactions, with nothing pending, confirms the keepalive's WAL end so
   the slot does not hold WAL that carries nothing for this subscription;
 * on an apply error: rolls back, records the error in the catalog, disables the
