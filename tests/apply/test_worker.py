@@ -1,0 +1,44 @@
+"""The apply worker's confirmations (``pgferry.apply.worker``)."""
+
+from __future__ import annotations
+
+import time
+
+from tests.apply.pair import Pair
+from tests.support import current_lsn
+
+
+def _wait_confirmed(pair: Pair, timeout: float) -> float:
+    """Seconds until the slot confirmed everything written on the publisher so far."""
+    target = current_lsn(pair.cluster, pair.pub)
+    start = time.monotonic()
+    while pair.confirmed() < target:
+        assert time.monotonic() - start < timeout, "the slot was not confirmed"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def test_an_idle_worker_flushes_its_wal_and_confirms_at_once(pair: Pair) -> None:
+    """With synchronous_commit off (the default) a transaction is confirmed only
+    once the subscriber's WAL is flushed past its commit. With the WAL writer
+    slowed to one round per 10 s, the idle worker flushes it itself: the
+    publisher learns the position within a second or two, not at the WAL
+    writer's next round."""
+    cluster = pair.cluster
+    pair.publish("CREATE TABLE t (id int PRIMARY KEY, v text)", ["t"])
+    cluster.sql("ALTER SYSTEM SET wal_writer_delay = '10s'")
+    cluster.sql("SELECT pg_reload_conf()")
+    try:
+        with pair.running() as run:
+            cluster.sql("INSERT INTO t VALUES (1, 'a')", dbname=pair.pub)
+            # The first commit also wakes a hibernating WAL writer, which then
+            # sleeps 10 s at a time (it hibernates again only after 50 idle rounds).
+            _wait_confirmed(pair, timeout=30)
+            cluster.sql("INSERT INTO t VALUES (2, 'b')", dbname=pair.pub)
+            elapsed = _wait_confirmed(pair, timeout=30)
+            assert not run.failure
+        assert elapsed < 3, f"confirmed after {elapsed:.1f} s"
+        assert pair.rows("SELECT id, v FROM t ORDER BY id") == [(1, "a"), (2, "b")]
+    finally:
+        cluster.sql("ALTER SYSTEM RESET wal_writer_delay")
+        cluster.sql("SELECT pg_reload_conf()")
