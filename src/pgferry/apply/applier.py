@@ -207,7 +207,6 @@ class _Writer:
             if after.error is not None or after.skipped:
                 self.skipped = True
                 return
-            after = None  # (not kept: a chain would hold every batch's rows)
         try:
             if begin:
                 conn.execute("BEGIN")

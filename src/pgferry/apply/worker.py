@@ -307,7 +307,9 @@ class ApplyWorker:
             )
 
         def confirm(idle: bool = False) -> None:
-            nonlocal idle_lsn
+            """Tell the publisher what is durably applied; ``idle``: nothing more
+            has arrived, so flush the local WAL for it now (see below)."""
+            nonlocal idle_lsn, unconfirmed
             if assembler.between_transactions:
                 applier.flush()  # what is applied gets confirmed, and the worker row written
             applier.wait()  # the connection is used here
@@ -346,6 +348,8 @@ class ApplyWorker:
                 stream.send_status()
             if not applier.in_transaction:
                 report()
+            if idle:
+                unconfirmed = bool(unflushed)
 
         try:
             while not self._stop:
@@ -362,7 +366,6 @@ class ApplyWorker:
                     if assembler.between_transactions:
                         applier.flush()
                     confirm(idle=assembler.between_transactions)
-                    unconfirmed = bool(unflushed)
                     if assembler.between_transactions:
                         # Idle: ask the walsender where it is (it answers with a
                         # keepalive), as native does, so that our position and the
@@ -385,7 +388,6 @@ class ApplyWorker:
                     # them while it reads WAL of other databases, ours included,
                     # so the stream need not fall silent): idle, as above.
                     confirm(idle=True)
-                    unconfirmed = bool(unflushed)
                 if assembler.between_transactions and (
                     applier.due or (len(batch) < READ_BATCH and applier.live)
                 ):
