@@ -22,6 +22,17 @@
  *       The total length of the values, or -1 if one is unchanged TOAST or
  *       binary. Twin: staging._py_plain_width.
  *
+ *   relay_copy(get, put, free, src, dst) -> int
+ *       One COPY relayed inside libpq, for the table sync: rows are read from
+ *       the PGconn src (in COPY OUT) with PQgetCopyData, packed into 64 kB
+ *       chunks and written to the PGconn dst (in COPY IN) with PQputCopyData,
+ *       until src ends its COPY. get, put and free are the addresses of
+ *       PQgetCopyData, PQputCopyData and PQfreemem of the libpq that made both
+ *       connections; both must be in blocking mode. The GIL is released for the
+ *       whole loop. Returns the number of bytes relayed, or -2 when reading
+ *       failed, -3 when writing failed (the caller reads the error from the
+ *       connection). Twin: sync.relay._py_relay.
+ *
  * configure(unchanged, binary_type, short_error, kind_error) must be called
  * first with the Python objects these functions produce or raise: the
  * unchanged-TOAST marker, the BinaryValue type, a callable (offset) -> exception
@@ -34,6 +45,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 static PyObject *unchanged = NULL;
@@ -317,7 +329,76 @@ plain_width(PyObject *self, PyObject *arg)
     return PyLong_FromSsize_t(width);
 }
 
+typedef int (*copy_get_fn)(void *, char **, int);
+typedef int (*copy_put_fn)(void *, const char *, int);
+typedef void (*copy_free_fn)(void *);
+
+#define RELAY_CHUNK 65536
+
+static long long
+relay_loop(copy_get_fn get, copy_put_fn put, copy_free_fn release, void *src, void *dst,
+           char *chunk)
+{
+    size_t used = 0;
+    long long total = 0;
+    for (;;) {
+        char *row = NULL;
+        int n = get(src, &row, 0);  /* 0: wait for a whole row */
+        if (n < 0) {
+            if (n == -1 && used > 0 && put(dst, chunk, (int)used) != 1)
+                return -3;
+            return n == -1 ? total : -2;
+        }
+        if (n == 0)
+            continue;  /* only in async mode; not asked for */
+        if (used + (size_t)n > RELAY_CHUNK && used > 0) {
+            if (put(dst, chunk, (int)used) != 1) {
+                release(row);
+                return -3;
+            }
+            used = 0;
+        }
+        if ((size_t)n > RELAY_CHUNK) {  /* a row longer than a chunk goes alone */
+            int ok = put(dst, row, n);
+            release(row);
+            if (ok != 1)
+                return -3;
+        }
+        else {
+            memcpy(chunk + used, row, (size_t)n);
+            used += (size_t)n;
+            release(row);
+        }
+        total += n;
+    }
+}
+
+static PyObject *
+relay_copy(PyObject *self, PyObject *args)
+{
+    unsigned long long get, put, release, src, dst;
+    long long result;
+    char *chunk;
+    if (!PyArg_ParseTuple(args, "KKKKK", &get, &put, &release, &src, &dst))
+        return NULL;
+    if (!get || !put || !release || !src || !dst) {
+        PyErr_SetString(PyExc_ValueError, "relay_copy: a null address");
+        return NULL;
+    }
+    chunk = PyMem_RawMalloc(RELAY_CHUNK);
+    if (chunk == NULL)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    result = relay_loop((copy_get_fn)(uintptr_t)get, (copy_put_fn)(uintptr_t)put,
+                        (copy_free_fn)(uintptr_t)release, (void *)(uintptr_t)src,
+                        (void *)(uintptr_t)dst, chunk);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(chunk);
+    return PyLong_FromLongLong(result);
+}
+
 static PyMethodDef methods[] = {
+    {"relay_copy", relay_copy, METH_VARARGS, "Relay one COPY from src to dst inside libpq."},
     {"configure", configure, METH_VARARGS, "Set the objects the functions produce or raise."},
     {"read_tuple", read_tuple, METH_VARARGS, "pgoutput TupleData -> (values, next offset)."},
     {"copy_line", copy_line, METH_VARARGS, "A row of COPY's text format, then tail (and n)."},

@@ -47,6 +47,7 @@ from pgferry.protocol.messages import Relation
 from pgferry.protocol.pgoutput import PgoutputDecoder
 from pgferry.protocol.relations import RelationCache
 from pgferry.stream import PgoutputOptions, ReplicationConnection
+from pgferry.sync.relay import relay
 
 logger = logging.getLogger("pgferry.sync")
 
@@ -221,12 +222,7 @@ class TableSyncWorker:
                 Applier.prepare_session(local, self.slot, synchronous_commit)
                 local.execute("BEGIN")
                 try:
-                    with (
-                        remote.cursor().copy(source) as src,
-                        local.cursor().copy(target) as dst,
-                    ):
-                        for chunk in src:
-                            dst.write(chunk)
+                    rows = relay(remote, local, source, target)
                     store.set_table_state(
                         local,
                         self.subscription,
@@ -254,7 +250,7 @@ class TableSyncWorker:
                     local.execute("SELECT pg_catalog.pg_replication_origin_session_reset()")
             finally:
                 remote.close()
-        logger.info("table %s: copied at %s", self.display, slot.consistent_point)
+        logger.info("table %s: %d rows copied at %s", self.display, rows, slot.consistent_point)
         return slot.consistent_point
 
     def _wait_for_catchup(self, local: psycopg.Connection[Any]) -> Lsn | None:

@@ -1,0 +1,188 @@
+"""Relaying one COPY: the publisher's ``COPY ... TO STDOUT`` into the subscriber's
+``COPY ... FROM STDIN``.
+
+Contract: :func:`relay` runs ``source`` on ``remote`` and ``target`` on ``local``,
+passes every byte of the one to the other unchanged, and returns the number of rows
+the target stored (its command tag). If either side fails, the other is ended (the
+target's COPY aborted, the source's cancelled) and the failing side's
+:class:`psycopg.Error` is raised, the source's when both fail. Either way both
+connections are left idle in their transactions; committing or rolling back is the
+caller's.
+
+Why not psycopg's ``Copy``: it hands over one row per call, and for a 2M-row table
+that Python loop costs about a second of the copy's three (``docs/benchmarks.md``).
+Here libpq is driven directly: both connections are put in blocking mode for the
+COPY, and the rows go through :func:`pgferry._speedups.relay_copy`, which loops
+``PQgetCopyData`` -> 64 kB chunk -> ``PQputCopyData`` in C with the GIL released.
+It must call the very libpq that made the connections (a ``PGconn`` from one libpq
+passed to another is memory corruption), so it is used only when exactly one libpq
+is mapped into the process and it reports psycopg's libpq version; otherwise, and
+without the C module, :func:`_py_relay` does the same with psycopg's bindings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import re
+from typing import Any
+
+import psycopg
+from psycopg import errors, pq, sql
+
+from pgferry.protocol.speedups import SPEEDUPS
+
+CHUNK = 65536  # as RELAY_CHUNK in _speedups.c
+
+#: Return codes of the relay loops (besides a byte count >= 0).
+READ_FAILED = -2
+WRITE_FAILED = -3
+
+_LIBPQ_NAME = re.compile(r"^libpq[-.].*\.so")
+
+
+@functools.cache
+def _libpq_addresses() -> tuple[int, int, int] | None:
+    """The addresses of PQgetCopyData, PQputCopyData and PQfreemem in psycopg's
+    libpq, or None when that libpq cannot be told for certain."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {
+                fields[-1]
+                for fields in (line.split() for line in maps)
+                if len(fields) >= 6 and _LIBPQ_NAME.match(fields[-1].rsplit("/", 1)[-1])
+            }
+    except OSError:  # not Linux
+        return None
+    if len(paths) != 1:
+        return None
+    try:
+        lib = ctypes.CDLL(paths.pop())  # the loaded library: dlopen returns its handle
+        if lib.PQlibVersion() != pq.version():
+            return None
+        functions = (lib.PQgetCopyData, lib.PQputCopyData, lib.PQfreemem)
+    except (OSError, AttributeError):
+        return None
+    addresses = tuple(ctypes.cast(f, ctypes.c_void_p).value or 0 for f in functions)
+    if not all(addresses):
+        return None
+    return addresses[0], addresses[1], addresses[2]
+
+
+def c_relay_available() -> bool:
+    """Whether :func:`relay` moves the rows in C."""
+    return SPEEDUPS is not None and _libpq_addresses() is not None
+
+
+def _py_relay(src: pq.abc.PGconn, dst: pq.abc.PGconn) -> int:
+    """Twin of ``_speedups.relay_copy``: the rows of ``src``'s COPY OUT into
+    ``dst``'s COPY IN, in chunks; the bytes relayed or a failure code."""
+    chunk = bytearray()
+    total = 0
+    try:
+        while True:
+            n, row = src.get_copy_data(0)
+            if n < 0:
+                break
+            chunk += row
+            total += n
+            if len(chunk) >= CHUNK:
+                try:
+                    dst.put_copy_data(chunk)
+                except psycopg.OperationalError:
+                    return WRITE_FAILED
+                chunk.clear()
+    except psycopg.OperationalError:
+        return READ_FAILED
+    if chunk:
+        try:
+            dst.put_copy_data(chunk)
+        except psycopg.OperationalError:
+            return WRITE_FAILED
+    return total
+
+
+def _results(conn: psycopg.Connection[Any]) -> list[pq.abc.PGresult]:
+    """Every pending result of the connection's current query."""
+    results = []
+    while (res := conn.pgconn.get_result()) is not None:
+        results.append(res)
+        if res.status in (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT):
+            break  # still copying: libpq would hand this result out forever
+    return results
+
+
+def _error(conn: psycopg.Connection[Any], results: list[pq.abc.PGresult]) -> psycopg.Error | None:
+    for res in results:
+        if res.status == pq.ExecStatus.FATAL_ERROR:
+            return errors.error_from_result(res, encoding=conn.info.encoding)
+    return None
+
+
+def _start(conn: psycopg.Connection[Any], query: sql.Composable, status: pq.ExecStatus) -> None:
+    conn.pgconn.send_query(query.as_bytes(conn))
+    res = conn.pgconn.get_result()
+    if res is not None and res.status == status:
+        return
+    results = [res, *_results(conn)] if res is not None else []
+    raise _error(conn, results) or psycopg.OperationalError(
+        f"COPY did not start: {conn.pgconn.error_message.decode(errors='replace').strip()}"
+    )
+
+
+def relay(
+    remote: psycopg.Connection[Any],
+    local: psycopg.Connection[Any],
+    source: sql.Composable,
+    target: sql.Composable,
+    *,
+    use_c: bool = True,
+) -> int:
+    """Copy the rows of ``source`` into ``target``; the rows stored (see the module)."""
+    src, dst = remote.pgconn, local.pgconn
+    blocking = src.nonblocking, dst.nonblocking
+    src.nonblocking = 0
+    dst.nonblocking = 0
+    try:
+        _start(local, target, pq.ExecStatus.COPY_IN)
+        try:
+            _start(remote, source, pq.ExecStatus.COPY_OUT)
+        except psycopg.Error:
+            dst.put_copy_end(b"the source of the copy failed")
+            _results(local)
+            raise
+        addresses = _libpq_addresses() if use_c and SPEEDUPS is not None else None
+        # pgconn_ptr: the PGconn's address, not part of psycopg's pq.abc
+        pointers = getattr(src, "pgconn_ptr", None), getattr(dst, "pgconn_ptr", None)
+        if addresses is not None and SPEEDUPS is not None and all(pointers):
+            outcome = SPEEDUPS.relay_copy(*addresses, *pointers)
+        else:
+            outcome = _py_relay(src, dst)
+        if outcome == WRITE_FAILED:
+            # The target is gone or failed: stop the source rather than read it
+            # all (its error is then our cancel's, not worth reporting).
+            remote.cancel_safe()
+            try:
+                while src.get_copy_data(0)[0] >= 0:
+                    pass
+            except psycopg.OperationalError:
+                pass
+            _results(remote)
+            raise _error(local, _results(local)) or psycopg.OperationalError(
+                f"writing the copy failed: {dst.error_message.decode(errors='replace').strip()}"
+            )
+        source_error = _error(remote, _results(remote))
+        if source_error is not None or outcome == READ_FAILED:
+            if dst.put_copy_end(b"the source of the copy failed") == 1:
+                _results(local)
+            raise source_error or psycopg.OperationalError(
+                f"reading the copy failed: {src.error_message.decode(errors='replace').strip()}"
+            )
+        dst.put_copy_end(None)
+        results = _results(local)
+        target_error = _error(local, results)
+        if target_error is not None:
+            raise target_error
+        return sum(max(res.command_tuples or 0, 0) for res in results)
+    finally:
+        src.nonblocking, dst.nonblocking = blocking
