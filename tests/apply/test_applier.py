@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+from pgferry.apply import applier as applier_module
 from pgferry.apply.applier import Applier
 from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, store
 from pgferry.errors import ApplyError, ConflictError
@@ -250,6 +251,47 @@ def test_a_failing_batch_is_retried_exactly_and_keeps_what_preceded(pair: Pair) 
         (6, "after"),
         (100, "remote"),
     ]
+
+
+def test_a_batch_failing_while_the_next_is_in_flight_loses_and_repeats_nothing(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writer batches in flight: the first fails in its writer thread after a
+    wait (a local session's uncommitted row with a key it inserts, committed a
+    moment later), the second, queued behind it, must not run; both are rolled
+    back and the transactions applied again one by one, up to the failing one."""
+    skipped: list[bool] = []
+
+    class Recording(applier_module._Writer):
+        def join(self) -> None:
+            super().join()
+            skipped.append(self.skipped)
+
+    monkeypatch.setattr(applier_module, "_Writer", Recording)
+    pair.publish("CREATE TABLE t (id int PRIMARY KEY, v text)", ["t"], batch_transactions=2)
+    for i in range(4):
+        pair.cluster.sql(
+            f"INSERT INTO t SELECT g, 'remote' FROM generate_series({i * 10 + 1}, {i * 10 + 10}) g",
+            dbname=pair.pub,
+        )
+    local = pair.cluster.connect(pair.sub)
+    local.execute("INSERT INTO t VALUES (15, 'local')")  # not committed yet
+    later = threading.Timer(1.5, local.commit)
+    later.start()
+    try:
+        with pytest.raises(ConflictError) as exc:
+            pair.sync()
+    finally:
+        later.join()
+        local.close()
+    assert exc.value.conflict_type == "insert_exists"
+    # The batch behind the failing one was in flight, and did nothing.
+    assert skipped.count(True) == 1
+    # Exactly the transaction before the failing one, once.
+    assert pair.rows("SELECT count(*), min(id), max(id) FROM t WHERE v = 'remote'") == [(10, 1, 10)]
+    pair.rows("DELETE FROM t WHERE id = 15")
+    pair.sync()
+    assert pair.rows("SELECT id, v FROM t ORDER BY id") == [(i, "remote") for i in range(1, 41)]
 
 
 def test_exact_mode_commits_each_remote_transaction(pair: Pair) -> None:
