@@ -168,7 +168,7 @@ class ApplyWorker:
                 return
             if time.monotonic() >= stream.next_status_time:
                 stream.send_status()
-            time.sleep(0.1)
+            time.sleep(handover.POLL)
 
     def _run(self, local: psycopg.Connection[Any]) -> None:
         sub = store.get_subscription(local, self.name)
@@ -286,11 +286,11 @@ class ApplyWorker:
                     # With the position given before (by this worker's predecessor,
                     # which stopped right there), wait all the same.
                     self._wait_handover(local, key, stream)
-                elif (
-                    state.state == "s"
-                    and state.state_lsn is not None
-                    and position >= state.state_lsn
-                ):
+            # Read again: a table just handed over is ready now, not at the next look.
+            states = handover.states(local, self.name)
+            for key, state in states.items():
+                lsn = state.state_lsn
+                if state.state == "s" and lsn is not None and position >= lsn:
                     store.set_table_state(local, self.name, key[0], key[1], "r", position)
             states = handover.states(local, self.name)
             handover_due = _handover_interval(states)

@@ -26,6 +26,11 @@ import psycopg
 
 from pgferry.protocol.lsn import Lsn
 
+#: Seconds between two looks at a table's state while its sync worker and the
+#: apply worker wait for each other: short, as each wait is on the critical path
+#: of the table's sync (native wakes the other worker through its latch).
+POLL = 0.02
+
 
 @dataclass(frozen=True)
 class TableState:

@@ -263,7 +263,7 @@ class TableSyncWorker:
             if time.monotonic() - waited > 30:
                 logger.info("table %s: waiting for the apply worker", self.display)
                 waited = time.monotonic()
-            time.sleep(0.1)
+            time.sleep(handover.POLL)
         return None
 
     def _catch_up(
