@@ -5,6 +5,8 @@ that side's error with both sessions left usable."""
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -126,3 +128,28 @@ def test_a_source_that_cannot_start_ends_the_target(
         relay(remote, local, SOURCE, TARGET, use_c=use_c)
     assert local.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert local.execute("SELECT count(*) FROM dst").fetchone() == (0,)
+
+
+def test_a_target_lost_midway_stops_the_source(
+    sessions: tuple[psycopg.Connection[Any], ...], cluster: Cluster, use_c: bool
+) -> None:
+    remote, local = sessions
+    local.execute("CREATE TABLE dst (id int PRIMARY KEY, v text)")
+    pid = local.info.backend_pid
+    # 100M rows, produced as they go (a single generate_series is materialized
+    # before the first row).
+    endless = sql.SQL(
+        "COPY (SELECT a * 10000 + b, repeat('x', 200) FROM generate_series(1, 10000) a,"
+        " generate_series(1, 10000) b) TO STDOUT"
+    )
+    killer = threading.Timer(0.5, lambda: cluster.sql("SELECT pg_terminate_backend(%s)", (pid,)))
+    killer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(psycopg.DatabaseError, match="server closed the connection"):
+            relay(remote, local, endless, TARGET, use_c=use_c)
+    finally:
+        killer.join()
+    # The source was cancelled, not read to its end (minutes), and can go on.
+    assert time.monotonic() - started < 20
+    assert remote.execute("SELECT 1").fetchone() == (1,)

@@ -12,8 +12,10 @@ caller's.
 Why not psycopg's ``Copy``: it hands over one row per call, and for a 2M-row table
 that Python loop costs about a second of the copy's three (``docs/benchmarks.md``).
 Here libpq is driven directly: both connections are put in blocking mode for the
-COPY, and the rows go through :func:`pgferry._speedups.relay_copy`, which loops
-``PQgetCopyData`` -> 64 kB chunk -> ``PQputCopyData`` in C with the GIL released.
+COPY (results are still awaited in ``select``, which releases the GIL, as libpq's
+own blocking waits called through psycopg do not), and the rows go through
+:func:`pgferry._speedups.relay_copy`, which loops ``PQgetCopyData`` -> 64 kB
+chunk -> ``PQputCopyData`` in C with the GIL released.
 It must call the very libpq that made the connections (a ``PGconn`` from one libpq
 passed to another is memory corruption), so it is used only when exactly one libpq
 is mapped into the process and it reports psycopg's libpq version; otherwise, and
@@ -22,9 +24,11 @@ without the C module, :func:`_py_relay` does the same with psycopg's bindings.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import re
+import select
 from typing import Any
 
 import psycopg
@@ -81,7 +85,10 @@ def _py_relay(src: pq.abc.PGconn, dst: pq.abc.PGconn) -> int:
     total = 0
     try:
         while True:
-            n, row = src.get_copy_data(0)
+            n, row = src.get_copy_data(1)
+            if n == 0:
+                _wait_readable(src)
+                continue
             if n < 0:
                 break
             chunk += row
@@ -102,10 +109,23 @@ def _py_relay(src: pq.abc.PGconn, dst: pq.abc.PGconn) -> int:
     return total
 
 
+def _wait_readable(pgconn: pq.abc.PGconn) -> None:
+    # select() waits without the GIL; libpq's own blocking waits would hold it.
+    select.select([pgconn.socket], [], [])
+    pgconn.consume_input()
+
+
+def _result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult | None:
+    """The next result, waiting for it."""
+    while pgconn.is_busy():
+        _wait_readable(pgconn)
+    return pgconn.get_result()
+
+
 def _results(conn: psycopg.Connection[Any]) -> list[pq.abc.PGresult]:
     """Every pending result of the connection's current query."""
     results = []
-    while (res := conn.pgconn.get_result()) is not None:
+    while (res := _result(conn.pgconn)) is not None:
         results.append(res)
         if res.status in (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT):
             break  # still copying: libpq would hand this result out forever
@@ -121,7 +141,7 @@ def _error(conn: psycopg.Connection[Any], results: list[pq.abc.PGresult]) -> psy
 
 def _start(conn: psycopg.Connection[Any], query: sql.Composable, status: pq.ExecStatus) -> None:
     conn.pgconn.send_query(query.as_bytes(conn))
-    res = conn.pgconn.get_result()
+    res = _result(conn.pgconn)
     if res is not None and res.status == status:
         return
     results = [res, *_results(conn)] if res is not None else []
@@ -163,8 +183,9 @@ def relay(
             # all (its error is then our cancel's, not worth reporting).
             remote.cancel_safe()
             try:
-                while src.get_copy_data(0)[0] >= 0:
-                    pass
+                while (n := src.get_copy_data(1)[0]) >= 0:
+                    if n == 0:
+                        _wait_readable(src)
             except psycopg.OperationalError:
                 pass
             _results(remote)
@@ -185,4 +206,7 @@ def relay(
             raise target_error
         return sum(max(res.command_tuples or 0, 0) for res in results)
     finally:
-        src.nonblocking, dst.nonblocking = blocking
+        for pgconn, mode in ((src, blocking[0]), (dst, blocking[1])):
+            # (A connection that is gone cannot be set: its error is the one raised.)
+            with contextlib.suppress(psycopg.OperationalError):
+                pgconn.nonblocking = mode
