@@ -83,30 +83,30 @@ def _py_relay(src: pq.abc.PGconn, dst: pq.abc.PGconn) -> int:
     ``dst``'s COPY IN, in chunks; the bytes relayed or a failure code."""
     chunk = bytearray()
     total = 0
-    try:
-        while True:
+    while True:
+        try:
             n, row = src.get_copy_data(1)
             if n == 0:
                 _wait_readable(src)
                 continue
-            if n < 0:
-                break
+        except psycopg.OperationalError:
+            return READ_FAILED
+        if n > 0:
             chunk += row
             total += n
-            if len(chunk) >= CHUNK:
-                try:
-                    dst.put_copy_data(chunk)
-                except psycopg.OperationalError:
-                    return WRITE_FAILED
-                chunk.clear()
-    except psycopg.OperationalError:
-        return READ_FAILED
-    if chunk:
-        try:
-            dst.put_copy_data(chunk)
-        except psycopg.OperationalError:
-            return WRITE_FAILED
-    return total
+        if chunk and (n < 0 or len(chunk) >= CHUNK):
+            try:
+                dst.put_copy_data(chunk)
+            except psycopg.OperationalError:
+                return WRITE_FAILED
+            chunk.clear()
+        if n < 0:
+            return total
+
+
+def _message(pgconn: pq.abc.PGconn) -> str:
+    """libpq's last error message on the connection."""
+    return pgconn.error_message.decode(errors="replace").strip()
 
 
 def _wait_readable(pgconn: pq.abc.PGconn) -> None:
@@ -146,7 +146,7 @@ def _start(conn: psycopg.Connection[Any], query: sql.Composable, status: pq.Exec
         return
     results = [res, *_results(conn)] if res is not None else []
     raise _error(conn, results) or psycopg.OperationalError(
-        f"COPY did not start: {conn.pgconn.error_message.decode(errors='replace').strip()}"
+        f"COPY did not start: {_message(conn.pgconn)}"
     )
 
 
@@ -190,14 +190,14 @@ def relay(
                 pass
             _results(remote)
             raise _error(local, _results(local)) or psycopg.OperationalError(
-                f"writing the copy failed: {dst.error_message.decode(errors='replace').strip()}"
+                f"writing the copy failed: {_message(dst)}"
             )
         source_error = _error(remote, _results(remote))
         if source_error is not None or outcome == READ_FAILED:
             if dst.put_copy_end(b"the source of the copy failed") == 1:
                 _results(local)
             raise source_error or psycopg.OperationalError(
-                f"reading the copy failed: {src.error_message.decode(errors='replace').strip()}"
+                f"reading the copy failed: {_message(src)}"
             )
         dst.put_copy_end(None)
         results = _results(local)
