@@ -18,6 +18,19 @@
  *       The streaming replication envelope of one CopyData message: an XLogData
  *       ('w': Int64 start, Int64 end, Int64 send time, payload) is parsed here,
  *       anything else by the Python twin. Twin: envelope._py_parse_copy_data.
+ *   decode_hot(payload) -> Begin | Commit | Insert | Update | Delete | None
+ *       The hottest pgoutput messages outside a streamed block, decoded as
+ *       PgoutputDecoder.decode does; None for any other message and for any
+ *       that is not well formed: the Python decoder, the reference, then
+ *       decodes it or says what is wrong with it.
+ *   drain(get, free, conn, max_items) -> (messages, status)
+ *       The CopyData messages libpq has already received on the PGconn conn
+ *       (in COPY BOTH), up to max_items, each as parse_copy_data makes it;
+ *       get and free are the addresses of PQgetCopyData and PQfreemem of the
+ *       libpq that made conn. status is PQgetCopyData's last return when it
+ *       stopped the loop: 0 (nothing more buffered), -1 (the COPY ended) or -2
+ *       (an error: the caller reads it from the connection); 1 when max_items
+ *       did. Twin: the loop in stream.connection.ReplicationStream.read_batch.
  *   plain_width(values) -> int
  *       The total length of the values, or -1 if one is unchanged TOAST or
  *       binary. Twin: staging._py_plain_width.
@@ -39,8 +52,11 @@
  * for a value running past the buffer, and a callable (kind, offset) ->
  * exception for an unknown column kind. A header running past the buffer
  * raises IndexError, as indexing bytes does in the twin.
- * configure_envelope(xlogdata_new, lsn, fallback) likewise for parse_copy_data:
- * a callable (4-tuple) -> XLogData, a callable (int) -> Lsn, and the twin.
+ * configure_envelope(XLogData, lsn, fallback) likewise for parse_copy_data and
+ * drain: the XLogData class, the Lsn class (an int subclass: made as
+ * int.__new__(Lsn, value)), and the envelope's twin.
+ * configure_decoder(Begin, Commit, Insert, Update, Delete) for decode_hot.
+ * Messages (NamedTuple classes) are built as tuple.__new__(cls, fields) does.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -53,18 +69,23 @@ static PyObject *binary_type = NULL;
 static PyObject *short_error = NULL;
 static PyObject *kind_error = NULL;
 
-static PyObject *xlogdata_new = NULL;
-static PyObject *lsn_new = NULL;
+static PyObject *xlogdata_cls = NULL;
+static PyObject *lsn_type = NULL;
 static PyObject *envelope_fallback = NULL;
 
 static PyObject *
 configure_envelope(PyObject *self, PyObject *args)
 {
     PyObject *x, *l, *f;
-    if (!PyArg_ParseTuple(args, "OOO", &x, &l, &f))
+    if (!PyArg_ParseTuple(args, "O!O!O", &PyType_Type, &x, &PyType_Type, &l, &f))
         return NULL;
-    Py_XSETREF(xlogdata_new, Py_NewRef(x));
-    Py_XSETREF(lsn_new, Py_NewRef(l));
+    if (!PyType_IsSubtype((PyTypeObject *)x, &PyTuple_Type) ||
+        !PyType_IsSubtype((PyTypeObject *)l, &PyLong_Type)) {
+        PyErr_SetString(PyExc_TypeError, "configure_envelope takes tuple and int subclasses");
+        return NULL;
+    }
+    Py_XSETREF(xlogdata_cls, Py_NewRef(x));
+    Py_XSETREF(lsn_type, Py_NewRef(l));
     Py_XSETREF(envelope_fallback, Py_NewRef(f));
     Py_RETURN_NONE;
 }
@@ -78,48 +99,41 @@ be64(const unsigned char *p)
     return v;
 }
 
+/* int.__new__(Lsn, v): an Lsn without its Python-level range check (a 64-bit
+ * unsigned protocol field cannot be out of range). */
 static PyObject *
 make_lsn(unsigned long long v)
 {
     PyObject *n = PyLong_FromUnsignedLongLong(v);
     if (n == NULL)
         return NULL;
-    PyObject *lsn = PyObject_CallOneArg(lsn_new, n);
+    PyObject *args = PyTuple_Pack(1, n);
     Py_DECREF(n);
+    if (args == NULL)
+        return NULL;
+    PyObject *lsn = PyLong_Type.tp_new((PyTypeObject *)lsn_type, args, NULL);
+    Py_DECREF(args);
     return lsn;
 }
+
+static PyObject *envelope_of(const char *data, Py_ssize_t n);
+static PyObject *named(PyObject *cls, Py_ssize_t n, PyObject **items);
 
 static PyObject *
 parse_copy_data(PyObject *self, PyObject *arg)
 {
-    if (xlogdata_new == NULL) {
+    if (xlogdata_cls == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "pgferry._speedups envelope is not configured");
         return NULL;
     }
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    const unsigned char *p = (const unsigned char *)view.buf;
-    if (view.len < 25 || p[0] != 'w') {
-        PyBuffer_Release(&view);
-        return PyObject_CallOneArg(envelope_fallback, arg);
-    }
-    PyObject *start = NULL, *end = NULL, *sent = NULL, *payload = NULL, *fields = NULL;
-    PyObject *result = NULL;
-    start = make_lsn(be64(p + 1));
-    end = start ? make_lsn(be64(p + 9)) : NULL;
-    sent = end ? PyLong_FromLongLong((long long)be64(p + 17)) : NULL;
-    payload = sent ? PyBytes_FromStringAndSize((const char *)p + 25, view.len - 25) : NULL;
-    if (payload != NULL) {
-        fields = PyTuple_Pack(4, start, end, sent, payload);
-        if (fields != NULL)
-            result = PyObject_CallOneArg(xlogdata_new, fields);
-    }
-    Py_XDECREF(start);
-    Py_XDECREF(end);
-    Py_XDECREF(sent);
-    Py_XDECREF(payload);
-    Py_XDECREF(fields);
+    PyObject *result;
+    if (view.len < 25 || ((const unsigned char *)view.buf)[0] != 'w')
+        result = PyObject_CallOneArg(envelope_fallback, arg);
+    else
+        result = envelope_of((const char *)view.buf, view.len);
     PyBuffer_Release(&view);
     return result;
 }
@@ -161,27 +175,22 @@ raise_from(PyObject *factory, PyObject *args)
     Py_DECREF(exc);
 }
 
+/* TupleData at *pos of buf[0:size] -> a tuple of values, *pos moved past it;
+ * NULL with an exception set when it is malformed. */
 static PyObject *
-read_tuple(PyObject *self, PyObject *args)
+tuple_at(const unsigned char *buf, Py_ssize_t size, Py_ssize_t *at)
 {
-    Py_buffer view;
-    Py_ssize_t pos;
-    if (!configured())
-        return NULL;
-    if (!PyArg_ParseTuple(args, "y*n", &view, &pos))
-        return NULL;
-    const unsigned char *buf = (const unsigned char *)view.buf;
-    Py_ssize_t size = view.len;
+    Py_ssize_t pos = *at;
     PyObject *values = NULL;
     if (pos < 0 || pos + 2 > size) {
         PyErr_SetString(PyExc_IndexError, "tuple header out of range");
-        goto fail;
+        return NULL;
     }
     Py_ssize_t ncols = ((Py_ssize_t)buf[pos] << 8) | buf[pos + 1];
     pos += 2;
     values = PyTuple_New(ncols);
     if (values == NULL)
-        goto fail;
+        return NULL;
     for (Py_ssize_t i = 0; i < ncols; i++) {
         if (pos >= size) {
             PyErr_SetString(PyExc_IndexError, "column kind out of range");
@@ -227,13 +236,197 @@ read_tuple(PyObject *self, PyObject *args)
         }
         PyTuple_SET_ITEM(values, i, value);
     }
-    PyBuffer_Release(&view);
-    PyObject *result = Py_BuildValue("(Nn)", values, pos);
-    return result;
+    *at = pos;
+    return values;
 fail:
-    Py_XDECREF(values);
-    PyBuffer_Release(&view);
+    Py_DECREF(values);
     return NULL;
+}
+
+static PyObject *
+read_tuple(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t pos;
+    if (!configured())
+        return NULL;
+    if (!PyArg_ParseTuple(args, "y*n", &view, &pos))
+        return NULL;
+    PyObject *values = tuple_at((const unsigned char *)view.buf, view.len, &pos);
+    PyBuffer_Release(&view);
+    if (values == NULL)
+        return NULL;
+    return Py_BuildValue("(Nn)", values, pos);
+}
+
+/* An instance of the NamedTuple class cls holding the n items (references
+ * stolen, also on failure), as tuple.__new__(cls, items) makes it. */
+static PyObject *
+named(PyObject *cls, Py_ssize_t n, PyObject **items)
+{
+    PyObject *obj = NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (items[i] == NULL)
+            goto fail;
+    obj = ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, n);
+    if (obj == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(obj, i, items[i]);
+    return obj;
+fail:
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_XDECREF(items[i]);
+    return NULL;
+}
+
+static unsigned int
+be32(const unsigned char *p)
+{
+    return ((unsigned int)p[0] << 24) | ((unsigned int)p[1] << 16) | ((unsigned int)p[2] << 8) |
+           (unsigned int)p[3];
+}
+
+static PyObject *begin_cls = NULL, *commit_cls = NULL, *insert_cls = NULL, *update_cls = NULL,
+                *delete_cls = NULL, *kind_k = NULL, *kind_o = NULL;
+
+static PyObject *
+configure_decoder(PyObject *self, PyObject *args)
+{
+    PyObject *b, *c, *i, *u, *d;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!", &PyType_Type, &b, &PyType_Type, &c, &PyType_Type,
+                          &i, &PyType_Type, &u, &PyType_Type, &d))
+        return NULL;
+    PyObject *classes[] = {b, c, i, u, d};
+    for (int k = 0; k < 5; k++) {
+        if (!PyType_IsSubtype((PyTypeObject *)classes[k], &PyTuple_Type)) {
+            PyErr_SetString(PyExc_TypeError, "configure_decoder takes tuple subclasses");
+            return NULL;
+        }
+    }
+    if (kind_k == NULL) {
+        kind_k = PyUnicode_InternFromString("K");
+        kind_o = PyUnicode_InternFromString("O");
+        if (kind_k == NULL || kind_o == NULL)
+            return NULL;
+    }
+    Py_XSETREF(begin_cls, Py_NewRef(b));
+    Py_XSETREF(commit_cls, Py_NewRef(c));
+    Py_XSETREF(insert_cls, Py_NewRef(i));
+    Py_XSETREF(update_cls, Py_NewRef(u));
+    Py_XSETREF(delete_cls, Py_NewRef(d));
+    Py_RETURN_NONE;
+}
+
+/* The tuple at *pos; NULL (no exception) when it is malformed: the caller
+ * leaves the message to the Python decoder, which says what is wrong. */
+static PyObject *
+hot_tuple(const unsigned char *p, Py_ssize_t size, Py_ssize_t *pos)
+{
+    PyObject *values = tuple_at(p, size, pos);
+    if (values == NULL && !PyErr_ExceptionMatches(PyExc_MemoryError))
+        PyErr_Clear();
+    return values;
+}
+
+static PyObject *
+decode_hot(PyObject *self, PyObject *arg)
+{
+    if (!configured())
+        return NULL;
+    if (begin_cls == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "pgferry._speedups decoder is not configured");
+        return NULL;
+    }
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "decode_hot takes bytes");
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(arg);
+    Py_ssize_t size = PyBytes_GET_SIZE(arg), pos;
+    if (size < 1)
+        Py_RETURN_NONE;
+    switch (p[0]) {
+    case 'B':
+        if (size != 21)
+            break;
+        {
+            PyObject *items[] = {make_lsn(be64(p + 1)), PyLong_FromLongLong((long long)be64(p + 9)),
+                                 PyLong_FromUnsignedLong(be32(p + 17))};
+            return named(begin_cls, 3, items);
+        }
+    case 'C':
+        if (size != 26)
+            break;
+        {
+            PyObject *items[] = {PyLong_FromLong(p[1]), make_lsn(be64(p + 2)),
+                                 make_lsn(be64(p + 10)),
+                                 PyLong_FromLongLong((long long)be64(p + 18))};
+            return named(commit_cls, 4, items);
+        }
+    case 'I':
+        if (size < 6 || p[5] != 'N')
+            break;
+        pos = 6;
+        {
+            PyObject *new = hot_tuple(p, size, &pos);
+            if (new == NULL)
+                break;
+            if (pos != size) {
+                Py_DECREF(new);
+                break;
+            }
+            PyObject *items[] = {Py_NewRef(Py_None), PyLong_FromUnsignedLong(be32(p + 1)), new};
+            return named(insert_cls, 3, items);
+        }
+    case 'U':
+        if (size < 6)
+            break;
+        pos = 5;
+        {
+            PyObject *old = NULL, *old_kind = Py_None, *new;
+            if (p[5] == 'K' || p[5] == 'O') {
+                old_kind = p[5] == 'K' ? kind_k : kind_o;
+                pos = 6;
+                old = hot_tuple(p, size, &pos);
+                if (old == NULL)
+                    break;
+            }
+            if (pos >= size || p[pos] != 'N') {
+                Py_XDECREF(old);
+                break;
+            }
+            pos += 1;
+            new = hot_tuple(p, size, &pos);
+            if (new == NULL || pos != size) {
+                Py_XDECREF(new);
+                Py_XDECREF(old);
+                break;
+            }
+            PyObject *items[] = {Py_NewRef(Py_None), PyLong_FromUnsignedLong(be32(p + 1)),
+                                 Py_NewRef(old_kind), old != NULL ? old : Py_NewRef(Py_None), new};
+            return named(update_cls, 5, items);
+        }
+    case 'D':
+        if (size < 6 || (p[5] != 'K' && p[5] != 'O'))
+            break;
+        pos = 6;
+        {
+            PyObject *old = hot_tuple(p, size, &pos);
+            if (old == NULL)
+                break;
+            if (pos != size) {
+                Py_DECREF(old);
+                break;
+            }
+            PyObject *items[] = {Py_NewRef(Py_None), PyLong_FromUnsignedLong(be32(p + 1)),
+                                 Py_NewRef(p[5] == 'K' ? kind_k : kind_o), old};
+            return named(delete_cls, 4, items);
+        }
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -397,6 +590,67 @@ relay_copy(PyObject *self, PyObject *args)
     return PyLong_FromLongLong(result);
 }
 
+
+/* One CopyData message of a replication stream -> XLogData (built here) or
+ * whatever the Python twin makes of anything else. */
+static PyObject *
+envelope_of(const char *data, Py_ssize_t n)
+{
+    const unsigned char *p = (const unsigned char *)data;
+    if (n < 25 || p[0] != 'w') {
+        PyObject *raw = PyBytes_FromStringAndSize(data, n);
+        if (raw == NULL)
+            return NULL;
+        PyObject *item = PyObject_CallOneArg(envelope_fallback, raw);
+        Py_DECREF(raw);
+        return item;
+    }
+    PyObject *items[] = {make_lsn(be64(p + 1)), make_lsn(be64(p + 9)),
+                         PyLong_FromLongLong((long long)be64(p + 17)),
+                         PyBytes_FromStringAndSize(data + 25, n - 25)};
+    return named(xlogdata_cls, 4, items);
+}
+
+static PyObject *
+drain(PyObject *self, PyObject *args)
+{
+    unsigned long long get, release, conn;
+    Py_ssize_t max_items;
+    if (!PyArg_ParseTuple(args, "KKKn", &get, &release, &conn, &max_items))
+        return NULL;
+    if (xlogdata_cls == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "pgferry._speedups envelope is not configured");
+        return NULL;
+    }
+    if (!get || !release || !conn) {
+        PyErr_SetString(PyExc_ValueError, "drain: a null address");
+        return NULL;
+    }
+    copy_get_fn get_copy_data = (copy_get_fn)(uintptr_t)get;
+    copy_free_fn freemem = (copy_free_fn)(uintptr_t)release;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    int status = 1;
+    while (PyList_GET_SIZE(out) < max_items) {
+        char *data = NULL;
+        int n = get_copy_data((void *)(uintptr_t)conn, &data, 1); /* 1: do not wait */
+        if (n <= 0) {
+            status = n;
+            break;
+        }
+        PyObject *item = envelope_of(data, n);
+        freemem(data);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return Py_BuildValue("(Ni)", out, status);
+}
+
 static PyMethodDef methods[] = {
     {"relay_copy", relay_copy, METH_VARARGS, "Relay one COPY from src to dst inside libpq."},
     {"configure", configure, METH_VARARGS, "Set the objects the functions produce or raise."},
@@ -405,6 +659,9 @@ static PyMethodDef methods[] = {
     {"configure_envelope", configure_envelope, METH_VARARGS, "Set the envelope's objects."},
     {"parse_copy_data", parse_copy_data, METH_O, "One CopyData message of a stream."},
     {"plain_width", plain_width, METH_O, "Total length, or -1 if a value is not plain."},
+    {"configure_decoder", configure_decoder, METH_VARARGS, "Set the hot messages' classes."},
+    {"decode_hot", decode_hot, METH_O, "Begin/Commit/Insert/Update/Delete, or None."},
+    {"drain", drain, METH_VARARGS, "The CopyData messages libpq has buffered, parsed."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,7 +2,7 @@ from collections.abc import Callable
 
 from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
 from pgferry.protocol.lsn import Lsn
-from pgferry.protocol.messages import Value
+from pgferry.protocol.messages import Begin, Commit, Delete, Insert, Update, Value
 
 def configure(
     unchanged: object,
@@ -14,9 +14,20 @@ def read_tuple(buf: bytes, pos: int) -> tuple[tuple[Value, ...], int]: ...
 def copy_line(values: tuple[Value, ...], tail: bytes, n: int = -1) -> bytes: ...
 def plain_width(values: tuple[Value, ...]) -> int: ...
 def configure_envelope(
-    xlogdata_new: Callable[[tuple[Lsn, Lsn, int, bytes]], XLogData],
-    lsn: Callable[[int], Lsn],
+    xlogdata: type[XLogData],
+    lsn: type[Lsn],
     fallback: Callable[[bytes | memoryview], XLogData | PrimaryKeepalive],
 ) -> None: ...
 def parse_copy_data(data: bytes | memoryview) -> XLogData | PrimaryKeepalive: ...
 def relay_copy(get: int, put: int, free: int, src: int, dst: int) -> int: ...
+def configure_decoder(
+    begin: type[Begin],
+    commit: type[Commit],
+    insert: type[Insert],
+    update: type[Update],
+    delete: type[Delete],
+) -> None: ...
+def decode_hot(data: bytes) -> Begin | Commit | Insert | Update | Delete | None: ...
+def drain(
+    get: int, free: int, conn: int, max_items: int
+) -> tuple[list[XLogData | PrimaryKeepalive], int]: ...

@@ -1,20 +1,24 @@
 """The C twins (pgferry._speedups) against their Python references, on the same
-inputs: random tuples, random bytes, every way a buffer can be cut short."""
+inputs: random tuples, random bytes, every way a buffer can be cut short, valid
+and mutated pgoutput messages."""
 
 from __future__ import annotations
 
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pgferry.apply.staging import _py_line, _py_plain_width
 from pgferry.errors import ProtocolError
+from pgferry.protocol import pgoutput
 from pgferry.protocol.envelope import _py_parse_copy_data
-from pgferry.protocol.messages import UNCHANGED_TOAST, BinaryValue, Value
-from pgferry.protocol.pgoutput import _py_read_tuple
+from pgferry.protocol.messages import UNCHANGED_TOAST, BinaryValue, Message, Value
+from pgferry.protocol.pgoutput import PgoutputDecoder, _py_read_tuple
 from pgferry.protocol.speedups import SPEEDUPS, ShortValue
+
+from . import encoder as enc
 
 pytestmark = pytest.mark.skipif(
     SPEEDUPS is None, reason="pgferry._speedups not built (or PGFERRY_PURE_PYTHON set)"
@@ -131,3 +135,77 @@ def test_parse_copy_data_matches(data: bytes, view: bool) -> None:
     assert type(got) is type(expected)
     if isinstance(got, tuple) and isinstance(expected, tuple):
         assert [type(f) for f in got] == [type(f) for f in expected]
+
+
+def decoded(data: bytes, version: int, *, hot: bool) -> object:
+    """What a fresh decoder makes of ``data``, with the C decoder of the hot
+    messages or without it: the message and the type of every field (an Lsn
+    equals its int, a BinaryValue its bytes), or the error and where it points."""
+    saved = pgoutput._decode_hot
+    if not hot:
+        pgoutput._decode_hot = None
+    try:
+        msg: Message = PgoutputDecoder(version).decode(data)
+    except ProtocolError as exc:
+        return ("protocol", exc.offset, str(exc))
+    finally:
+        pgoutput._decode_hot = saved
+
+    def types(value: object) -> object:
+        if isinstance(value, tuple):
+            return (type(value), [types(v) for v in value])
+        return type(value)
+
+    return msg, types(msg)
+
+
+HOT = b"BCIUD"
+
+
+@st.composite
+def hot_payloads(draw: st.DrawFn) -> tuple[int, bytes]:
+    """A protocol version and a pgoutput message outside a streamed block: valid,
+    cut short, mutated, or random bytes after a hot type byte."""
+    version = draw(st.sampled_from((1, 2, 3, 4)))
+    payload = enc.encode(draw(enc.outside_stream_messages(version)))
+    how = draw(st.sampled_from(("valid", "cut", "mutated", "random")))
+    if how == "cut":
+        payload = payload[: draw(st.integers(0, max(len(payload) - 1, 0)))]
+    elif how == "mutated":
+        data = bytearray(payload)
+        for _ in range(draw(st.integers(1, 3))):
+            at = draw(st.integers(0, len(data)))
+            if draw(st.booleans()) and at < len(data):
+                data[at] = draw(st.integers(0, 255))
+            else:
+                data.insert(at, draw(st.integers(0, 255)))
+        payload = bytes(data)
+    elif how == "random":
+        payload = bytes([draw(st.sampled_from(HOT))]) + draw(st.binary(max_size=40))
+    return version, payload
+
+
+@settings(max_examples=1500)
+@given(hot_payloads())
+def test_the_c_decoder_of_hot_messages_decodes_as_the_python_one(
+    case: tuple[int, bytes],
+) -> None:
+    version, payload = case
+    assert decoded(payload, version, hot=True) == decoded(payload, version, hot=False)
+
+
+def test_the_c_decoder_takes_the_hot_messages_and_leaves_the_rest() -> None:
+    # Otherwise the test above would compare the Python decoder with itself.
+    assert SPEEDUPS is not None
+    hot = [
+        enc.begin(1, -2, 3),
+        enc.commit(0, 1, 2, 3),
+        enc.insert(7, [b"a", None]),
+        enc.update(7, [b"a"], old_kind="K", old=[b"b"]),
+        enc.delete(7, "O", [b"a", BinaryValue(b"b")]),
+    ]
+    for payload in hot:
+        msg = SPEEDUPS.decode_hot(payload)
+        assert msg is not None and msg == PgoutputDecoder(1).decode(payload)
+    for payload in (enc.origin(1, "o"), enc.truncate(0, [7]), enc.insert(7, [b"a"]) + b"x"):
+        assert SPEEDUPS.decode_hot(payload) is None

@@ -3,12 +3,20 @@ pgoutput options per server version."""
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 
 import psycopg
 import pytest
 
-from pgferry.errors import FeatureNotSupported, InterfaceError, SlotAlreadyExists, SlotNotFound
+from pgferry.errors import (
+    FeatureNotSupported,
+    InterfaceError,
+    ServerError,
+    SlotAlreadyExists,
+    SlotNotFound,
+)
 from pgferry.protocol import (
     Insert,
     Lsn,
@@ -19,8 +27,10 @@ from pgferry.protocol import (
     StreamStart,
     XLogData,
 )
+from pgferry.protocol.speedups import SPEEDUPS
 from pgferry.stream import PgoutputOptions, ReplicationConnection
 from pgferry.testing import Cluster
+from pgferry.testing.pytest_plugin import ClusterFactory
 from tests.support import collect, create_slot, current_lsn
 
 
@@ -165,3 +175,95 @@ def test_parallel_streaming_sends_abort_lsn(cluster: Cluster, dbname: str) -> No
     assert abort.subxid == abort.xid
     assert abort.abort_lsn is not None and 0 < abort.abort_lsn <= end
     assert abort.abort_time is not None and abort.abort_time > 0
+
+
+def test_the_c_drain_is_used_where_it_can_be(cluster: Cluster, dbname: str) -> None:
+    # Otherwise the C case below compares the Python twin with itself.
+    if SPEEDUPS is None or not sys.platform.startswith("linux"):
+        pytest.skip("no C module, or not Linux")
+    cluster.sql("CREATE PUBLICATION pub FOR ALL TABLES", dbname=dbname)
+    create_slot(cluster, dbname, "s")
+    with ReplicationConnection.connect(cluster.dsn(dbname)) as conn:
+        stream = conn.start_replication("s", PgoutputOptions(("pub",)))
+        assert stream._c_drain is not None
+
+
+def _read_all(
+    cluster: Cluster, dbname: str, slot: str, end: Lsn, *, c_drain: bool
+) -> list[tuple[Lsn, bytes]]:
+    """Every message of ``slot`` up to ``end`` (as read_batch hands them out, small
+    batches included), then what the stream does when the server goes away."""
+    conn = ReplicationConnection.connect(cluster.dsn(dbname))
+    stream = conn.start_replication(slot, PgoutputOptions(("pub",)), status_interval=3600)
+    if not c_drain:
+        stream._c_drain = None
+    items: list[object] = []
+    try:
+        while not any(isinstance(i, XLogData) and i.data_start >= end for i in items):
+            batch = stream.read_batch(timeout=5, max_items=7)
+            assert batch, "the stream stopped before the end"
+            assert len(batch) <= 7
+            items.extend(batch)
+    finally:
+        stream.close()
+    return [(i.data_start, i.payload) for i in items if isinstance(i, XLogData)]
+
+
+@pytest.mark.parametrize("c_drain", [True, False], ids=["c", "python"])
+def test_read_batch_hands_out_every_message_in_order(
+    cluster: Cluster, dbname: str, c_drain: bool
+) -> None:
+    cluster.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION pub FOR TABLE t",
+        dbname=dbname,
+    )
+    create_slot(cluster, dbname, "s")
+    cluster.sql(
+        "INSERT INTO t SELECT g, repeat('x', g % 3000) FROM generate_series(1, 3000) g;"
+        " UPDATE t SET v = NULL WHERE id % 7 = 0; DELETE FROM t WHERE id % 11 = 0",
+        dbname=dbname,
+    )
+    end = current_lsn(cluster, dbname)
+    expected = collect(cluster.dsn(dbname), "s", PgoutputOptions(("pub",)), end)
+    got = _read_all(cluster, dbname, "s", end, c_drain=c_drain)
+    decoder = PgoutputDecoder(1)
+    assert [decoder.decode(payload) for _, payload in got][: len(expected)] == expected
+
+
+@pytest.mark.parametrize("c_drain", [True, False], ids=["c", "python"])
+def test_the_server_ending_the_stream_ends_read_batch(
+    make_cluster: ClusterFactory, c_drain: bool
+) -> None:
+    cluster = make_cluster()
+    cluster.sql("CREATE TABLE t (id int); CREATE PUBLICATION pub FOR TABLE t")
+    create_slot(cluster, "postgres", "s")
+    conn = ReplicationConnection.connect(cluster.dsn())
+    stream = conn.start_replication("s", PgoutputOptions(("pub",)), status_interval=3600)
+    if not c_drain:
+        stream._c_drain = None
+    try:
+        cluster.sql("INSERT INTO t SELECT generate_series(1, 100)")
+        inserts = 0
+        while inserts < 100:
+            for item in stream.read_batch(timeout=5):
+                if isinstance(item, XLogData) and item.payload[:1] == b"I":
+                    inserts += 1
+        # A walsender shut down ends the COPY (its CommandComplete) once the client
+        # has confirmed everything it sent: confirm as the keepalives come. Then it
+        # exits without ReadyForQuery: libpq reports the connection closed.
+        stopper = threading.Thread(target=cluster.stop)
+        stopper.start()
+        deadline = time.monotonic() + 30
+        with pytest.raises(ServerError, match="ended: server closed the connection"):
+            while True:
+                assert time.monotonic() < deadline, "the stream did not end"
+                stream.read_batch(timeout=0.2)
+                stream.confirm(stream.received_lsn)
+                stream.send_status()
+        stopper.join()
+        assert stream.ended
+        # Ended: nothing more to read, and feedback is not sent to a COPY that is over.
+        assert stream.read_batch(timeout=0) == []
+        stream.send_status()
+    finally:
+        stream.close()

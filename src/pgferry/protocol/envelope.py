@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from functools import partial
 from typing import NamedTuple
 
 from pgferry.errors import ProtocolError
@@ -76,7 +75,7 @@ def _py_parse_copy_data(data: bytes | memoryview) -> XLogData | PrimaryKeepalive
 
 parse_copy_data: Callable[[bytes | memoryview], XLogData | PrimaryKeepalive]
 if SPEEDUPS is not None:  # its C twin (see pgferry.protocol.speedups)
-    SPEEDUPS.configure_envelope(partial(_new, XLogData), _lsn, _py_parse_copy_data)
+    SPEEDUPS.configure_envelope(XLogData, Lsn, _py_parse_copy_data)
     parse_copy_data = SPEEDUPS.parse_copy_data
 else:
     parse_copy_data = _py_parse_copy_data

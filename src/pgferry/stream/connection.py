@@ -48,8 +48,9 @@ from pgferry.protocol.envelope import (
     parse_copy_data,
 )
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
+from pgferry.protocol.speedups import SPEEDUPS
 from pgferry.protocol.timestamps import now_pg_us
-from pgferry.stream import commands
+from pgferry.stream import commands, libpq
 from pgferry.stream.commands import PgoutputOptions, SnapshotAction
 from pgferry.stream.waiting import execute_gen, flush_gen, wait
 
@@ -332,6 +333,10 @@ class ReplicationStream:
         self._selector.register(self._pgconn.socket, selectors.EVENT_READ)
         # Messages read by read_batch but not yet handed out by read(), reversed.
         self._pending: list[XLogData | PrimaryKeepalive] = []
+        # libpq's functions and the PGconn's address, for the C drain (see .libpq).
+        functions = libpq.functions()
+        pointer = getattr(self._pgconn, "pgconn_ptr", None)  # not in pq.abc
+        self._c_drain = (functions, pointer) if functions is not None and pointer else None
 
     @property
     def next_status_time(self) -> float:
@@ -353,7 +358,10 @@ class ReplicationStream:
             self.send_status()
 
     def send_status(self, *, reply_requested: bool = False) -> None:
-        """Send a standby status update with the confirmed positions now."""
+        """Send a standby status update with the confirmed positions now (none
+        once the server has ended the stream)."""
+        if self.ended:
+            return
         msg = encode_standby_status(
             self.write_lsn,
             self.flush_lsn,
@@ -387,26 +395,21 @@ class ReplicationStream:
             batch, self._pending = self._pending[::-1], []
             return batch
         pgconn = self._pgconn
-        get_copy_data = pgconn.get_copy_data
-        out: list[XLogData | PrimaryKeepalive] = []
-        append = out.append
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             now = time.monotonic()
             self.send_status_if_due(now)
-            try:
-                while len(out) < max_items:
-                    nbytes, data = get_copy_data(1)
-                    if nbytes <= 0:
-                        break
-                    append(parse_copy_data(data))
-            except psycopg.OperationalError as exc:
-                raise self._stream_error(exc) from None
+            if self.ended:
+                return []
+            out, over = self._drain(max_items)
+            if over:
+                # libpq says -1 once: the COPY is over (after the messages before
+                # it), and its result is to be read now.
+                self._finish_copy()
             if out:
                 self._account(out)
                 return out
-            if nbytes == -1:
-                self._finish_copy()
+            if self.ended:
                 return out
             # Nothing buffered: wait for the socket, but not past the next status update.
             wake = self._next_status
@@ -418,7 +421,35 @@ class ReplicationStream:
             try:
                 pgconn.consume_input()
             except psycopg.OperationalError as exc:
-                raise self._stream_error(exc) from None
+                raise self._stream_error(str(exc)) from None
+
+    def _drain(self, max_items: int) -> tuple[list[XLogData | PrimaryKeepalive], bool]:
+        """The messages libpq has buffered, up to ``max_items``, and whether the
+        COPY ended after them."""
+        out: list[XLogData | PrimaryKeepalive]
+        status: int
+        if self._c_drain is not None:
+            functions, pointer = self._c_drain
+            assert SPEEDUPS is not None
+            out, status = SPEEDUPS.drain(
+                functions.get_copy_data, functions.freemem, pointer, max_items
+            )
+            if status == -2:
+                raise self._stream_error(libpq.error_message(self._pgconn))
+        else:
+            out = []
+            append = out.append
+            get_copy_data = self._pgconn.get_copy_data
+            status = 1
+            try:
+                while len(out) < max_items:
+                    status, data = get_copy_data(1)
+                    if status <= 0:
+                        break
+                    append(parse_copy_data(data))
+            except psycopg.OperationalError as exc:
+                raise self._stream_error(str(exc)) from None
+        return out, status == -1
 
     def _account(self, batch: list[XLogData | PrimaryKeepalive]) -> None:
         """Track positions and answer keepalives that ask for a reply."""
@@ -448,14 +479,14 @@ class ReplicationStream:
                     f"replication from slot {self.slot_name!r} ended",
                 )
 
-    def _stream_error(self, exc: psycopg.Error) -> PgferryError:
+    def _stream_error(self, detail: str) -> PgferryError:
         while (res := self._pgconn.get_result()) is not None:
             if res.status == pq.ExecStatus.FATAL_ERROR:
                 return _server_error(
                     error_from_result(res, encoding="utf-8"),
                     f"replication from slot {self.slot_name!r}",
                 )
-        return ConnectionFailed(f"replication from slot {self.slot_name!r}: {exc}")
+        return ConnectionFailed(f"replication from slot {self.slot_name!r}: {detail}")
 
     def close(self) -> None:
         """End COPY from our side (sending final feedback) and close the connection."""

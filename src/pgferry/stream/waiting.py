@@ -19,6 +19,7 @@ import psycopg
 from psycopg import pq
 
 from pgferry.errors import ConnectionFailed, InternalError
+from pgferry.stream.libpq import error_message
 
 T = TypeVar("T")
 
@@ -40,7 +41,7 @@ def flush_gen(pgconn: pq.abc.PGconn) -> PQGen[None]:
         try:
             pending = pgconn.flush()
         except psycopg.OperationalError:
-            raise ConnectionFailed(_libpq_error(pgconn, "sending to the server failed")) from None
+            raise ConnectionFailed(error_message(pgconn, "sending to the server failed")) from None
         if pending == 0:
             return
         yield WAIT_WRITE
@@ -53,7 +54,7 @@ def results_gen(pgconn: pq.abc.PGconn) -> PQGen[list[pq.abc.PGresult]]:
         try:
             pgconn.consume_input()
         except psycopg.OperationalError:
-            raise ConnectionFailed(_libpq_error(pgconn, "connection lost")) from None
+            raise ConnectionFailed(error_message(pgconn, "connection lost")) from None
         while not pgconn.is_busy():
             result = pgconn.get_result()
             if result is None:
@@ -95,8 +96,3 @@ def wait(gen: PQGen[T], fileno: int, timeout: float | None = None) -> T:
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
     raise InternalError("generator ended without a result")
-
-
-def _libpq_error(pgconn: pq.abc.PGconn, default: str) -> str:
-    message = pgconn.error_message.decode(errors="replace").strip()
-    return message or default

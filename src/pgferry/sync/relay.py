@@ -16,18 +16,14 @@ COPY (results are still awaited in ``select``, which releases the GIL, as libpq'
 own blocking waits called through psycopg do not), and the rows go through
 :func:`pgferry._speedups.relay_copy`, which loops ``PQgetCopyData`` -> 64 kB
 chunk -> ``PQputCopyData`` in C with the GIL released.
-It must call the very libpq that made the connections (a ``PGconn`` from one libpq
-passed to another is memory corruption), so it is used only when exactly one libpq
-is mapped into the process and it reports psycopg's libpq version; otherwise, and
-without the C module, :func:`_py_relay` does the same with psycopg's bindings.
+It must call the very libpq that made the connections: see
+:mod:`pgferry.stream.libpq`; where that cannot be told, and without the C module,
+:func:`_py_relay` does the same with psycopg's bindings.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
-import re
 import select
 from typing import Any
 
@@ -35,6 +31,7 @@ import psycopg
 from psycopg import errors, pq, sql
 
 from pgferry.protocol.speedups import SPEEDUPS
+from pgferry.stream import libpq
 
 CHUNK = 65536  # as RELAY_CHUNK in _speedups.c
 
@@ -42,40 +39,10 @@ CHUNK = 65536  # as RELAY_CHUNK in _speedups.c
 READ_FAILED = -2
 WRITE_FAILED = -3
 
-_LIBPQ_NAME = re.compile(r"^libpq[-.].*\.so")
-
-
-@functools.cache
-def _libpq_addresses() -> tuple[int, int, int] | None:
-    """The addresses of PQgetCopyData, PQputCopyData and PQfreemem in psycopg's
-    libpq, or None when that libpq cannot be told for certain."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {
-                fields[-1]
-                for fields in (line.split() for line in maps)
-                if len(fields) >= 6 and _LIBPQ_NAME.match(fields[-1].rsplit("/", 1)[-1])
-            }
-    except OSError:  # not Linux
-        return None
-    if len(paths) != 1:
-        return None
-    try:
-        lib = ctypes.CDLL(paths.pop())  # the loaded library: dlopen returns its handle
-        if lib.PQlibVersion() != pq.version():
-            return None
-        functions = (lib.PQgetCopyData, lib.PQputCopyData, lib.PQfreemem)
-    except (OSError, AttributeError):
-        return None
-    addresses = tuple(ctypes.cast(f, ctypes.c_void_p).value or 0 for f in functions)
-    if not all(addresses):
-        return None
-    return addresses[0], addresses[1], addresses[2]
-
 
 def c_relay_available() -> bool:
     """Whether :func:`relay` moves the rows in C."""
-    return SPEEDUPS is not None and _libpq_addresses() is not None
+    return libpq.functions() is not None
 
 
 def _py_relay(src: pq.abc.PGconn, dst: pq.abc.PGconn) -> int:
@@ -102,11 +69,6 @@ def _py_relay(src: pq.abc.PGconn, dst: pq.abc.PGconn) -> int:
             chunk.clear()
         if n < 0:
             return total
-
-
-def _message(pgconn: pq.abc.PGconn) -> str:
-    """libpq's last error message on the connection."""
-    return pgconn.error_message.decode(errors="replace").strip()
 
 
 def _wait_readable(pgconn: pq.abc.PGconn) -> None:
@@ -146,7 +108,7 @@ def _start(conn: psycopg.Connection[Any], query: sql.Composable, status: pq.Exec
         return
     results = [res, *_results(conn)] if res is not None else []
     raise _error(conn, results) or psycopg.OperationalError(
-        f"COPY did not start: {_message(conn.pgconn)}"
+        f"COPY did not start: {libpq.error_message(conn.pgconn)}"
     )
 
 
@@ -171,11 +133,11 @@ def relay(
             dst.put_copy_end(b"the source of the copy failed")
             _results(local)
             raise
-        addresses = _libpq_addresses() if use_c and SPEEDUPS is not None else None
+        functions = libpq.functions() if use_c else None
         # pgconn_ptr: the PGconn's address, not part of psycopg's pq.abc
         pointers = getattr(src, "pgconn_ptr", None), getattr(dst, "pgconn_ptr", None)
-        if addresses is not None and SPEEDUPS is not None and all(pointers):
-            outcome = SPEEDUPS.relay_copy(*addresses, *pointers)
+        if functions is not None and SPEEDUPS is not None and all(pointers):
+            outcome = SPEEDUPS.relay_copy(*functions, *pointers)
         else:
             outcome = _py_relay(src, dst)
         if outcome == WRITE_FAILED:
@@ -190,14 +152,14 @@ def relay(
                 pass
             _results(remote)
             raise _error(local, _results(local)) or psycopg.OperationalError(
-                f"writing the copy failed: {_message(dst)}"
+                f"writing the copy failed: {libpq.error_message(dst)}"
             )
         source_error = _error(remote, _results(remote))
         if source_error is not None or outcome == READ_FAILED:
             if dst.put_copy_end(b"the source of the copy failed") == 1:
                 _results(local)
             raise source_error or psycopg.OperationalError(
-                f"reading the copy failed: {_message(src)}"
+                f"reading the copy failed: {libpq.error_message(src)}"
             )
         dst.put_copy_end(None)
         results = _results(local)

@@ -1,0 +1,70 @@
+"""The libpq psycopg loaded: its error message, and its functions for the C loops
+of :mod:`pgferry._speedups`.
+
+Contract: :func:`functions` returns the addresses of the few libpq functions the C
+loops call (``PQgetCopyData``, ``PQputCopyData``, ``PQfreemem``), or None. They
+are handed a ``PGconn`` that psycopg made, so they must belong to the very libpq
+that made it: a ``PGconn`` of one libpq passed to another is memory corruption.
+The addresses are given out only when exactly one libpq is mapped into the
+process (``/proc/self/maps``) and it reports psycopg's libpq version; otherwise
+(another OS, two libpqs, no C module) the callers use psycopg's bindings, their
+Python twins.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import re
+from typing import NamedTuple
+
+from psycopg import pq
+
+from pgferry.protocol.speedups import SPEEDUPS
+
+_LIBPQ_NAME = re.compile(r"^libpq[-.].*\.so")
+
+
+class Functions(NamedTuple):
+    get_copy_data: int
+    put_copy_data: int
+    freemem: int
+
+
+@functools.cache
+def _find() -> Functions | None:
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {
+                fields[-1]
+                for fields in (line.split() for line in maps)
+                if len(fields) >= 6 and _LIBPQ_NAME.match(fields[-1].rsplit("/", 1)[-1])
+            }
+    except OSError:  # not Linux
+        return None
+    if len(paths) != 1:
+        return None
+    try:
+        lib = ctypes.CDLL(paths.pop())  # the loaded library: dlopen returns its handle
+        if lib.PQlibVersion() != pq.version():
+            return None
+        found = (lib.PQgetCopyData, lib.PQputCopyData, lib.PQfreemem)
+    except (OSError, AttributeError):
+        return None
+    addresses = [ctypes.cast(f, ctypes.c_void_p).value or 0 for f in found]
+    if not all(addresses):
+        return None
+    return Functions(*addresses)
+
+
+def functions() -> Functions | None:
+    """psycopg's libpq functions for the C loops, or None: use the Python twins
+    (also when pgferry runs without its C module)."""
+    if SPEEDUPS is None:
+        return None
+    return _find()
+
+
+def error_message(pgconn: pq.abc.PGconn, default: str = "") -> str:
+    """libpq's last error message on the connection (``default`` if none)."""
+    return pgconn.error_message.decode(errors="replace").strip() or default
