@@ -18,11 +18,12 @@
  *       The streaming replication envelope of one CopyData message: an XLogData
  *       ('w': Int64 start, Int64 end, Int64 send time, payload) is parsed here,
  *       anything else by the Python twin. Twin: envelope._py_parse_copy_data.
- *   decode_hot(payload) -> Begin | Commit | Insert | Update | Delete | None
- *       The hottest pgoutput messages outside a streamed block, decoded as
- *       PgoutputDecoder.decode does; None for any other message and for any
- *       that is not well formed: the Python decoder, the reference, then
- *       decodes it or says what is wrong with it.
+ *   decode_hot(payload, streamed) -> Begin | Commit | Insert | Update | Delete | None
+ *       The hottest pgoutput messages, decoded as PgoutputDecoder.decode does
+ *       (streamed: inside a streamed block, where a change starts with an xid
+ *       and Begin and Commit do not belong); None for any other message and
+ *       for any that is not well formed: the Python decoder, the reference,
+ *       then decodes it or says what is wrong with it.
  *   drain(get, free, conn, max_items) -> (messages, status)
  *       The CopyData messages libpq has already received on the PGconn conn
  *       (in COPY BOTH), up to max_items, each as parse_copy_data makes it;
@@ -330,7 +331,7 @@ hot_tuple(const unsigned char *p, Py_ssize_t size, Py_ssize_t *pos)
 }
 
 static PyObject *
-decode_hot(PyObject *self, PyObject *arg)
+decode_hot(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!configured())
         return NULL;
@@ -338,17 +339,22 @@ decode_hot(PyObject *self, PyObject *arg)
         PyErr_SetString(PyExc_RuntimeError, "pgferry._speedups decoder is not configured");
         return NULL;
     }
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "decode_hot takes bytes");
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "decode_hot takes bytes and a flag");
         return NULL;
     }
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(arg);
-    Py_ssize_t size = PyBytes_GET_SIZE(arg), pos;
+    int streamed = PyObject_IsTrue(args[1]);
+    if (streamed < 0)
+        return NULL;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]), pos;
+    /* Inside a streamed block a change starts with its transaction's xid. */
+    Py_ssize_t h = streamed ? 5 : 1;
     if (size < 1)
         Py_RETURN_NONE;
     switch (p[0]) {
     case 'B':
-        if (size != 21)
+        if (streamed || size != 21)
             break;
         {
             PyObject *items[] = {make_lsn(be64(p + 1)), PyLong_FromLongLong((long long)be64(p + 9)),
@@ -356,7 +362,7 @@ decode_hot(PyObject *self, PyObject *arg)
             return named(begin_cls, 3, items);
         }
     case 'C':
-        if (size != 26)
+        if (streamed || size != 26)
             break;
         {
             PyObject *items[] = {PyLong_FromLong(p[1]), make_lsn(be64(p + 2)),
@@ -365,9 +371,9 @@ decode_hot(PyObject *self, PyObject *arg)
             return named(commit_cls, 4, items);
         }
     case 'I':
-        if (size < 6 || p[5] != 'N')
+        if (size < h + 5 || p[h + 4] != 'N')
             break;
-        pos = 6;
+        pos = h + 5;
         {
             PyObject *new = hot_tuple(p, size, &pos);
             if (new == NULL)
@@ -376,18 +382,19 @@ decode_hot(PyObject *self, PyObject *arg)
                 Py_DECREF(new);
                 break;
             }
-            PyObject *items[] = {Py_NewRef(Py_None), PyLong_FromUnsignedLong(be32(p + 1)), new};
+            PyObject *items[] = {streamed ? PyLong_FromUnsignedLong(be32(p + 1)) : Py_NewRef(Py_None),
+                                 PyLong_FromUnsignedLong(be32(p + h)), new};
             return named(insert_cls, 3, items);
         }
     case 'U':
-        if (size < 6)
+        if (size < h + 5)
             break;
-        pos = 5;
+        pos = h + 4;
         {
             PyObject *old = NULL, *old_kind = Py_None, *new;
-            if (p[5] == 'K' || p[5] == 'O') {
-                old_kind = p[5] == 'K' ? kind_k : kind_o;
-                pos = 6;
+            if (p[pos] == 'K' || p[pos] == 'O') {
+                old_kind = p[pos] == 'K' ? kind_k : kind_o;
+                pos += 1;
                 old = hot_tuple(p, size, &pos);
                 if (old == NULL)
                     break;
@@ -403,14 +410,15 @@ decode_hot(PyObject *self, PyObject *arg)
                 Py_XDECREF(old);
                 break;
             }
-            PyObject *items[] = {Py_NewRef(Py_None), PyLong_FromUnsignedLong(be32(p + 1)),
-                                 Py_NewRef(old_kind), old != NULL ? old : Py_NewRef(Py_None), new};
+            PyObject *items[] = {streamed ? PyLong_FromUnsignedLong(be32(p + 1)) : Py_NewRef(Py_None),
+                                 PyLong_FromUnsignedLong(be32(p + h)), Py_NewRef(old_kind),
+                                 old != NULL ? old : Py_NewRef(Py_None), new};
             return named(update_cls, 5, items);
         }
     case 'D':
-        if (size < 6 || (p[5] != 'K' && p[5] != 'O'))
+        if (size < h + 5 || (p[h + 4] != 'K' && p[h + 4] != 'O'))
             break;
-        pos = 6;
+        pos = h + 5;
         {
             PyObject *old = hot_tuple(p, size, &pos);
             if (old == NULL)
@@ -419,8 +427,9 @@ decode_hot(PyObject *self, PyObject *arg)
                 Py_DECREF(old);
                 break;
             }
-            PyObject *items[] = {Py_NewRef(Py_None), PyLong_FromUnsignedLong(be32(p + 1)),
-                                 Py_NewRef(p[5] == 'K' ? kind_k : kind_o), old};
+            PyObject *items[] = {streamed ? PyLong_FromUnsignedLong(be32(p + 1)) : Py_NewRef(Py_None),
+                                 PyLong_FromUnsignedLong(be32(p + h)),
+                                 Py_NewRef(p[h + 4] == 'K' ? kind_k : kind_o), old};
             return named(delete_cls, 4, items);
         }
     }
@@ -660,7 +669,8 @@ static PyMethodDef methods[] = {
     {"parse_copy_data", parse_copy_data, METH_O, "One CopyData message of a stream."},
     {"plain_width", plain_width, METH_O, "Total length, or -1 if a value is not plain."},
     {"configure_decoder", configure_decoder, METH_VARARGS, "Set the hot messages' classes."},
-    {"decode_hot", decode_hot, METH_O, "Begin/Commit/Insert/Update/Delete, or None."},
+    {"decode_hot", (PyCFunction)(void (*)(void))decode_hot, METH_FASTCALL,
+     "Begin/Commit/Insert/Update/Delete, or None."},
     {"drain", drain, METH_VARARGS, "The CopyData messages libpq has buffered, parsed."},
     {NULL, NULL, 0, NULL},
 };

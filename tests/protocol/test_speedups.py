@@ -137,15 +137,20 @@ def test_parse_copy_data_matches(data: bytes, view: bool) -> None:
         assert [type(f) for f in got] == [type(f) for f in expected]
 
 
-def decoded(data: bytes, version: int, *, hot: bool) -> object:
-    """What a fresh decoder makes of ``data``, with the C decoder of the hot
-    messages or without it: the message and the type of every field (an Lsn
-    equals its int, a BinaryValue its bytes), or the error and where it points."""
+def decoded(data: bytes, state: tuple[int, int | None], *, hot: bool) -> object:
+    """What a decoder in ``state`` (protocol version, the xid of an open streamed
+    block or None) makes of ``data``, with the C decoder of the hot messages or
+    without it: the message and the type of every field (an Lsn equals its int, a
+    BinaryValue its bytes), or the error and where it points."""
+    version, xid = state
     saved = pgoutput._decode_hot
     if not hot:
         pgoutput._decode_hot = None
     try:
-        msg: Message = PgoutputDecoder(version).decode(data)
+        decoder = PgoutputDecoder(version)
+        if xid is not None:
+            decoder.decode(enc.stream_start(xid, True))
+        msg: Message = decoder.decode(data)
     except ProtocolError as exc:
         return ("protocol", exc.offset, str(exc))
     finally:
@@ -163,11 +168,16 @@ HOT = b"BCIUD"
 
 
 @st.composite
-def hot_payloads(draw: st.DrawFn) -> tuple[int, bytes]:
-    """A protocol version and a pgoutput message outside a streamed block: valid,
-    cut short, mutated, or random bytes after a hot type byte."""
+def hot_payloads(draw: st.DrawFn) -> tuple[tuple[int, int | None], bytes]:
+    """A decoder state and a pgoutput message: valid, cut short, mutated, or random
+    bytes after a hot type byte."""
     version = draw(st.sampled_from((1, 2, 3, 4)))
-    payload = enc.encode(draw(enc.outside_stream_messages(version)))
+    xid = draw(st.none() | enc.U32) if version >= 2 else None
+    if xid is None:
+        msg = draw(enc.outside_stream_messages(version))
+    else:
+        msg = draw(enc.streamable_messages(xid))
+    payload = enc.encode(msg)
     how = draw(st.sampled_from(("valid", "cut", "mutated", "random")))
     if how == "cut":
         payload = payload[: draw(st.integers(0, max(len(payload) - 1, 0)))]
@@ -182,16 +192,16 @@ def hot_payloads(draw: st.DrawFn) -> tuple[int, bytes]:
         payload = bytes(data)
     elif how == "random":
         payload = bytes([draw(st.sampled_from(HOT))]) + draw(st.binary(max_size=40))
-    return version, payload
+    return (version, xid), payload
 
 
-@settings(max_examples=1500)
+@settings(max_examples=2000)
 @given(hot_payloads())
 def test_the_c_decoder_of_hot_messages_decodes_as_the_python_one(
-    case: tuple[int, bytes],
+    case: tuple[tuple[int, int | None], bytes],
 ) -> None:
-    version, payload = case
-    assert decoded(payload, version, hot=True) == decoded(payload, version, hot=False)
+    state, payload = case
+    assert decoded(payload, state, hot=True) == decoded(payload, state, hot=False)
 
 
 def test_the_c_decoder_takes_the_hot_messages_and_leaves_the_rest() -> None:
@@ -205,7 +215,19 @@ def test_the_c_decoder_takes_the_hot_messages_and_leaves_the_rest() -> None:
         enc.delete(7, "O", [b"a", BinaryValue(b"b")]),
     ]
     for payload in hot:
-        msg = SPEEDUPS.decode_hot(payload)
+        msg = SPEEDUPS.decode_hot(payload, False)
         assert msg is not None and msg == PgoutputDecoder(1).decode(payload)
+    streamed = [
+        enc.insert(7, [b"a", None], xid=9),
+        enc.update(7, [b"a"], xid=9),
+        enc.delete(7, "K", [b"a"], xid=9),
+    ]
+    for payload in streamed:
+        decoder = PgoutputDecoder(2)
+        decoder.decode(enc.stream_start(9, True))
+        msg = SPEEDUPS.decode_hot(payload, True)
+        assert msg is not None and msg == decoder.decode(payload) and msg.xid == 9
     for payload in (enc.origin(1, "o"), enc.truncate(0, [7]), enc.insert(7, [b"a"]) + b"x"):
-        assert SPEEDUPS.decode_hot(payload) is None
+        assert SPEEDUPS.decode_hot(payload, False) is None
+    for payload in (enc.begin(1, 2, 3), enc.commit(0, 1, 2, 3), enc.insert(7, [b"a"])):
+        assert SPEEDUPS.decode_hot(payload, True) is None  # not in a streamed block

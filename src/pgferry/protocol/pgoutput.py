@@ -135,10 +135,10 @@ def _py_read_tuple(buf: bytes, pos: int) -> tuple[Tuple, int]:
 
 _read_tuple = SPEEDUPS.read_tuple if SPEEDUPS is not None else _py_read_tuple
 
-#: The C decoder of the hottest messages outside a streamed block (Begin, Commit,
-#: Insert, Update, Delete), or None; it returns None for anything else, the
-#: malformed included, which :meth:`PgoutputDecoder.decode` then decodes itself.
-_decode_hot: Callable[[bytes], Message | None] | None = None
+#: The C decoder of the hottest messages (Begin, Commit, Insert, Update, Delete;
+#: the flag: inside a streamed block), or None; it returns None for anything else,
+#: the malformed included, which :meth:`PgoutputDecoder.decode` then decodes itself.
+_decode_hot: Callable[[bytes, bool], Message | None] | None = None
 if SPEEDUPS is not None:
     SPEEDUPS.configure_decoder(Begin, Commit, Insert, Update, Delete)
     _decode_hot = SPEEDUPS.decode_hot
@@ -187,9 +187,8 @@ class PgoutputDecoder:
 
     def decode(self, data: bytes) -> Message:
         """Decode exactly one pgoutput message; see the module docstring."""
-        if self.stream_xid is None and _decode_hot is not None:
-            # (Inside a streamed block the changes carry an xid: decoded below.)
-            msg = _decode_hot(data)
+        if _decode_hot is not None:
+            msg = _decode_hot(data, self.stream_xid is not None)
             if msg is not None:
                 return msg
         if not data:
