@@ -130,11 +130,7 @@ parse_copy_data(PyObject *self, PyObject *arg)
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    PyObject *result;
-    if (view.len < 25 || ((const unsigned char *)view.buf)[0] != 'w')
-        result = PyObject_CallOneArg(envelope_fallback, arg);
-    else
-        result = envelope_of((const char *)view.buf, view.len);
+    PyObject *result = envelope_of((const char *)view.buf, view.len);
     PyBuffer_Release(&view);
     return result;
 }
@@ -330,6 +326,23 @@ hot_tuple(const unsigned char *p, Py_ssize_t size, Py_ssize_t *pos)
     return values;
 }
 
+/* hot_tuple for the message's last tuple: NULL also when bytes follow it. */
+static PyObject *
+last_tuple(const unsigned char *p, Py_ssize_t size, Py_ssize_t *pos)
+{
+    PyObject *values = hot_tuple(p, size, pos);
+    if (values != NULL && *pos != size)
+        Py_CLEAR(values);
+    return values;
+}
+
+/* A change's xid field: the one after the type byte inside a streamed block. */
+static PyObject *
+change_xid(const unsigned char *p, int streamed)
+{
+    return streamed ? PyLong_FromUnsignedLong(be32(p + 1)) : Py_NewRef(Py_None);
+}
+
 static PyObject *
 decode_hot(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -375,15 +388,11 @@ decode_hot(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             break;
         pos = h + 5;
         {
-            PyObject *new = hot_tuple(p, size, &pos);
+            PyObject *new = last_tuple(p, size, &pos);
             if (new == NULL)
                 break;
-            if (pos != size) {
-                Py_DECREF(new);
-                break;
-            }
-            PyObject *items[] = {streamed ? PyLong_FromUnsignedLong(be32(p + 1)) : Py_NewRef(Py_None),
-                                 PyLong_FromUnsignedLong(be32(p + h)), new};
+            PyObject *items[] = {change_xid(p, streamed), PyLong_FromUnsignedLong(be32(p + h)),
+                                 new};
             return named(insert_cls, 3, items);
         }
     case 'U':
@@ -404,14 +413,13 @@ decode_hot(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 break;
             }
             pos += 1;
-            new = hot_tuple(p, size, &pos);
-            if (new == NULL || pos != size) {
-                Py_XDECREF(new);
+            new = last_tuple(p, size, &pos);
+            if (new == NULL) {
                 Py_XDECREF(old);
                 break;
             }
-            PyObject *items[] = {streamed ? PyLong_FromUnsignedLong(be32(p + 1)) : Py_NewRef(Py_None),
-                                 PyLong_FromUnsignedLong(be32(p + h)), Py_NewRef(old_kind),
+            PyObject *items[] = {change_xid(p, streamed), PyLong_FromUnsignedLong(be32(p + h)),
+                                 Py_NewRef(old_kind),
                                  old != NULL ? old : Py_NewRef(Py_None), new};
             return named(update_cls, 5, items);
         }
@@ -420,15 +428,10 @@ decode_hot(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             break;
         pos = h + 5;
         {
-            PyObject *old = hot_tuple(p, size, &pos);
+            PyObject *old = last_tuple(p, size, &pos);
             if (old == NULL)
                 break;
-            if (pos != size) {
-                Py_DECREF(old);
-                break;
-            }
-            PyObject *items[] = {streamed ? PyLong_FromUnsignedLong(be32(p + 1)) : Py_NewRef(Py_None),
-                                 PyLong_FromUnsignedLong(be32(p + h)),
+            PyObject *items[] = {change_xid(p, streamed), PyLong_FromUnsignedLong(be32(p + h)),
                                  Py_NewRef(p[h + 4] == 'K' ? kind_k : kind_o), old};
             return named(delete_cls, 4, items);
         }

@@ -395,12 +395,12 @@ class ReplicationStream:
             batch, self._pending = self._pending[::-1], []
             return batch
         pgconn = self._pgconn
+        if self.ended:
+            return []
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             now = time.monotonic()
             self.send_status_if_due(now)
-            if self.ended:
-                return []
             out, over = self._drain(max_items)
             if over:
                 # libpq says -1 once: the COPY is over (after the messages before
