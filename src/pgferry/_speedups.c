@@ -46,6 +46,17 @@
  *       whole loop. Returns the number of bytes relayed, or -2 when reading
  *       failed, -3 when writing failed (the caller reads the error from the
  *       connection). Twin: sync.relay._py_relay.
+ *   exchange(functions, conn, query, copies) -> (results, error)
+ *       One simple query on the PGconn conn (blocking mode), its COPY FROM
+ *       STDINs fed in order from copies, all with the GIL released: the
+ *       applier's batch of staged statements in one round trip per COPY.
+ *       functions is stream.libpq.Functions (the addresses of the libpq that
+ *       made conn). results: per result other than COPY IN, in order,
+ *       (status, rows, value): PQresultStatus, PQcmdTuples as an int (-1 when
+ *       empty), and the first field of the first row (None when there is none
+ *       or it is NULL). error: None, or (sqlstate, message) as bytes of the
+ *       first failed result, or (b"", libpq's message) when sending failed.
+ *       Twin: the statements run one by one (staging.Staged.run).
  *
  * configure(unchanged, binary_type, short_error, kind_error) must be called
  * first with the Python objects these functions produce or raise: the
@@ -63,6 +74,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 static PyObject *unchanged = NULL;
@@ -663,6 +675,230 @@ drain(PyObject *self, PyObject *args)
     return Py_BuildValue("(Ni)", out, status);
 }
 
+
+/* The libpq functions exchange calls, in the order of stream.libpq.Functions. */
+typedef int (*send_query_fn)(void *, const char *);
+typedef void *(*get_result_fn)(void *);
+typedef int (*result_status_fn)(const void *);
+typedef int (*put_copy_end_fn)(void *, const char *);
+typedef char *(*cmd_tuples_fn)(void *);
+typedef int (*ntuples_fn)(const void *);
+typedef char *(*get_value_fn)(const void *, int, int);
+typedef int (*get_is_null_fn)(const void *, int, int);
+typedef int (*get_length_fn)(const void *, int, int);
+typedef char *(*result_error_field_fn)(const void *, int);
+typedef char *(*result_error_message_fn)(const void *);
+typedef char *(*error_message_fn)(const void *);
+typedef void (*clear_fn)(void *);
+
+struct libpq {
+    copy_get_fn get_copy_data;
+    copy_put_fn put_copy_data;
+    copy_free_fn freemem;
+    send_query_fn send_query;
+    get_result_fn get_result;
+    result_status_fn result_status;
+    put_copy_end_fn put_copy_end;
+    cmd_tuples_fn cmd_tuples;
+    ntuples_fn ntuples;
+    get_value_fn get_value;
+    get_is_null_fn get_is_null;
+    get_length_fn get_length;
+    result_error_field_fn result_error_field;
+    result_error_message_fn result_error_message;
+    error_message_fn error_message;
+    clear_fn clear;
+};
+
+#define LIBPQ_FUNCTIONS 16
+/* libpq-fe.h's ExecStatusType and PG_DIAG_SQLSTATE. */
+#define PGRES_COPY_IN 4
+#define PGRES_FATAL_ERROR 7
+#define DIAG_SQLSTATE 'C'
+
+static int
+libpq_from(PyObject *functions, struct libpq *lib)
+{
+    void **slots = (void **)lib;
+    PyObject *seq = PySequence_Fast(functions, "exchange: functions must be a sequence");
+    if (seq == NULL)
+        return -1;
+    if (PySequence_Fast_GET_SIZE(seq) != LIBPQ_FUNCTIONS) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "exchange: not the libpq functions it needs");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < LIBPQ_FUNCTIONS; i++) {
+        unsigned long long address = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (address == 0 || PyErr_Occurred()) {
+            Py_DECREF(seq);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "exchange: a null address");
+            return -1;
+        }
+        slots[i] = (void *)(uintptr_t)address;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+struct exchange_state {
+    void **results;
+    Py_ssize_t nresults;
+    Py_ssize_t capacity;
+    int failed_send;  /* the query or a COPY's data could not be sent */
+    int out_of_memory;
+};
+
+/* Runs without the GIL: send the query, feed each COPY IN the next of the
+ * copies (an empty COPY when there are none left), keep every other result. */
+static void
+exchange_loop(const struct libpq *lib, void *conn, const char *query, Py_ssize_t ncopies,
+              const char **copy_data, const Py_ssize_t *copy_size, struct exchange_state *st)
+{
+    Py_ssize_t next_copy = 0;
+    if (lib->send_query(conn, query) != 1) {
+        st->failed_send = 1;
+        return;
+    }
+    for (;;) {
+        void *res = lib->get_result(conn);
+        if (res == NULL)
+            return;
+        if (lib->result_status(res) == PGRES_COPY_IN) {
+            lib->clear(res);
+            int ok = 1;
+            if (next_copy < ncopies) {
+                const char *data = copy_data[next_copy];
+                Py_ssize_t left = copy_size[next_copy];
+                next_copy++;
+                /* PQputCopyData takes an int: large data goes in pieces. */
+                while (ok && left > 0) {
+                    int piece = left > (1 << 30) ? (1 << 30) : (int)left;
+                    ok = lib->put_copy_data(conn, data, piece) == 1;
+                    data += piece;
+                    left -= piece;
+                }
+            }
+            if (!ok || lib->put_copy_end(conn, NULL) != 1) {
+                st->failed_send = 1;
+                return;
+            }
+            continue;
+        }
+        if (st->nresults == st->capacity) {
+            Py_ssize_t capacity = st->capacity ? st->capacity * 2 : 16;
+            void **grown = realloc(st->results, (size_t)capacity * sizeof(void *));
+            if (grown == NULL) {
+                lib->clear(res);
+                st->out_of_memory = 1;
+                continue;  /* drain the rest: the connection must end up idle */
+            }
+            st->results = grown;
+            st->capacity = capacity;
+        }
+        st->results[st->nresults++] = res;
+    }
+}
+
+static PyObject *
+result_tuple(const struct libpq *lib, void *res)
+{
+    int status = lib->result_status(res);
+    const char *rows = lib->cmd_tuples(res);
+    long long count = (rows != NULL && rows[0] != '\0') ? strtoll(rows, NULL, 10) : -1;
+    PyObject *value;
+    if (lib->ntuples(res) > 0 && !lib->get_is_null(res, 0, 0))
+        value = PyBytes_FromStringAndSize(lib->get_value(res, 0, 0), lib->get_length(res, 0, 0));
+    else
+        value = Py_NewRef(Py_None);
+    if (value == NULL)
+        return NULL;
+    return Py_BuildValue("(iLN)", status, count, value);
+}
+
+static PyObject *
+exchange(PyObject *self, PyObject *args)
+{
+    PyObject *functions, *copies;
+    unsigned long long conn;
+    const char *query;
+    struct libpq lib;
+    if (!PyArg_ParseTuple(args, "OKyO!", &functions, &conn, &query, &PyTuple_Type, &copies))
+        return NULL;
+    if (!conn) {
+        PyErr_SetString(PyExc_ValueError, "exchange: a null address");
+        return NULL;
+    }
+    if (libpq_from(functions, &lib) < 0)
+        return NULL;
+    Py_ssize_t ncopies = PyTuple_GET_SIZE(copies);
+    const char **copy_data = PyMem_Malloc(sizeof(char *) * (size_t)(ncopies + 1));
+    Py_ssize_t *copy_size = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(ncopies + 1));
+    if (copy_data == NULL || copy_size == NULL) {
+        PyMem_Free(copy_data);
+        PyMem_Free(copy_size);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < ncopies; i++) {
+        PyObject *item = PyTuple_GET_ITEM(copies, i);
+        if (!PyBytes_Check(item)) {
+            PyMem_Free(copy_data);
+            PyMem_Free(copy_size);
+            PyErr_SetString(PyExc_TypeError, "exchange: copies must be bytes");
+            return NULL;
+        }
+        /* The tuple holds the bytes (immutable) until this returns. */
+        copy_data[i] = PyBytes_AS_STRING(item);
+        copy_size[i] = PyBytes_GET_SIZE(item);
+    }
+    struct exchange_state st = {NULL, 0, 0, 0, 0};
+    Py_BEGIN_ALLOW_THREADS
+    exchange_loop(&lib, (void *)(uintptr_t)conn, query, ncopies, copy_data, copy_size, &st);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(copy_data);
+    PyMem_Free(copy_size);
+
+    PyObject *results = PyList_New(0);
+    PyObject *error = NULL;
+    for (Py_ssize_t i = 0; i < st.nresults; i++) {
+        void *res = st.results[i];
+        if (results != NULL && error == NULL && lib.result_status(res) == PGRES_FATAL_ERROR) {
+            const char *state = lib.result_error_field(res, DIAG_SQLSTATE);
+            error = Py_BuildValue("(yy)", state ? state : "", lib.result_error_message(res));
+            if (error == NULL)
+                Py_CLEAR(results);
+        }
+        else if (results != NULL && error == NULL) {
+            PyObject *item = result_tuple(&lib, res);
+            if (item == NULL || PyList_Append(results, item) < 0)
+                Py_CLEAR(results);
+            Py_XDECREF(item);
+        }
+        lib.clear(res);
+    }
+    free(st.results);
+    if (results == NULL) {
+        Py_XDECREF(error);
+        return NULL;
+    }
+    if (st.out_of_memory) {
+        Py_XDECREF(error);
+        Py_DECREF(results);
+        return PyErr_NoMemory();
+    }
+    if (error == NULL && st.failed_send) {
+        error = Py_BuildValue("(yy)", "", lib.error_message((void *)(uintptr_t)conn));
+        if (error == NULL) {
+            Py_DECREF(results);
+            return NULL;
+        }
+    }
+    if (error == NULL)
+        error = Py_NewRef(Py_None);
+    return Py_BuildValue("(NN)", results, error);
+}
+
 static PyMethodDef methods[] = {
     {"relay_copy", relay_copy, METH_VARARGS, "Relay one COPY from src to dst inside libpq."},
     {"configure", configure, METH_VARARGS, "Set the objects the functions produce or raise."},
@@ -675,6 +911,7 @@ static PyMethodDef methods[] = {
     {"decode_hot", (PyCFunction)(void (*)(void))decode_hot, METH_FASTCALL,
      "Begin/Commit/Insert/Update/Delete, or None."},
     {"drain", drain, METH_VARARGS, "The CopyData messages libpq has buffered, parsed."},
+    {"exchange", exchange, METH_VARARGS, "One simple query with its COPYs, inside libpq."},
     {NULL, NULL, 0, NULL},
 };
 

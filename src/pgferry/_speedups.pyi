@@ -31,3 +31,6 @@ def decode_hot(data: bytes, streamed: bool) -> Begin | Commit | Insert | Update 
 def drain(
     get: int, free: int, conn: int, max_items: int
 ) -> tuple[list[XLogData | PrimaryKeepalive], int]: ...
+def exchange(
+    functions: tuple[int, ...], conn: int, query: bytes, copies: tuple[bytes, ...]
+) -> tuple[list[tuple[int, int, bytes | None]], tuple[bytes, bytes] | None]: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from pgferry.catalog import store
 from tests.apply.pair import Pair
 from tests.support import current_lsn
 
@@ -42,3 +43,33 @@ def test_an_idle_worker_flushes_its_wal_and_confirms_at_once(pair: Pair) -> None
     finally:
         cluster.sql("ALTER SYSTEM RESET wal_writer_delay")
         cluster.sql("SELECT pg_reload_conf()")
+
+
+def _wait_rows(pair: Pair, query: str, expected: list[tuple[object, ...]]) -> None:
+    deadline = time.monotonic() + 30
+    while pair.rows(query) != expected:
+        assert time.monotonic() < deadline, f"{query}: {pair.rows(query)}"
+        time.sleep(0.05)
+
+
+def test_a_table_removed_from_the_subscription_is_no_longer_applied(pair: Pair) -> None:
+    """The worker decides once which tables it applies for as long as the table
+    states stay as they are (Applies.ALWAYS); a running worker still sees a table
+    leave the subscription (as ALTER SUBSCRIPTION ... REFRESH PUBLICATION does)
+    when it next reads the states."""
+    cluster = pair.cluster
+    pair.publish(
+        "CREATE TABLE t1 (id int PRIMARY KEY); CREATE TABLE t2 (id int PRIMARY KEY)", ["t1", "t2"]
+    )
+    with pair.running() as run:
+        cluster.sql("INSERT INTO t1 VALUES (1); INSERT INTO t2 VALUES (1)", dbname=pair.pub)
+        _wait_rows(pair, "SELECT id FROM t1", [(1,)])
+        with cluster.connect(pair.sub) as conn:
+            store.delete_table(conn, "ferry", "public", "t1")
+        # The worker reads the states every half second, when idle too (the
+        # walsender's keepalives wake it).
+        time.sleep(2)
+        cluster.sql("INSERT INTO t1 VALUES (2); INSERT INTO t2 VALUES (2)", dbname=pair.pub)
+        _wait_rows(pair, "SELECT id FROM t2 ORDER BY id", [(1,), (2,)])
+        assert not run.failure
+    assert pair.rows("SELECT id FROM t1") == [(1,)]

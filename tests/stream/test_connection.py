@@ -15,6 +15,7 @@ from pgferry.errors import (
     InterfaceError,
     ServerError,
     SlotAlreadyExists,
+    SlotInUse,
     SlotNotFound,
 )
 from pgferry.protocol import (
@@ -186,6 +187,31 @@ def test_the_c_drain_is_used_where_it_can_be(cluster: Cluster, dbname: str) -> N
     with ReplicationConnection.connect(cluster.dsn(dbname)) as conn:
         stream = conn.start_replication("s", PgoutputOptions(("pub",)))
         assert stream._c_drain is not None
+
+
+def test_a_slot_still_in_use_is_asked_for_again_only_when_told(
+    cluster: Cluster, dbname: str
+) -> None:
+    cluster.sql("CREATE PUBLICATION pub FOR ALL TABLES", dbname=dbname)
+    create_slot(cluster, dbname, "s")
+    options = PgoutputOptions(("pub",))
+    first = ReplicationConnection.connect(cluster.dsn(dbname))
+    holder = first.start_replication("s", options)
+    with ReplicationConnection.connect(cluster.dsn(dbname)) as second:
+        with pytest.raises(SlotInUse, match="is active for PID"):
+            second.start_replication("s", options)
+        # The holder goes away while the second one waits: it gets the slot.
+        closer = threading.Timer(0.5, holder.close)
+        closer.start()
+        began = time.monotonic()
+        try:
+            stream = second.start_replication("s", options, wait_in_use=20)
+        finally:
+            closer.join()
+        assert time.monotonic() - began >= 0.5
+        assert stream.slot_name == "s"
+        stream.close()
+    assert first.closed
 
 
 def _read_all(

@@ -46,6 +46,7 @@ move.
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import threading
 import time
@@ -79,19 +80,37 @@ from pgferry.protocol.timestamps import now_pg_us, to_datetime
 from .conflicts import ConflictContext, LocalRow
 from .mapping import MappingError, Stamps, TableMap, build_map, text_value
 from .rowwise import Provisional, RowChanges
-from .staging import Eligibility, Stage, Staged, StageMismatch, Suspect, eligibility
+from .staging import (
+    Eligibility,
+    Stage,
+    Staged,
+    StageMismatch,
+    Suspect,
+    eligibility,
+    run_together,
+)
 
 logger = logging.getLogger("pgferry.apply")
 
 IDLE = TransactionStatus.IDLE
 
+
+class Applies(enum.IntEnum):
+    """What a :data:`TableFilter` may answer besides True and False."""
+
+    #: In this transaction and every later one, until :meth:`Applier.refilter`:
+    #: the applier does not ask again (it asks once per relation and transaction
+    #: otherwise, which costs as much as the change when transactions are small).
+    ALWAYS = 2
+
+
 #: Decides whether this worker applies a table's change in a given transaction
-#: (the table sync handover uses it); default: every table.
-TableFilter = Callable[[Relation, Transaction], bool]
+#: (the table sync handover uses it); default: every table, always.
+TableFilter = Callable[[Relation, Transaction], bool | Applies]
 
 
-def _all_tables(relation: Relation, tx: Transaction) -> bool:
-    return True
+def _all_tables(relation: Relation, tx: Transaction) -> Applies:
+    return Applies.ALWAYS
 
 
 def commit_with_origin(remote_lsn: Lsn, remote_time: datetime | str) -> sql.Composed:
@@ -163,9 +182,11 @@ class RetryExact(Exception):
 class _Writer:
     """Runs a batch's staged statements, and maybe its commit, on the connection
     in a thread of its own, while the applier goes on staging the next rows in
-    memory (psycopg waits for the server without holding the GIL). The applier
-    waits for it before it uses the connection again (:attr:`Applier.conn`), and
-    turns what it raised into what running them in line would have raised.
+    memory (the statements go as one query inside libpq, without the GIL: see
+    :func:`~.staging.run_together`; psycopg waits for the commit without it).
+    The applier waits for it before it uses the connection again
+    (:attr:`Applier.conn`), and turns what it raised into what running them in
+    line would have raised.
 
     Up to :data:`WRITER_DEPTH` writers are in flight, each starting when the one
     before it (``after``) is done, so the applier does not wait for a batch's
@@ -208,10 +229,8 @@ class _Writer:
                 self.skipped = True
                 return
         try:
-            if begin:
-                conn.execute("BEGIN")
-            for run in staged:
-                run.run(conn)
+            if begin or staged:
+                run_together(conn, staged, begin=begin)
             if self.commit is not None:
                 self.committing = True
                 conn.execute(self.commit[0])
@@ -253,10 +272,9 @@ class Applier(RowChanges):
         self.origin = origin
         self.relations = relations
         self.applies = applies
-        self._applies_memo: tuple[Transaction | None, dict[int, tuple[Relation, bool]]] = (
-            None,
-            {},
-        )
+        #: What the filter decided, by relation id: (relation, the transaction it
+        #: was asked for, or None when it always applies, table or None).
+        self._decided: dict[int, tuple[Relation, Transaction | None, TableMap | None]] = {}
         self.skip_lsn = skip_lsn
         #: End LSN and local commit order of the last applied remote transaction.
         self.applied_lsn: Lsn | None = None
@@ -398,11 +416,15 @@ class Applier(RowChanges):
         if isinstance(change, Truncate):
             self._truncate(tx, change)
             return
-        table = self._map(tx, change.relation_id, type(change).__name__.upper())
+        relation_id = change.relation_id
+        table = self._map(tx, relation_id, change)
         if table is None:
             return
         if self._staging:
-            stage = self._stage(change.relation_id, table)
+            stages = self._stages
+            stage = (
+                stages[relation_id] if relation_id in stages else self._stage(relation_id, table)
+            )
             if stage is not None:
                 if stage.add(change, tx):
                     if stage.full:
@@ -446,8 +468,7 @@ class Applier(RowChanges):
     # -- staged changes (set-based apply) -------------------------------------------------
 
     def _stage(self, relation_id: int, table: TableMap) -> Stage | None:
-        if relation_id in self._stages:
-            return self._stages[relation_id]
+        """The table's stage, made on its first change (None: applied row by row)."""
         applied = all(
             self.conflicts.policy(table.relation, t) is Policy.APPLY_REMOTE
             for t in (ConflictType.UPDATE_ORIGIN_DIFFERS, ConflictType.DELETE_ORIGIN_DIFFERS)
@@ -826,16 +847,22 @@ class Applier(RowChanges):
 
     # -- helpers ----------------------------------------------------------------------
 
-    def _map(self, tx: Transaction, relation_id: int, op: str) -> TableMap | None:
+    def _map(
+        self, tx: Transaction, relation_id: int, op: str | Insert | Update | Delete
+    ) -> TableMap | None:
+        """The local table of a relation, None when this transaction does not apply
+        it (see :data:`TableFilter`); ``op`` names what is applied, for errors."""
         relation = self.relations.relation(relation_id)
-        # Asked once per relation and remote transaction: a large one has many changes.
-        memo = self._applies_memo
-        if memo[0] is not tx:
-            memo = self._applies_memo = (tx, {})
-        decided = memo[1].get(relation_id)
-        if decided is None or decided[0] is not relation:
-            decided = memo[1][relation_id] = (relation, self.applies(relation, tx))
-        if not decided[1]:
+        decided = self._decided.get(relation_id)
+        if (
+            decided is not None
+            and decided[0] is relation
+            and (decided[1] is None or decided[1] is tx)
+        ):
+            return decided[2]
+        applies = self.applies(relation, tx)
+        if not applies:
+            self._decided[relation_id] = (relation, tx, None)
             return None
         table = self._maps.get(relation_id)
         if table is None or table.relation is not relation:
@@ -848,6 +875,8 @@ class Applier(RowChanges):
                     self.conn, relation, self.conflicts.stamps, self.conflicts.origin_id
                 )
             except MappingError as exc:
+                if not isinstance(op, str):
+                    op = type(op).__name__.upper()
                 raise ApplyError(
                     f"subscription {self.subscription!r}: {exc} (remote transaction {tx.xid}"
                     f" finished at {tx.commit_lsn}, applying {op})",
@@ -859,7 +888,12 @@ class Applier(RowChanges):
                     " resumes on the next retry",
                 ) from None
             self._maps[relation_id] = table
+        self._decided[relation_id] = (relation, None if applies is Applies.ALWAYS else tx, table)
         return table
+
+    def refilter(self) -> None:
+        """The table filter may answer otherwise now: ask it again."""
+        self._decided.clear()
 
     def _truncate(self, tx: Transaction, change: Truncate) -> None:
         targets = []

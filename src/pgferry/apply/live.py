@@ -222,7 +222,7 @@ class LiveStreams:
         applier, side, main = self._applier, self._side(), self.main
         self._guard(applier.checkpoint, self._tx)
         for relation, decided in self._decided.values():
-            if self._applies(relation, tx) != decided:
+            if bool(self._applies(relation, tx)) != decided:
                 self._fail(f"the sync state of {relation.namespace}.{relation.name} changed")
         # Local commits in remote commit order: the main batch (commits before
         # this one) first, then this one, each with the origin.
@@ -263,7 +263,8 @@ class LiveStreams:
         return self._applier.conn  # in the side transaction, the writer done
 
     def _decide(self, relation: Relation, tx: Transaction) -> bool:
-        decided = self._applies(relation, tx)
+        # (Not Applies.ALWAYS: it is asked again at the commit, above.)
+        decided = bool(self._applies(relation, tx))
         self._decided[relation.relation_id] = (relation, decided)
         return decided
 

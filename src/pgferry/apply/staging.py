@@ -18,12 +18,15 @@ mode the applier instead hands each change of an eligible table to that table's
 
 :meth:`Stage.prepare`, then :meth:`Staged.run`, copy the net rows into a
 temporary table (text COPY: the values arrive in their text form) and apply
-them with one DELETE ... USING,
-one UPDATE ... FROM and one INSERT ... SELECT, sent as one message, checking
-each row count. Any surprise (a missing row, a unique violation, a value the
-local type refuses) raises :class:`StageMismatch` or the server's error; the
-applier then rolls the batch back and applies it again exactly, row by row,
-which reports and resolves the conflict as native would.
+them with one DELETE ... USING, one UPDATE ... FROM and one INSERT ... SELECT,
+sent as one message, checking each row count. The writer thread runs a whole
+batch's stages with :func:`run_together`: one simple query, a round trip per
+COPY.
+
+Any surprise (a missing row, a unique violation, a value the local type
+refuses) raises :class:`StageMismatch` or the server's error; the applier then
+rolls the batch back and applies it again exactly, row by row, which reports and
+resolves the conflict as native would.
 
 With ``track_commit_timestamp`` on (PostgreSQL 14+), the rows an UPDATE or DELETE
 is about to change are first read and locked with their commit origin, and those
@@ -42,7 +45,7 @@ from __future__ import annotations
 import enum
 import operator
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import psycopg
@@ -50,6 +53,7 @@ from psycopg import sql
 
 from pgferry.protocol.messages import UNCHANGED_TOAST, BinaryValue, Delete, Insert, Update, Value
 from pgferry.protocol.speedups import SPEEDUPS
+from pgferry.stream import libpq
 
 from .conflicts import SYNC_ORIGIN_PREFIX, LocalRow
 from .mapping import Stamps, TableMap
@@ -168,10 +172,18 @@ class Staged(NamedTuple):
     counts: dict[str, int]
     #: The staged entries (by entry number), when the origins are checked.
     entries: list[tuple[tuple[Value, ...], list[Any]]] | None
+    #: The statement ends with TRUNCATE (the batch goes on).
+    keep: bool = False
 
     @property
     def checks_origins(self) -> bool:
         return self.entries is not None
+
+    @property
+    def commands(self) -> list[bytes]:
+        """What :meth:`run` sends, in order (the COPY's rows apart)."""
+        first = [] if self.create is None else [self.create]
+        return [*first, self.copy, self.statement]
 
     def run(self, conn: psycopg.Connection[Any]) -> list[Suspect]:
         """COPY the rows and run the statements; returns the changed rows another
@@ -181,26 +193,25 @@ class Staged(NamedTuple):
         check = self.entries is not None
         if self.create is not None:
             conn.execute(self.create)
+        absent: int | None = None
         with conn.cursor() as cur:
             with cur.copy(self.copy) as copy:
                 copy.write(self.data)
             cur.execute(self.statement)
             # One result per statement, in order.
             found = cur.fetchall() if check else []
-            expected = [counts[op] for op in "DUI" if counts[op]]
             touched: list[int] = []
-            for _ in expected:
-                if touched or check:
-                    cur.nextset()
-                touched.append(cur.rowcount)
-            absent_ok = True
+            for op in "DUI":
+                if counts[op]:
+                    if touched or check:
+                        cur.nextset()
+                    touched.append(cur.rowcount)
             if counts["A"]:
                 if touched or check:
                     cur.nextset()
                 result = cur.fetchone()
-                absent_ok = result is not None and result[0] == 0
-        if touched != expected or not absent_ok:
-            raise StageMismatch(f"table {self.display}: staged {counts}, touched {touched}")
+                absent = None if result is None else result[0]
+        self._verify(touched, absent)
         suspects = []
         if found:
             assert self.entries is not None
@@ -208,6 +219,89 @@ class Staged(NamedTuple):
                 key, (_existed, _values, tx, first) = self.entries[n]
                 suspects.append(Suspect(tx, first, key, LocalRow.from_row(tuple(row))))
         return suspects
+
+    def take(self, results: Iterator[Result]) -> None:
+        """Check this run's part of the results of :func:`run_together`, in
+        order (its ``commands``), as :meth:`run` checks its own."""
+        assert self.entries is None  # (found rows are only read by run)
+        counts = self.counts
+        for _ in self.commands[:-1]:
+            next(results)  # CREATE, COPY
+        touched = [next(results).rows for op in "DUI" if counts[op]]
+        absent: int | None = None
+        if counts["A"]:
+            value = next(results).value
+            absent = None if value is None else int(value)
+        if self.keep:
+            next(results)  # TRUNCATE
+        self._verify(touched, absent)
+
+    def _verify(self, touched: list[int], absent: int | None) -> None:
+        counts = self.counts
+        expected = [counts[op] for op in "DUI" if counts[op]]
+        if touched != expected or (counts["A"] and absent != 0):
+            raise StageMismatch(f"table {self.display}: staged {counts}, touched {touched}")
+
+
+class Result(NamedTuple):
+    """One statement's result in :func:`run_together`."""
+
+    status: int
+    #: The rows it touched (-1: not a row count).
+    rows: int
+    #: The first field of its first row (None: none, or NULL).
+    value: bytes | None
+
+
+def run_together(conn: psycopg.Connection[Any], staged: list[Staged], *, begin: bool) -> None:
+    """Run ``staged`` (none of which checks origins), after BEGIN with ``begin``:
+    as ONE simple query, its COPYs fed inside libpq with the GIL released
+    (``_speedups.exchange``), where that can be done (see
+    :mod:`pgferry.stream.libpq`); otherwise one statement after the other. A
+    round trip per COPY, not three per stage, and no wait for the GIL between
+    them: this runs in the writer thread while the applier's thread is busy.
+    Raises what running them one by one would: :class:`StageMismatch`, or a
+    :class:`psycopg.Error` (of the server's SQLSTATE; its details are left to
+    exact apply, which runs next)."""
+    functions = libpq.functions()
+    pgconn = conn.pgconn
+    # pgconn_ptr: the PGconn's address, not part of psycopg's pq.abc
+    pointer = getattr(pgconn, "pgconn_ptr", None)
+    if functions is None or SPEEDUPS is None or not pointer:
+        if begin:
+            conn.execute("BEGIN")
+        for run in staged:
+            run.run(conn)
+        return
+    commands = [b"BEGIN"] if begin else []
+    for run in staged:
+        commands += run.commands
+    with libpq.blocking(pgconn):
+        results, error = SPEEDUPS.exchange(
+            functions, pointer, b"; ".join(commands), tuple(run.data for run in staged)
+        )
+    if error is not None:
+        raise _server_error(*error)
+    taken = iter(map(Result._make, results))
+    try:
+        if begin:
+            next(taken)
+        for run in staged:
+            run.take(taken)
+    except StopIteration:
+        raise StageMismatch(f"fewer results than statements: {results}") from None
+
+
+def _server_error(sqlstate: bytes, message: bytes) -> psycopg.Error:
+    """The psycopg error class of ``sqlstate`` (none: the connection's)."""
+    text = message.decode(errors="replace").strip()
+    if not sqlstate:
+        return psycopg.OperationalError(text)
+    try:
+        cls = psycopg.errors.lookup(sqlstate.decode())
+    except KeyError:
+        cls = psycopg.DatabaseError
+    return cls(text)
 
 
 class Stage:
@@ -325,7 +419,8 @@ class Stage:
         if values is None:
             return None
         key: tuple[Value, ...] = self._key_of(values)
-        if None in key or UNCHANGED_TOAST in key or BinaryValue in map(type, key):
+        # (Not plain: unchanged TOAST or binary.)
+        if None in key or _plain_width(key) < 0:
             return None
         return key
 
@@ -379,6 +474,7 @@ class Stage:
             self._statement((check, *(counts[op] > 0 for op in "DUIA")), keep),
             counts,
             list(self._rows.items()) if check else None,
+            keep,
         )
         self.created = True
         self.clear()

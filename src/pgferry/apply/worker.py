@@ -49,7 +49,7 @@ from pgferry.protocol.timestamps import to_datetime
 from pgferry.stream import PgoutputOptions, ReplicationConnection, ReplicationStream
 from pgferry.stream.commands import streaming_for
 
-from .applier import Applier, Batching, RetryExact
+from .applier import Applier, Applies, Batching, RetryExact
 from .conflicts import session_conflicts
 from .live import LiveStreams, RetrySerial
 
@@ -58,6 +58,10 @@ logger = logging.getLogger("pgferry.apply")
 _DURABLE_ON_COMMIT = {"on", "local", "remote_write", "remote_apply"}
 #: Most stream messages handled between two looks at the batch and the catalog.
 READ_BATCH = 2000
+
+#: How long a restarted run asks again for a slot still held by the walsender of
+#: the run before (it exits when it notices the closed connection).
+_RESTART_WAIT = 10.0
 
 
 def batching_of(local: psycopg.Connection[Any], sub: store.Subscription) -> Batching:
@@ -108,6 +112,8 @@ class ApplyWorker:
         self.confirm_interval = confirm_interval
         self._stop = False
         self._exact_until: Lsn | None = None
+        #: ``run`` started again after RetryExact/RetrySerial.
+        self._restarted = False
         #: Streamed transactions to apply at their commit, not as they arrive.
         self._serial: set[int] = set()
         #: The applier of the current (or last) run, for inspection.
@@ -133,6 +139,7 @@ class ApplyWorker:
                     # Start again from the origin; the publisher streams that
                     # transaction again, and it is spooled this time.
                     self._serial.add(retry.xid)
+                self._restarted = True
                 # As the session was: the origin unbound, no lock wait limit (a
                 # batch that failed may have rolled back the RESET of .live).
                 local.execute("RESET lock_timeout")
@@ -185,14 +192,15 @@ class ApplyWorker:
         states = handover.states(local, self.name)
         handover_due = _handover_interval(states)
 
-        def applies(relation: Relation, tx: Transaction) -> bool:
-            # Ready tables always; a table just handed over by its sync worker for
-            # transactions that end after the handover LSN (see catalog.handover).
+        def applies(relation: Relation, tx: Transaction) -> bool | Applies:
+            # Ready tables always (until sync_handover reads the states again); a
+            # table just handed over by its sync worker for transactions that end
+            # after the handover LSN (see catalog.handover).
             state = states.get((relation.namespace, relation.name))
             if state is None:
                 return False
             if state.state == "r":
-                return True
+                return Applies.ALWAYS
             return (
                 state.state == "s"
                 and state.state_lsn is not None
@@ -242,7 +250,13 @@ class ApplyWorker:
                 origin=session.origin_option,
             )
             stream = remote.start_replication(
-                sub.slot_name, options, start_lsn=start, status_interval=self.status_interval
+                sub.slot_name,
+                options,
+                start_lsn=start,
+                status_interval=self.status_interval,
+                # Restarted in this process: the walsender of the run before may
+                # not have exited yet.
+                wait_in_use=_RESTART_WAIT if self._restarted else 0.0,
             )
         except BaseException:
             remote.close()
@@ -294,6 +308,7 @@ class ApplyWorker:
                     store.set_table_state(local, self.name, key[0], key[1], "r", position)
             states = handover.states(local, self.name)
             handover_due = _handover_interval(states)
+            applier.refilter()
 
         def report() -> None:
             handover.report_worker(
@@ -351,6 +366,7 @@ class ApplyWorker:
             if idle:
                 unconfirmed = bool(unflushed)
 
+        feed, decode = assembler.feed, decoder.decode
         try:
             while not self._stop:
                 # With a batch open, look again soon: it commits when the stream
@@ -374,8 +390,9 @@ class ApplyWorker:
                     continue
                 received = False
                 for item in batch:
-                    if isinstance(item, XLogData):
-                        assembler.feed(decoder.decode(item.payload), item.payload, item.data_start)
+                    if type(item) is XLogData:
+                        payload = item.payload
+                        feed(decode(payload), payload, item.data_start)
                         received = True
                     else:
                         assert isinstance(item, PrimaryKeepalive)

@@ -61,6 +61,9 @@ SESSION_OPTIONS = (
     "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c timezone=UTC"
 )
 
+#: Between two asks for a slot still active (see ``start_replication``).
+_IN_USE_PAUSE = 0.05
+
 
 @dataclass(frozen=True)
 class SystemInfo:
@@ -282,13 +285,28 @@ class ReplicationConnection:
         *,
         start_lsn: Lsn = INVALID_LSN,
         status_interval: float = 10.0,
+        wait_in_use: float = 0.0,
     ) -> ReplicationStream:
-        """Enter COPY BOTH; ``start_lsn`` 0 means the slot's confirmed position."""
+        """Enter COPY BOTH; ``start_lsn`` 0 means the slot's confirmed position.
+
+        ``wait_in_use``: for that many seconds, a slot still active for another
+        walsender is asked for again. A consumer that restarts right after
+        closing its stream needs this: its old walsender releases the slot only
+        when it notices the closed connection and exits.
+        """
         command, version = commands.start_replication(
             slot_name, start_lsn, options, self.server_version
         )
-        results = self.execute(command, context=f"starting replication from slot {slot_name!r}")
-        del results  # COPY BOTH yields no rows; errors were raised by execute
+        deadline = time.monotonic() + wait_in_use
+        while True:
+            try:
+                self.execute(command, context=f"starting replication from slot {slot_name!r}")
+            except SlotInUse:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(_IN_USE_PAUSE)
+                continue
+            break  # COPY BOTH yields no rows; errors were raised by execute
         if self.pgconn.transaction_status != pq.TransactionStatus.ACTIVE:
             raise ServerError(f"START_REPLICATION on slot {slot_name!r} did not enter COPY mode")
         logger.info(

@@ -23,7 +23,6 @@ It must call the very libpq that made the connections: see
 
 from __future__ import annotations
 
-import contextlib
 import select
 from typing import Any
 
@@ -122,10 +121,7 @@ def relay(
 ) -> int:
     """Copy the rows of ``source`` into ``target``; the rows stored (see the module)."""
     src, dst = remote.pgconn, local.pgconn
-    blocking = src.nonblocking, dst.nonblocking
-    src.nonblocking = 0
-    dst.nonblocking = 0
-    try:
+    with libpq.blocking(src, dst):
         _start(local, target, pq.ExecStatus.COPY_IN)
         try:
             _start(remote, source, pq.ExecStatus.COPY_OUT)
@@ -137,7 +133,9 @@ def relay(
         # pgconn_ptr: the PGconn's address, not part of psycopg's pq.abc
         pointers = getattr(src, "pgconn_ptr", None), getattr(dst, "pgconn_ptr", None)
         if functions is not None and SPEEDUPS is not None and all(pointers):
-            outcome = SPEEDUPS.relay_copy(*functions, *pointers)
+            outcome = SPEEDUPS.relay_copy(
+                functions.get_copy_data, functions.put_copy_data, functions.freemem, *pointers
+            )
         else:
             outcome = _py_relay(src, dst)
         if outcome == WRITE_FAILED:
@@ -167,8 +165,3 @@ def relay(
         if target_error is not None:
             raise target_error
         return sum(max(res.command_tuples or 0, 0) for res in results)
-    finally:
-        for pgconn, mode in ((src, blocking[0]), (dst, blocking[1])):
-            # (A connection that is gone cannot be set: its error is the one raised.)
-            with contextlib.suppress(psycopg.OperationalError):
-                pgconn.nonblocking = mode
