@@ -546,6 +546,181 @@ plain_width(PyObject *self, PyObject *arg)
     return PyLong_FromSsize_t(width);
 }
 
+/* The total length of plain values (text bytes or NULL); -1 when one is unchanged
+ * TOAST or binary (or not bytes: the Python twin says what is wrong). */
+static Py_ssize_t
+plain_total(PyObject *values)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(values), width = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyTuple_GET_ITEM(values, i);
+        if (v == Py_None)
+            continue;
+        if (!PyBytes_CheckExact(v))
+            return -1;
+        width += PyBytes_GET_SIZE(v);
+    }
+    return width;
+}
+
+/* The key columns' values of ``values``; NULL without an exception when one is
+ * NULL or not plain, or a position is out of range (left to the Python twin). */
+static PyObject *
+key_of(PyObject *values, PyObject *positions)
+{
+    Py_ssize_t nk = PyTuple_GET_SIZE(positions), n = PyTuple_GET_SIZE(values);
+    PyObject *key = PyTuple_New(nk);
+    if (key == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(positions, i));
+        if (at < 0 || at >= n) {
+            Py_DECREF(key);
+            if (PyErr_Occurred())
+                PyErr_Clear();
+            return NULL;
+        }
+        PyObject *v = PyTuple_GET_ITEM(values, at);
+        if (!PyBytes_CheckExact(v)) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(key, i, Py_NewRef(v));
+    }
+    return key;
+}
+
+/* A stage entry: [existed before the batch, last version, first transaction, its
+ * new values] (see staging.Stage). */
+static PyObject *
+new_entry(PyObject *existed, PyObject *last, PyObject *tx, PyObject *first)
+{
+    PyObject *entry = PyList_New(4);
+    if (entry == NULL)
+        return NULL;
+    PyList_SET_ITEM(entry, 0, Py_NewRef(existed));
+    PyList_SET_ITEM(entry, 1, Py_NewRef(last));
+    PyList_SET_ITEM(entry, 2, Py_NewRef(tx));
+    PyList_SET_ITEM(entry, 3, Py_NewRef(first));
+    return entry;
+}
+
+/* The common cases of staging.Stage.add: stage_change(rows, inserts, key
+ * positions, change, tx) -> the width staged, or -1: nothing was touched, the
+ * Python twin decides (it also refuses what cannot be staged). ``inserts`` is
+ * the list of a stage that takes inserts only, else None. */
+static PyObject *
+stage_change(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyDict_CheckExact(args[0]) || !PyTuple_Check(args[2]) ||
+        (args[1] != Py_None && !PyList_CheckExact(args[1]))) {
+        PyErr_SetString(PyExc_TypeError, "stage_change takes a dict, a list or None, a tuple, "
+                                         "a change and a transaction");
+        return NULL;
+    }
+    PyObject *rows = args[0], *inserts = args[1], *positions = args[2], *change = args[3],
+             *tx = args[4];
+    PyTypeObject *type = Py_TYPE(change);
+    Py_ssize_t width;
+    /* (A stage of changes by key has a key.) */
+    if (insert_cls == NULL || (inserts == Py_None && PyTuple_GET_SIZE(positions) == 0))
+        return PyLong_FromLong(-1);
+    if ((PyObject *)type == insert_cls && PyTuple_GET_SIZE(change) == 3) {
+        PyObject *new = PyTuple_GET_ITEM(change, 2);
+        if (!PyTuple_Check(new) || (width = plain_total(new)) < 0)
+            return PyLong_FromLong(-1);
+        if (inserts != Py_None) {
+            if (PyList_Append(inserts, new) < 0)
+                return NULL;
+            return PyLong_FromSsize_t(width);
+        }
+        PyObject *key = key_of(new, positions);
+        if (key == NULL)
+            return PyErr_Occurred() ? NULL : PyLong_FromLong(-1);
+        PyObject *entry = PyDict_GetItemWithError(rows, key);
+        int done = -1;
+        if (entry == NULL && !PyErr_Occurred()) {
+            PyObject *made = new_entry(Py_False, new, Py_None, Py_None);
+            done = made == NULL ? -2 : PyDict_SetItem(rows, key, made) < 0 ? -2 : 1;
+            Py_XDECREF(made);
+        }
+        else if (entry != NULL && PyList_CheckExact(entry) && PyList_GET_SIZE(entry) == 4 &&
+                 PyList_GET_ITEM(entry, 0) == Py_False && PyList_GET_ITEM(entry, 1) == Py_None) {
+            /* inserted, deleted, inserted again */
+            PyList_SET_ITEM(entry, 1, Py_NewRef(new));
+            Py_DECREF(Py_None);
+            done = 1;
+        }
+        else if (PyErr_Occurred())
+            done = -2;
+        Py_DECREF(key);
+        if (done == -2)
+            return NULL;
+        return PyLong_FromSsize_t(done == 1 ? width : -1);
+    }
+    if (inserts != Py_None)
+        return PyLong_FromLong(-1);
+    if ((PyObject *)type == update_cls && PyTuple_GET_SIZE(change) == 5) {
+        PyObject *new = PyTuple_GET_ITEM(change, 4);
+        /* With an old key: the Python twin compares it with the new one. */
+        if (PyTuple_GET_ITEM(change, 3) != Py_None || !PyTuple_Check(new) ||
+            (width = plain_total(new)) < 0)
+            return PyLong_FromLong(-1);
+        PyObject *key = key_of(new, positions);
+        if (key == NULL)
+            return PyErr_Occurred() ? NULL : PyLong_FromLong(-1);
+        PyObject *entry = PyDict_GetItemWithError(rows, key);
+        int done = -1;
+        if (entry == NULL && !PyErr_Occurred()) {
+            PyObject *made = new_entry(Py_True, new, tx, new);
+            done = made == NULL ? -2 : PyDict_SetItem(rows, key, made) < 0 ? -2 : 1;
+            Py_XDECREF(made);
+        }
+        else if (entry != NULL && PyList_CheckExact(entry) && PyList_GET_SIZE(entry) == 4 &&
+                 PyList_GET_ITEM(entry, 1) != Py_None) {
+            PyObject *last = PyList_GET_ITEM(entry, 1);
+            PyList_SET_ITEM(entry, 1, Py_NewRef(new));
+            Py_DECREF(last);
+            done = 1;
+        }
+        else if (PyErr_Occurred())
+            done = -2;
+        Py_DECREF(key);
+        if (done == -2)
+            return NULL;
+        return PyLong_FromSsize_t(done == 1 ? width : -1);
+    }
+    if ((PyObject *)type == delete_cls && PyTuple_GET_SIZE(change) == 4) {
+        PyObject *old = PyTuple_GET_ITEM(change, 3);
+        if (!PyTuple_Check(old))
+            return PyLong_FromLong(-1);
+        PyObject *key = key_of(old, positions);
+        if (key == NULL)
+            return PyErr_Occurred() ? NULL : PyLong_FromLong(-1);
+        PyObject *entry = PyDict_GetItemWithError(rows, key);
+        int done = -1;
+        if (entry == NULL && !PyErr_Occurred()) {
+            PyObject *made = new_entry(Py_True, Py_None, tx, Py_None);
+            done = made == NULL ? -2 : PyDict_SetItem(rows, key, made) < 0 ? -2 : 1;
+            Py_XDECREF(made);
+        }
+        else if (entry != NULL && PyList_CheckExact(entry) && PyList_GET_SIZE(entry) == 4 &&
+                 PyList_GET_ITEM(entry, 1) != Py_None) {
+            PyObject *last = PyList_GET_ITEM(entry, 1);
+            PyList_SET_ITEM(entry, 1, Py_NewRef(Py_None));
+            Py_DECREF(last);
+            done = 1;
+        }
+        else if (PyErr_Occurred())
+            done = -2;
+        Py_DECREF(key);
+        if (done == -2)
+            return NULL;
+        return PyLong_FromLong(done == 1 ? 0 : -1);
+    }
+    return PyLong_FromLong(-1);
+}
+
 typedef int (*copy_get_fn)(void *, char **, int);
 typedef int (*copy_put_fn)(void *, const char *, int);
 typedef void (*copy_free_fn)(void *);
@@ -912,6 +1087,8 @@ static PyMethodDef methods[] = {
      "Begin/Commit/Insert/Update/Delete, or None."},
     {"drain", drain, METH_VARARGS, "The CopyData messages libpq has buffered, parsed."},
     {"exchange", exchange, METH_VARARGS, "One simple query with its COPYs, inside libpq."},
+    {"stage_change", (PyCFunction)(void (*)(void))stage_change, METH_FASTCALL,
+     "Stage the common changes; the width staged, or -1 for the Python twin."},
     {NULL, NULL, 0, NULL},
 };
 

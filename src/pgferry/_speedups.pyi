@@ -1,4 +1,5 @@
 from collections.abc import Callable
+from typing import Any
 
 from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
 from pgferry.protocol.lsn import Lsn
@@ -34,3 +35,10 @@ def drain(
 def exchange(
     functions: tuple[int, ...], conn: int, query: bytes, copies: tuple[bytes, ...]
 ) -> tuple[list[tuple[int, int, bytes | None]], tuple[bytes, bytes] | None]: ...
+def stage_change(
+    rows: dict[tuple[Value, ...], list[Any]],
+    inserts: list[tuple[Value, ...]] | None,
+    positions: tuple[int, ...],
+    change: Insert | Update | Delete,
+    tx: object,
+) -> int: ...

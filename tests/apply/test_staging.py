@@ -15,6 +15,7 @@ from pgferry.apply.staging import Eligibility, Stage, _escape, _py_line, eligibi
 from pgferry.catalog import store
 from pgferry.protocol.messages import (
     UNCHANGED_TOAST,
+    BinaryValue,
     Column,
     Delete,
     Insert,
@@ -22,6 +23,7 @@ from pgferry.protocol.messages import (
     Update,
     Value,
 )
+from pgferry.protocol.speedups import SPEEDUPS
 from tests.apply.pair import Pair
 
 RELATION = Relation(
@@ -288,3 +290,71 @@ def test_rows_written_by_another_origin_are_reported_once_per_key(pair: Pair) ->
 def test_copy_lines_escape_exactly_what_copy_needs(values: list[bytes | None]) -> None:
     row = tuple(values)
     assert _py_line(row, b"\n") == b"\t".join(map(_escape, row)) + b"\n"
+
+
+# -- the C twin of Stage.add -----------------------------------------------------------
+
+_key_values = st.sampled_from([b"1", b"2", b"3"])
+_column_values = st.one_of(
+    st.none(),
+    st.just(UNCHANGED_TOAST),
+    st.sampled_from([b"", b"a", b"bb", b"c\td"]),
+    st.just(BinaryValue(b"\x00\x01")),
+)
+_keys = st.one_of(_key_values, st.none(), st.just(UNCHANGED_TOAST), st.just(BinaryValue(b"1")))
+_rows = st.tuples(_keys, _keys, _column_values)
+_changes = st.one_of(
+    st.builds(lambda new: Insert(None, 1, new), _rows),
+    st.builds(
+        lambda old, new: Update(None, 1, None if old is None else "K", old, new),
+        st.one_of(st.none(), _rows),
+        _rows,
+    ),
+    st.builds(lambda old: Delete(None, 1, "K", old), _rows),
+)
+
+
+@pytest.mark.skipif(SPEEDUPS is None, reason="pgferry._speedups not built")
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [((0,), Eligibility.KEYED), ((1, 0), Eligibility.KEYED), ((0,), Eligibility.INSERTS)],
+    ids=["one-column key", "two-column key", "inserts only"],
+)
+@given(history=st.lists(_changes, max_size=30))
+def test_the_c_twin_of_add_stages_exactly_as_the_python_one(
+    key: tuple[int, ...], kind: Eligibility, history: list[Insert | Update | Delete]
+) -> None:
+    shape = {
+        "relation": RELATION._replace(columns=(*RELATION.columns, Column("w", 25, -1, False))),
+        "types": ("integer", "integer", "text"),
+        "names": ("id", "id2", "w"),
+        "key": key,
+        "uniques": (UniqueIndex("t_pkey", key),),
+    }
+    c_stage, py_stage = Stage(_table(**shape), kind), Stage(_table(**shape), kind)
+    for n, change in enumerate(history):
+        expected = py_stage._py_add(change, n)
+        assert c_stage.add(change, n) == expected, change
+        assert c_stage._rows == py_stage._rows and c_stage._inserts == py_stage._inserts
+        assert c_stage.size == py_stage.size
+
+
+@pytest.mark.skipif(SPEEDUPS is None, reason="pgferry._speedups not built")
+def test_the_common_changes_are_staged_in_c() -> None:
+    assert SPEEDUPS is not None
+    stage = Stage(_table(), Eligibility.KEYED)
+    rows, positions = stage._rows, stage._positions
+    # The C twin takes them itself (it would leave them to Python with -1).
+    assert SPEEDUPS.stage_change(rows, None, positions, _ins(1, "a"), "tx1") == 2
+    assert SPEEDUPS.stage_change(rows, None, positions, _upd(1, b"bcd"), "tx2") == 4
+    assert SPEEDUPS.stage_change(rows, None, positions, _upd(2, b"x"), "tx3") == 2
+    assert SPEEDUPS.stage_change(rows, None, positions, _del(2), "tx4") == 0
+    assert rows == {
+        (b"1",): [False, (b"1", b"bcd"), None, None],
+        (b"2",): [True, None, "tx3", (b"2", b"x")],
+    }
+    # What it leaves: a key change, a second delete, unchanged TOAST.
+    assert SPEEDUPS.stage_change(rows, None, positions, _upd(3, b"x", old=1), "tx5") == -1
+    assert SPEEDUPS.stage_change(rows, None, positions, _del(2), "tx6") == -1
+    assert SPEEDUPS.stage_change(rows, None, positions, _upd(1, UNCHANGED_TOAST), "tx7") == -1
+    assert len(rows) == 2

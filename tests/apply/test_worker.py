@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
-from pgferry.catalog import store
+import pytest
+
+from pgferry.apply import ApplyWorker, applier, worker
+from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, store
+from pgferry.protocol import Lsn
+from pgferry.testing import Cluster
+from pgferry.testing.pytest_plugin import ClusterFactory
 from tests.apply.pair import Pair
-from tests.support import current_lsn
+from tests.support import create_slot, current_lsn
 
 
 def _wait_confirmed(pair: Pair, timeout: float) -> float:
@@ -43,6 +50,55 @@ def test_an_idle_worker_flushes_its_wal_and_confirms_at_once(pair: Pair) -> None
     finally:
         cluster.sql("ALTER SYSTEM RESET wal_writer_delay")
         cluster.sql("SELECT pg_reload_conf()")
+
+
+def test_a_batch_committed_in_the_background_is_confirmed_at_the_next_pause(
+    make_cluster: ClusterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recent transactions (a live stream) are committed by the writer thread as
+    soon as they are received; what they applied is confirmed when the stream
+    next pauses, not at the worker's next idle look (made 8 s here; 0.5 s by
+    default). Every transaction counts as recent here. The publisher is a
+    cluster of its own: the subscriber's commits would otherwise move its WAL,
+    and the walsender's keepalives for that would confirm too."""
+    monkeypatch.setattr(worker, "_handover_interval", lambda states: 8.0)
+    monkeypatch.setattr(applier, "LIVE_WINDOW", 3600.0)
+    publisher, subscriber = make_cluster(), make_cluster()
+    ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)"
+    publisher.sql(ddl + "; CREATE PUBLICATION pub FOR TABLE t")
+    subscriber.sql(ddl)
+    create_slot(publisher, "postgres", "ferry")
+    with subscriber.connect() as conn:
+        ensure_catalog(conn)
+        store.create_subscription(
+            conn, Subscription("ferry", publisher.dsn(), ("pub",), "ferry", "pgferry_ferry")
+        )
+        store.upsert_table(
+            conn, SubscriptionTable("ferry", "public", "t", "public", "t", "r", None)
+        )
+    publisher.sql("INSERT INTO t SELECT generate_series(1, 40), 'x'")
+    target = current_lsn(publisher)
+    ferry = ApplyWorker(subscriber.dsn(), "ferry", status_interval=30)
+    thread = threading.Thread(target=ferry.run, daemon=True)
+    began = time.monotonic()
+    thread.start()
+    try:
+        while _confirmed(publisher) < target:
+            assert time.monotonic() - began < 60, "the slot was not confirmed"
+            time.sleep(0.01)
+        elapsed = time.monotonic() - began
+    finally:
+        ferry.request_stop()
+        thread.join(timeout=60)
+    assert elapsed < 4, f"confirmed after {elapsed:.1f} s"
+    assert subscriber.sql("SELECT count(*) FROM t") == [(40,)]
+
+
+def _confirmed(cluster: Cluster) -> Lsn:
+    (row,) = cluster.sql(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'ferry'"
+    )
+    return Lsn.parse(str(row[0]))
 
 
 def _wait_rows(pair: Pair, query: str, expected: list[tuple[object, ...]]) -> None:

@@ -168,6 +168,8 @@ LIVE_WINDOW = 0.2
 ORIGIN_WAIT = 5.0
 #: Changes between two calls of :attr:`Applier.keepalive`.
 KEEPALIVE_EVERY = 2000
+#: The changes a stage may take (see Applier.change).
+_ROW_CHANGES = (Insert, Update, Delete)
 
 
 class RetryExact(Exception):
@@ -402,12 +404,30 @@ class Applier(RowChanges):
         self._changes += 1
         if self._changes % KEEPALIVE_EVERY == 0 and self.keepalive is not None:
             self.keepalive()
-        if not self._pipelining:
-            self._change(tx, change)
-            return
+        pipelining = self._pipelining
         try:
+            if self._staging and not self._skipping and isinstance(change, _ROW_CHANGES):
+                # The common case in this one frame, as _change and _map would
+                # do it: the table's decision holds for this transaction and its
+                # relation is the latest, its stage takes the change.
+                relation_id = change.relation_id
+                stage = self._stages.get(relation_id)
+                decided = self._decided.get(relation_id)
+                if (
+                    stage is not None
+                    and decided is not None
+                    and (decided[1] is None or decided[1] is tx)
+                    and decided[2] is stage.table
+                    and decided[0] is self.relations.get(relation_id)
+                    and stage.add(change, tx)
+                ):
+                    if stage.full:
+                        self._apply_stages(tx, [stage], keep=True)
+                    return
             self._change(tx, change)
         except psycopg.Error:
+            if not pipelining:
+                raise
             self._batch_failed(tx)
 
     def _change(self, tx: Transaction, change: Change) -> None:

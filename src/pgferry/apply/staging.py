@@ -159,6 +159,7 @@ _TAILS = {op: b"\t%s\t" % op.encode() for op in "DUIA"}
 # The C twins where built (see pgferry.protocol.speedups).
 _line = SPEEDUPS.copy_line if SPEEDUPS is not None else _py_line
 _plain_width = SPEEDUPS.plain_width if SPEEDUPS is not None else _py_plain_width
+_stage_change = SPEEDUPS.stage_change if SPEEDUPS is not None else None
 
 
 class Staged(NamedTuple):
@@ -323,6 +324,10 @@ class Stage:
         #         first remote transaction, its new values]
         self._rows: dict[tuple[Value, ...], list[Any]] = {}
         self._inserts: list[tuple[Value, ...]] = []
+        # What the C twin of ``add`` is given: the list it appends to when the
+        # stage takes inserts only, the key's positions.
+        self._inserts_only = self._inserts if kind is Eligibility.INSERTS else None
+        self._positions = tuple(table.key)
         self.size = 0
         #: Rows applied by staged statements so far (all batches).
         self.applied = 0
@@ -350,6 +355,16 @@ class Stage:
     def add(self, change: Insert | Update | Delete, tx: Any = None) -> bool:
         """Stage ``change`` of remote transaction ``tx``; False when it cannot be
         (the caller applies the stage, then the change row by row)."""
+        if _stage_change is not None:
+            # The common cases in C; the rest (and every refusal) below.
+            width = _stage_change(self._rows, self._inserts_only, self._positions, change, tx)
+            if width >= 0:
+                self.size += width
+                return True
+        return self._py_add(change, tx)
+
+    def _py_add(self, change: Insert | Update | Delete, tx: Any) -> bool:
+        """The Python twin of ``add``, the reference."""
         if isinstance(change, Insert):
             return self._insert(change.new)
         if self.kind is Eligibility.INSERTS:

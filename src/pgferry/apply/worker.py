@@ -370,10 +370,12 @@ class ApplyWorker:
         try:
             while not self._stop:
                 # With a batch open, look again soon: it commits when the stream
-                # pauses (or at its size or latency limit). While a table syncs,
-                # its handover is looked at five times as often.
+                # pauses (or at its size or latency limit). So too with changes
+                # received and not confirmed (a batch the writer commits): the
+                # pause confirms them. While a table syncs, its handover is
+                # looked at five times as often.
                 batch = stream.read_batch(
-                    timeout=0.01 if applier.pending else handover_due,
+                    timeout=0.01 if applier.pending or unconfirmed else handover_due,
                     max_items=READ_BATCH,
                 )
                 if not batch:

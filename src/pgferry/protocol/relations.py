@@ -9,6 +9,8 @@ a consumer can always resolve a change's columns.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pgferry.errors import ProtocolError
 from pgferry.protocol.messages import Relation, Type
 
@@ -19,6 +21,9 @@ class RelationCache:
     def __init__(self) -> None:
         self._relations: dict[int, Relation] = {}
         self._types: dict[int, Type] = {}
+        #: The table of a relation OID, or None: for a hot path that checks it
+        #: has the latest (a C call, no frame of its own).
+        self.get: Callable[[int], Relation | None] = self._relations.get
 
     def update(self, message: Relation | Type) -> None:
         if isinstance(message, Relation):
