@@ -7,9 +7,11 @@ ratio of wall times is printed, then the table of targets:
 
 * ``sync``: initial sync of the pgbench database, from subscription creation to
   every table ready and the slot caught up;
-* ``catchup``: ``--transactions`` pgbench TPC-B transactions written while the
-  subscription is disabled (native) or not running (pgferry), then time to apply
-  them all (both subscribers start with the publisher's rows);
+* ``catchup``: ``--transactions`` pgbench TPC-B transactions written while both
+  subscriptions are disabled, then the time from enabling each (native: ALTER
+  SUBSCRIPTION; pgferry: what ``subscription alter --enable`` does, with ``pgferry
+  run`` already running, as native's launcher is) to all applied (both
+  subscribers start with the publisher's rows);
 * ``bigtx``: one transaction updating every pgbench_accounts row; also measures
   the publisher's streaming decode floor, ``pg_recvlogical`` (protocol 2,
   streaming on) reading the same transaction to /dev/null;
@@ -27,6 +29,7 @@ publisher's WAL position taken right after the load, and every table is ready.
 
     python -m bench.apply                     # everything, reference sizes
     python -m bench.apply --scale 20 --transactions 100000 --scenarios catchup,bigtx
+    python -m bench.apply --scenarios catchup --runs 5   # medians of 5 runs
     python -m bench.apply --publisher-dsn "host=a dbname=bench" --subscriber-dsn "host=b"
 
 With DSNs, the publisher database gets the pgbench tables (``pgbench -i``) and the
@@ -39,6 +42,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -51,6 +55,7 @@ import psycopg
 
 from bench.common import Publisher, Timer, machine
 from bench.stream import run_recvlogical
+from pgferry.catalog import store
 from pgferry.conninfo import parse, with_params
 from pgferry.protocol import Lsn
 from pgferry.testing import Cluster, find_install
@@ -302,16 +307,29 @@ class Bench:
         self.ferry_subscribe("copy_data=false")
         self.sub.sql("ALTER SUBSCRIPTION native DISABLE", dbname="native")
 
+    def ferry_enable(self, enabled: bool) -> None:
+        """What ``pgferry subscription alter --enable/--disable`` does (from this
+        process, as ALTER SUBSCRIPTION is sent for native: no interpreter start)."""
+        with self.sub.connect("ferry") as conn:
+            store.set_enabled(conn, "ferry", enabled)
+
     def _measure_both(self, load: Callable[[], None]) -> tuple[float, float]:
+        """Both subscribers stopped while ``load`` runs, then timed from enabling
+        their subscription to caught up. Both launchers are running already:
+        native's in the server, ``pgferry run`` started with its subscription
+        disabled (it notices the enabling at its next look at the catalog, within
+        ``poll_interval``, 0.25 s)."""
         timeout = self.args.timeout
         self._subscribed_idle()
+        self.ferry_enable(False)
+        self.start_pgferry()
         load()
         with Timer() as native:
             self.sub.sql("ALTER SUBSCRIPTION native ENABLE", dbname="native")
             wait_caught_up(self.pub, "native", self.native_ready, timeout)
         self.native_drop()
         with Timer() as ferry:
-            self.start_pgferry()
+            self.ferry_enable(True)
             wait_caught_up(self.pub, "ferry", self.ferry_ready, timeout)
         self.stop_pgferry()
         self.pgferry("subscription", "drop", "ferry")
@@ -334,11 +352,15 @@ class Bench:
             end.append(found)
 
         native, ferry = self._measure_both(update_all)
-        self.results["floor"] = run_recvlogical(
-            Publisher(self.pub.dsn(), self.install), "bench_floor", end[0], 2, "bench"
+        floors = self.results.setdefault("floors", [])
+        floors.append(
+            run_recvlogical(
+                Publisher(self.pub.dsn(), self.install), "bench_floor", end[0], 2, "bench"
+            )
         )
+        self.results["floor"] = statistics.median(floors)
         self.pub.sql("SELECT pg_drop_replication_slot('bench_floor')")
-        print(f"bigtx: streaming decode floor {self.results['floor']:.2f} s", flush=True)
+        print(f"bigtx: streaming decode floor {floors[-1]:.2f} s", flush=True)
         return native, ferry
 
     def lag(self) -> tuple[float, float]:
@@ -544,6 +566,9 @@ def main() -> None:
     parser.add_argument("--rss-rows", type=int, default=10_000_000)
     parser.add_argument("--scenarios", default="sync,catchup,bigtx,lag,rss,decode")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument(
+        "--runs", type=int, default=1, help="run each scenario this often; the table has medians"
+    )
     args = parser.parse_args()
     if bool(args.publisher_dsn) != bool(args.subscriber_dsn):
         parser.error("give both --publisher-dsn and --subscriber-dsn, or neither")
@@ -552,12 +577,20 @@ def main() -> None:
     try:
         bench.start()
         for name in args.scenarios.split(","):
-            native, ferry = getattr(bench, name)()
+            runs = [getattr(bench, name)() for _ in range(args.runs)]
+            for native, ferry in runs:
+                if native == native:  # not NaN: a side-by-side scenario
+                    print(
+                        f"{name}: native {native:.2f} s, pgferry {ferry:.2f} s,"
+                        f" ratio {ferry / native:.2f}x",
+                        flush=True,
+                    )
+            native, ferry = (statistics.median(side) for side in zip(*runs, strict=True))
             results[name] = (native, ferry)
-            if native == native:  # not NaN: a side-by-side scenario
+            if args.runs > 1 and native == native:
                 print(
-                    f"{name}: native {native:.2f} s, pgferry {ferry:.2f} s,"
-                    f" ratio {ferry / native:.2f}x",
+                    f"{name}: median of {args.runs}: native {native:.2f} s,"
+                    f" pgferry {ferry:.2f} s, ratio {ferry / native:.2f}x",
                     flush=True,
                 )
     finally:
