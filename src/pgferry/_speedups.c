@@ -605,6 +605,40 @@ new_entry(PyObject *existed, PyObject *last, PyObject *tx, PyObject *first)
     return entry;
 }
 
+/* The entry of ``values``' key in ``rows``: made [existed, last, tx, first] when
+ * there is none; when there is one and it may take this change (``reinsert``: a
+ * key inserted then deleted in this batch; else: a key not deleted), its last
+ * version set to ``last``. 1 done, 0 left to the Python twin, -1 error. */
+static int
+stage_key(PyObject *rows, PyObject *values, PyObject *positions, PyObject *existed,
+          PyObject *last, PyObject *tx, PyObject *first, int reinsert)
+{
+    PyObject *key = key_of(values, positions);
+    if (key == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *entry = PyDict_GetItemWithError(rows, key);
+    int done = 0;
+    if (entry == NULL) {
+        if (PyErr_Occurred())
+            done = -1;
+        else {
+            PyObject *made = new_entry(existed, last, tx, first);
+            done = made == NULL || PyDict_SetItem(rows, key, made) < 0 ? -1 : 1;
+            Py_XDECREF(made);
+        }
+    }
+    else if (PyList_CheckExact(entry) && PyList_GET_SIZE(entry) == 4 &&
+             (reinsert ? PyList_GET_ITEM(entry, 0) == Py_False && PyList_GET_ITEM(entry, 1) == Py_None
+                       : PyList_GET_ITEM(entry, 1) != Py_None)) {
+        PyObject *previous = PyList_GET_ITEM(entry, 1);
+        PyList_SET_ITEM(entry, 1, Py_NewRef(last));
+        Py_DECREF(previous);
+        done = 1;
+    }
+    Py_DECREF(key);
+    return done;
+}
+
 /* The common cases of staging.Stage.add: stage_change(rows, inserts, key
  * positions, change, tx) -> the width staged, or -1: nothing was touched, the
  * Python twin decides (it also refuses what cannot be staged). ``inserts`` is
@@ -620,105 +654,42 @@ stage_change(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *rows = args[0], *inserts = args[1], *positions = args[2], *change = args[3],
              *tx = args[4];
-    PyTypeObject *type = Py_TYPE(change);
-    Py_ssize_t width;
+    PyObject *type = (PyObject *)Py_TYPE(change);
+    Py_ssize_t size = PyTuple_Check(change) ? PyTuple_GET_SIZE(change) : -1, width = 0;
+    int done;
     /* (A stage of changes by key has a key.) */
     if (insert_cls == NULL || (inserts == Py_None && PyTuple_GET_SIZE(positions) == 0))
         return PyLong_FromLong(-1);
-    if ((PyObject *)type == insert_cls && PyTuple_GET_SIZE(change) == 3) {
+    if (type == insert_cls && size == 3) {
         PyObject *new = PyTuple_GET_ITEM(change, 2);
         if (!PyTuple_Check(new) || (width = plain_total(new)) < 0)
             return PyLong_FromLong(-1);
-        if (inserts != Py_None) {
-            if (PyList_Append(inserts, new) < 0)
-                return NULL;
-            return PyLong_FromSsize_t(width);
-        }
-        PyObject *key = key_of(new, positions);
-        if (key == NULL)
-            return PyErr_Occurred() ? NULL : PyLong_FromLong(-1);
-        PyObject *entry = PyDict_GetItemWithError(rows, key);
-        int done = -1;
-        if (entry == NULL && !PyErr_Occurred()) {
-            PyObject *made = new_entry(Py_False, new, Py_None, Py_None);
-            done = made == NULL ? -2 : PyDict_SetItem(rows, key, made) < 0 ? -2 : 1;
-            Py_XDECREF(made);
-        }
-        else if (entry != NULL && PyList_CheckExact(entry) && PyList_GET_SIZE(entry) == 4 &&
-                 PyList_GET_ITEM(entry, 0) == Py_False && PyList_GET_ITEM(entry, 1) == Py_None) {
-            /* inserted, deleted, inserted again */
-            PyList_SET_ITEM(entry, 1, Py_NewRef(new));
-            Py_DECREF(Py_None);
-            done = 1;
-        }
-        else if (PyErr_Occurred())
-            done = -2;
-        Py_DECREF(key);
-        if (done == -2)
-            return NULL;
-        return PyLong_FromSsize_t(done == 1 ? width : -1);
+        if (inserts != Py_None)
+            return PyList_Append(inserts, new) < 0 ? NULL : PyLong_FromSsize_t(width);
+        /* A new key, or one inserted, deleted and inserted again. */
+        done = stage_key(rows, new, positions, Py_False, new, Py_None, Py_None, 1);
     }
-    if (inserts != Py_None)
+    else if (inserts != Py_None)
         return PyLong_FromLong(-1);
-    if ((PyObject *)type == update_cls && PyTuple_GET_SIZE(change) == 5) {
+    else if (type == update_cls && size == 5) {
         PyObject *new = PyTuple_GET_ITEM(change, 4);
         /* With an old key: the Python twin compares it with the new one. */
         if (PyTuple_GET_ITEM(change, 3) != Py_None || !PyTuple_Check(new) ||
             (width = plain_total(new)) < 0)
             return PyLong_FromLong(-1);
-        PyObject *key = key_of(new, positions);
-        if (key == NULL)
-            return PyErr_Occurred() ? NULL : PyLong_FromLong(-1);
-        PyObject *entry = PyDict_GetItemWithError(rows, key);
-        int done = -1;
-        if (entry == NULL && !PyErr_Occurred()) {
-            PyObject *made = new_entry(Py_True, new, tx, new);
-            done = made == NULL ? -2 : PyDict_SetItem(rows, key, made) < 0 ? -2 : 1;
-            Py_XDECREF(made);
-        }
-        else if (entry != NULL && PyList_CheckExact(entry) && PyList_GET_SIZE(entry) == 4 &&
-                 PyList_GET_ITEM(entry, 1) != Py_None) {
-            PyObject *last = PyList_GET_ITEM(entry, 1);
-            PyList_SET_ITEM(entry, 1, Py_NewRef(new));
-            Py_DECREF(last);
-            done = 1;
-        }
-        else if (PyErr_Occurred())
-            done = -2;
-        Py_DECREF(key);
-        if (done == -2)
-            return NULL;
-        return PyLong_FromSsize_t(done == 1 ? width : -1);
+        done = stage_key(rows, new, positions, Py_True, new, tx, new, 0);
     }
-    if ((PyObject *)type == delete_cls && PyTuple_GET_SIZE(change) == 4) {
+    else if (type == delete_cls && size == 4) {
         PyObject *old = PyTuple_GET_ITEM(change, 3);
         if (!PyTuple_Check(old))
             return PyLong_FromLong(-1);
-        PyObject *key = key_of(old, positions);
-        if (key == NULL)
-            return PyErr_Occurred() ? NULL : PyLong_FromLong(-1);
-        PyObject *entry = PyDict_GetItemWithError(rows, key);
-        int done = -1;
-        if (entry == NULL && !PyErr_Occurred()) {
-            PyObject *made = new_entry(Py_True, Py_None, tx, Py_None);
-            done = made == NULL ? -2 : PyDict_SetItem(rows, key, made) < 0 ? -2 : 1;
-            Py_XDECREF(made);
-        }
-        else if (entry != NULL && PyList_CheckExact(entry) && PyList_GET_SIZE(entry) == 4 &&
-                 PyList_GET_ITEM(entry, 1) != Py_None) {
-            PyObject *last = PyList_GET_ITEM(entry, 1);
-            PyList_SET_ITEM(entry, 1, Py_NewRef(Py_None));
-            Py_DECREF(last);
-            done = 1;
-        }
-        else if (PyErr_Occurred())
-            done = -2;
-        Py_DECREF(key);
-        if (done == -2)
-            return NULL;
-        return PyLong_FromLong(done == 1 ? 0 : -1);
+        done = stage_key(rows, old, positions, Py_True, Py_None, tx, Py_None, 0);
     }
-    return PyLong_FromLong(-1);
+    else
+        return PyLong_FromLong(-1);
+    if (done < 0)
+        return NULL;
+    return PyLong_FromSsize_t(done ? width : -1);
 }
 
 typedef int (*copy_get_fn)(void *, char **, int);

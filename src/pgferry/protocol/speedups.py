@@ -3,9 +3,10 @@
 :data:`SPEEDUPS` is that module, configured, or None: pgferry was built without a
 C compiler, or ``PGFERRY_PURE_PYTHON`` is set (to anything but empty). Each of its
 functions has a Python twin, the reference, used without it:
-``pgoutput._py_read_tuple``, ``envelope._py_parse_copy_data`` and
-``staging._py_line`` / ``_py_plain_width``;
-``tests/protocol/test_speedups.py`` runs both on the same inputs.
+``pgoutput._py_read_tuple``, ``envelope._py_parse_copy_data``,
+``staging._py_line`` / ``_py_plain_width`` and ``staging.Stage._py_add``;
+``tests/protocol/test_speedups.py`` (``tests/apply/test_staging.py`` for the
+last) runs both on the same inputs.
 """
 
 from __future__ import annotations
