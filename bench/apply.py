@@ -30,10 +30,10 @@ publisher's WAL position taken right after the load, and every table is ready.
     python -m bench.apply                     # everything, reference sizes
     python -m bench.apply --scale 20 --transactions 100000 --scenarios catchup,bigtx
     python -m bench.apply --scenarios catchup --runs 5   # medians of 5 runs
+    python -m bench.apply --publisher-dsn "host=a dbname=bench" --subscriber-dsn "host=b"
 
 With ``--runs``, the table's times are the medians, and its ratio is the median
 of the runs' ratios (each run pairs native and pgferry on the same load).
-    python -m bench.apply --publisher-dsn "host=a dbname=bench" --subscriber-dsn "host=b"
 
 With DSNs, the publisher database gets the pgbench tables (``pgbench -i``) and the
 subscriber server gets databases ``native`` and ``ferry`` (dropped and created);
@@ -302,7 +302,7 @@ class Bench:
         self.pgferry("subscription", "drop", "ferry")
         return native.seconds, ferry.seconds
 
-    def _subscribed_idle(self) -> None:
+    def subscribed_idle(self) -> None:
         """Both with the publisher's rows, subscribed without copy, workers stopped."""
         for db in ("native", "ferry"):
             self.copy_data(db)
@@ -323,26 +323,34 @@ class Bench:
         disabled (it notices the enabling at its next look at the catalog, within
         ``poll_interval``, 0.25 s)."""
         timeout = self.args.timeout
-        self._subscribed_idle()
+        self.subscribed_idle()
         self.ferry_enable(False)
         self.start_pgferry()
         load()
-        with Timer() as native:
-            self.sub.sql("ALTER SUBSCRIPTION native ENABLE", dbname="native")
-            wait_caught_up(self.pub, "native", self.native_ready, timeout)
-        self.native_drop()
+        native = self.native_catch_up()
         with Timer() as ferry:
             self.ferry_enable(True)
             wait_caught_up(self.pub, "ferry", self.ferry_ready, timeout)
         self.stop_pgferry()
         self.pgferry("subscription", "drop", "ferry")
-        return native.seconds, ferry.seconds
+        return native, ferry.seconds
+
+    def native_catch_up(self) -> float:
+        """Seconds from enabling the native subscription to caught up; then it is
+        dropped."""
+        with Timer() as native:
+            self.sub.sql("ALTER SUBSCRIPTION native ENABLE", dbname="native")
+            wait_caught_up(self.pub, "native", self.native_ready, self.args.timeout)
+        self.native_drop()
+        return native.seconds
+
+    def catchup_load(self) -> None:
+        """``--transactions`` pgbench TPC-B transactions, 4 clients."""
+        per_client = max(1, self.args.transactions // 4)
+        self._pgbench(self.pub, "-n", "-c", "4", "-t", str(per_client))
 
     def catchup(self) -> tuple[float, float]:
-        per_client = max(1, self.args.transactions // 4)
-        return self._measure_both(
-            lambda: self._pgbench(self.pub, "-n", "-c", "4", "-t", str(per_client))
-        )
+        return self._measure_both(self.catchup_load)
 
     def bigtx(self) -> tuple[float, float]:
         self.pub.sql("SELECT pg_create_logical_replication_slot('bench_floor', 'pgoutput')")
@@ -368,7 +376,7 @@ class Bench:
 
     def lag(self) -> tuple[float, float]:
         """Lag under load: returns the p99s; the p50s go into the results."""
-        self._subscribed_idle()
+        self.subscribed_idle()
         self.sub.sql("ALTER SUBSCRIPTION native ENABLE", dbname="native")
         native = self._lag_run("native", "native", self.native_ready)
         self.native_drop()

@@ -160,20 +160,17 @@ def main() -> None:
     rows: list[tuple[float, ...]] = []
     try:
         bench.start()
-        per_client = max(1, args.transactions // 4)
         for run in range(1, args.runs + 1):
-            bench._subscribed_idle()
-            bench._pgbench(bench.pub, "-n", "-c", "4", "-t", str(per_client))
+            bench.subscribed_idle()
+            bench.catchup_load()
             native = float("nan")
             native_cpu = Cpu(bench)
             if args.native:
                 native_cpu.start()
-                began = time.monotonic()
-                bench.sub.sql("ALTER SUBSCRIPTION native ENABLE", dbname="native")
-                wait_caught_up(bench.pub, "native", bench.native_ready, args.timeout)
-                native = time.monotonic() - began
+                native = bench.native_catch_up()
                 native_cpu.stop()
-            bench.native_drop()
+            else:
+                bench.native_drop()
             ferry_cpu = Cpu(bench)
             wall, thread_cpu, process_cpu = run_pgferry(bench, profile, ferry_cpu)
             bench.pgferry("subscription", "drop", "ferry")

@@ -343,7 +343,7 @@ def test_the_c_twin_of_add_stages_exactly_as_the_python_one(
 def test_the_common_changes_are_staged_in_c() -> None:
     assert SPEEDUPS is not None
     stage = Stage(_table(), Eligibility.KEYED)
-    rows, positions = stage._rows, stage._positions
+    rows, positions = stage._rows, stage.table.key
     # The C twin takes them itself (it would leave them to Python with -1).
     assert SPEEDUPS.stage_change(rows, None, positions, _ins(1, "a"), "tx1") == 2
     assert SPEEDUPS.stage_change(rows, None, positions, _upd(1, b"bcd"), "tx2") == 4

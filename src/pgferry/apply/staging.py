@@ -324,10 +324,9 @@ class Stage:
         #         first remote transaction, its new values]
         self._rows: dict[tuple[Value, ...], list[Any]] = {}
         self._inserts: list[tuple[Value, ...]] = []
-        # What the C twin of ``add`` is given: the list it appends to when the
-        # stage takes inserts only, the key's positions.
+        # What the C twin of ``add`` is given besides the key's positions: the
+        # list it appends to when the stage takes inserts only.
         self._inserts_only = self._inserts if kind is Eligibility.INSERTS else None
-        self._positions = tuple(table.key)
         self.size = 0
         #: Rows applied by staged statements so far (all batches).
         self.applied = 0
@@ -357,7 +356,7 @@ class Stage:
         (the caller applies the stage, then the change row by row)."""
         if _stage_change is not None:
             # The common cases in C; the rest (and every refusal) below.
-            width = _stage_change(self._rows, self._inserts_only, self._positions, change, tx)
+            width = _stage_change(self._rows, self._inserts_only, self.table.key, change, tx)
             if width >= 0:
                 self.size += width
                 return True

@@ -112,8 +112,6 @@ class ApplyWorker:
         self.confirm_interval = confirm_interval
         self._stop = False
         self._exact_until: Lsn | None = None
-        #: ``run`` started again after RetryExact/RetrySerial.
-        self._restarted = False
         #: Streamed transactions to apply at their commit, not as they arrive.
         self._serial: set[int] = set()
         #: The applier of the current (or last) run, for inspection.
@@ -139,7 +137,6 @@ class ApplyWorker:
                     # Start again from the origin; the publisher streams that
                     # transaction again, and it is spooled this time.
                     self._serial.add(retry.xid)
-                self._restarted = True
                 # As the session was: the origin unbound, no lock wait limit (a
                 # batch that failed may have rolled back the RESET of .live).
                 local.execute("RESET lock_timeout")
@@ -254,9 +251,11 @@ class ApplyWorker:
                 options,
                 start_lsn=start,
                 status_interval=self.status_interval,
-                # Restarted in this process: the walsender of the run before may
-                # not have exited yet.
-                wait_in_use=_RESTART_WAIT if self._restarted else 0.0,
+                # Restarted in this process (after RetryExact or RetrySerial): the
+                # walsender of the run before may not have exited yet.
+                wait_in_use=(
+                    _RESTART_WAIT if self._exact_until is not None or self._serial else 0.0
+                ),
             )
         except BaseException:
             remote.close()
