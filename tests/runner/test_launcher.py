@@ -17,6 +17,7 @@ import pytest
 
 from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, handover, store
 from pgferry.protocol import Lsn
+from pgferry.runner.launcher import Launcher
 from pgferry.testing import Cluster
 from pgferry.testing.pytest_plugin import ClusterFactory
 from tests.support import PGFERRY, create_slot
@@ -271,3 +272,30 @@ def test_workers_are_forked_and_leave_the_launcher_session_alone(
     text = log.read_text()
     assert "catalog connection failed" not in text, text
     assert "Traceback" not in text, text
+
+
+def test_a_catalog_change_wakes_the_launcher_at_once(setup: Setup) -> None:
+    """Enabling a subscription starts its workers at once, not at the launcher's
+    next look (here a minute away): the catalog's triggers notify it. Also when
+    the catalog is written with session_replication_role = replica, as workers do."""
+    with setup.subscriber.connect("sub") as conn:
+        store.set_enabled(conn, "ferry", False)
+    launcher = Launcher(setup.sub_dsn, poll_interval=60.0)
+    thread = threading.Thread(target=launcher.run)
+    thread.start()
+    try:
+        time.sleep(1.0)  # (its first look: nothing enabled)
+        assert not launcher.children
+        with setup.subscriber.connect("sub") as conn:
+            conn.execute("SET session_replication_role = replica")
+            store.set_enabled(conn, "ferry", True)
+        _wait(lambda: _states(setup) == {"r"}, timeout=20, what="tables ready")
+        assert ("apply", "ferry") in launcher.children
+        # Disabled: its workers are stopped at once too.
+        with setup.subscriber.connect("sub") as conn:
+            store.set_enabled(conn, "ferry", False)
+        _wait(lambda: not launcher.children, timeout=10, what="the workers to stop")
+    finally:
+        launcher.request_stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()

@@ -117,7 +117,31 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX conflict_subscription_time ON pgferry.conflict (subscription, logged_at);
     """,
+    # 4: a change to a subscription or its tables wakes the launcher (NOTIFY on
+    # WAKE_CHANNEL at the writer's commit), as native's ALTER/CREATE SUBSCRIPTION
+    # wake its launcher; by triggers, so that every writer of the catalog does it.
+    """
+    CREATE FUNCTION pgferry.wake_launcher() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('pgferry_catalog', '');
+        RETURN NULL;
+    END
+    $$;
+    REVOKE ALL ON FUNCTION pgferry.wake_launcher() FROM PUBLIC;
+    CREATE TRIGGER wake_launcher
+        AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON pgferry.subscription
+        FOR EACH STATEMENT EXECUTE FUNCTION pgferry.wake_launcher();
+    CREATE TRIGGER wake_launcher
+        AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON pgferry.subscription_table
+        FOR EACH STATEMENT EXECUTE FUNCTION pgferry.wake_launcher();
+    -- (Also for writers with session_replication_role = replica, as workers are.)
+    ALTER TABLE pgferry.subscription ENABLE ALWAYS TRIGGER wake_launcher;
+    ALTER TABLE pgferry.subscription_table ENABLE ALWAYS TRIGGER wake_launcher;
+    """,
 )
+
+#: The channel the catalog's triggers notify (migration 4).
+WAKE_CHANNEL = "pgferry_catalog"
 
 
 def current_version(conn: psycopg.Connection[Any]) -> int:

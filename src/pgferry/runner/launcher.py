@@ -1,7 +1,10 @@
 """The launcher (``pgferry run``): keeps the right workers running for a database.
 
-Every ``poll_interval`` seconds it reads the catalog of the subscriber database
-and wants:
+It reads the catalog of the subscriber database at once when the catalog changes
+(the catalog's triggers notify :data:`~pgferry.catalog.schema.WAKE_CHANNEL`, which
+the launcher listens on, so a create, enable or alter takes effect at once, as
+native's launcher is woken), and every ``poll_interval`` seconds anyway (worker
+exits, restart pauses). It wants:
 
 * one apply worker per enabled subscription that has a slot;
 * one table sync worker per table not yet synchronised (state i, d or f), at most
@@ -40,6 +43,7 @@ from typing import Any, Protocol
 import psycopg
 
 from pgferry.catalog import conflicts, ensure_catalog, handover, store
+from pgferry.catalog.schema import WAKE_CHANNEL
 from pgferry.runner.env import DSN_ENV, LAUNCHER_PID_ENV
 
 logger = logging.getLogger("pgferry.runner")
@@ -265,6 +269,7 @@ class Launcher:
                     if conn is None or conn.closed:
                         conn = psycopg.connect(self.dsn, autocommit=True)
                         ensure_catalog(conn)
+                        conn.execute(f"LISTEN {WAKE_CHANNEL}")
                         pause = 1.0
                     self.step(conn)
                 except psycopg.OperationalError as exc:
@@ -275,11 +280,26 @@ class Launcher:
                     self._sleep(pause)
                     pause = min(pause * 2, 30.0)
                     continue
-                self._sleep(self.poll_interval)
+                self._wait_for_change(conn, self.poll_interval)
         finally:
             self._terminate(list(self.children))
             if conn is not None:
                 conn.close()
+
+    def _wait_for_change(self, conn: psycopg.Connection[Any], seconds: float) -> None:
+        """Up to ``seconds``, until the catalog notifies a change or a stop is asked.
+
+        Notifications that came during the last round are delivered first, so a
+        change committed while the round read the catalog is not missed.
+        """
+        deadline = time.monotonic() + seconds
+        while not self._stop:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            # (Short waits: a stop asked by a signal handler is seen within 0.1 s.)
+            if list(conn.notifies(timeout=min(0.1, remaining), stop_after=1)):
+                return
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
