@@ -5,7 +5,9 @@ databases: ``native`` (CREATE SUBSCRIPTION) and ``ferry`` (``pgferry run``). Eac
 scenario is run for native and then for pgferry, never both at once, and the
 ratio of wall times is printed, then the table of targets:
 
-* ``sync``: initial sync of the pgbench database, from subscription creation to
+* ``sync``: initial sync of the pgbench database, from subscription creation
+  (native: CREATE SUBSCRIPTION; pgferry: what ``subscription create`` does, from
+  this process, with ``pgferry run`` already running, as native's launcher is) to
   every table ready and the slot caught up;
 * ``catchup``: ``--transactions`` pgbench TPC-B transactions written while both
   subscriptions are disabled, then the time from enabling each (native: ALTER
@@ -61,6 +63,7 @@ from bench.stream import run_recvlogical
 from pgferry.catalog import store
 from pgferry.conninfo import parse, with_params
 from pgferry.protocol import Lsn
+from pgferry.subscription.manage import create_subscription
 from pgferry.testing import Cluster, find_install
 
 TABLES = (
@@ -252,24 +255,28 @@ class Bench:
         )
 
     def ferry_subscribe(self, *options: str, publication: str = "bench") -> None:
-        with_options = [arg for o in options for arg in ("--with", o)]
-        self.pgferry(
-            "subscription",
-            "create",
-            "ferry",
-            "--connection",
-            self.pub.dsn(),
-            "--publication",
-            publication,
-            *with_options,
-        )
+        """What ``pgferry subscription create`` does (from this process, as CREATE
+        SUBSCRIPTION is sent for native: no interpreter start)."""
+        create_subscription(self.sub.dsn("ferry"), "ferry", self.pub.dsn(), [publication], options)
 
     def start_pgferry(self) -> None:
+        """``pgferry run``, returning once it has its catalog connection (so that
+        no timing includes the interpreter's start)."""
         self.launcher = subprocess.Popen(
             [sys.executable, "-m", "pgferry", "-d", self.sub.dsn("ferry"), "run"],
             env={**os.environ, "PGFERRY_LOG_LEVEL": "WARNING"},
             stdin=subprocess.DEVNULL,
         )
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'ferry'"
+            " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        deadline = time.monotonic() + 60
+        while int(self.sub.sql(query)[0][0]) == 0:
+            if time.monotonic() > deadline or self.launcher.poll() is not None:
+                raise RuntimeError("pgferry run did not connect")
+            time.sleep(0.05)
+        time.sleep(0.2)  # (its catalog check and LISTEN)
 
     def stop_pgferry(self) -> None:
         if self.launcher is not None:
@@ -294,9 +301,9 @@ class Bench:
             self.native_subscribe(copy=True)
             wait_caught_up(self.pub, "native", self.native_ready, timeout)
         self.native_drop()
+        self.start_pgferry()
         with Timer() as ferry:
             self.ferry_subscribe()
-            self.start_pgferry()
             wait_caught_up(self.pub, "ferry", self.ferry_ready, timeout)
         self.stop_pgferry()
         self.pgferry("subscription", "drop", "ferry")
@@ -320,8 +327,7 @@ class Bench:
         """Both subscribers stopped while ``load`` runs, then timed from enabling
         their subscription to caught up. Both launchers are running already:
         native's in the server, ``pgferry run`` started with its subscription
-        disabled (it notices the enabling at its next look at the catalog, within
-        ``poll_interval``, 0.25 s)."""
+        disabled (the catalog change wakes it)."""
         timeout = self.args.timeout
         self.subscribed_idle()
         self.ferry_enable(False)

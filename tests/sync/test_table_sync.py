@@ -18,6 +18,7 @@ from pgferry.apply import ApplyWorker
 from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, handover, store
 from pgferry.errors import ApplyError
 from pgferry.sync import TableSyncWorker
+from pgferry.sync.worker import copy_in_binary
 from pgferry.testing import Cluster
 from pgferry.testing.pytest_plugin import ClusterFactory
 from tests.support import create_slot
@@ -249,6 +250,63 @@ def test_stop_after_the_copy_resumes_without_copying_again(
         expected = _rows(cluster, dbname, "t")
         _wait(lambda: _rows(cluster, sub_db, "t") == expected, runner)
         assert len(expected) == 1001
+    finally:
+        runner.stop()
+        cluster.drop_database(sub_db)
+
+
+BUILT_IN = """
+CREATE TABLE b (id int PRIMARY KEY, n numeric(12,3), f float8, ts timestamptz, raw bytea,
+                arr int[], j jsonb, c char(3), u uuid, t text, iv interval, v varchar(5));
+"""
+
+
+def test_the_copy_is_binary_only_for_the_same_built_in_types(
+    cluster: Cluster, dbname: str, runner: Runner
+) -> None:
+    """Table ``b`` (built-in types on both sides) is copied in COPY's binary format;
+    ``m`` (an enum, an array of it, a domain, int4 published into int8) in text,
+    which converts what binary could not. Either way the rows are the publisher's."""
+    other = """
+    CREATE TYPE mood AS ENUM ('sad', 'ok');
+    CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+    CREATE TABLE m (id int PRIMARY KEY, mood mood, moods mood[], p positive, wide {});
+    """
+    cluster.sql(
+        BUILT_IN + other.format("int4") + "INSERT INTO b VALUES"
+        " (1, 'NaN', 'Infinity', '-infinity', '\\x00ff', '{1,NULL,3}', '{\"a\": [1, null]}',"
+        "  'ab', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '', '1 day 2 hours', 'abcde'),"
+        " (2, 123456789.123, -0.5, '2026-11-22 10:00+02', '', '{}', 'null', NULL, NULL,"
+        "  'é \\ \t\n', NULL, NULL), (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+        "  NULL, NULL, NULL);"
+        " INSERT INTO m VALUES (1, 'ok', '{sad,NULL,ok}', 7, 2147483647), (2, NULL, NULL, NULL, 0);"
+        " CREATE PUBLICATION pub FOR TABLE b, m",
+        dbname=dbname,
+    )
+    sub_db = dbname[:50] + "_sub"
+    cluster.create_database(sub_db)
+    try:
+        cluster.sql(BUILT_IN + other.format("int8"), dbname=sub_db)
+        with (
+            cluster.connect(dbname, autocommit=True) as remote,
+            cluster.connect(sub_db, autocommit=True) as local,
+        ):
+            b_columns = ["id", "n", "f", "ts", "raw", "arr", "j", "c", "u", "t", "iv", "v"]
+            assert copy_in_binary(remote, local, "public", "b", b_columns)
+            # (Each of m's columns but its key keeps it in text on its own.)
+            assert copy_in_binary(remote, local, "public", "m", ["id"])
+            for column in ("mood", "moods", "p", "wide"):
+                assert not copy_in_binary(remote, local, "public", "m", ["id", column])
+            assert not copy_in_binary(remote, local, "public", "b", ["id", "missing"])
+        _subscribe(cluster, dbname, cluster, sub_db, ["b", "m"])
+        runner.start(ApplyWorker(cluster.dsn(sub_db), "ferry", status_interval=1))
+        for table in ("b", "m"):
+            runner.start(TableSyncWorker(cluster.dsn(sub_db), "ferry", "public", table))
+        _wait(lambda: _states(cluster, sub_db) == {"r"}, runner)
+        for table in ("b", "m"):
+            query = f"SELECT x::text FROM {table} x ORDER BY id"
+            assert cluster.sql(query, dbname=sub_db) == cluster.sql(query, dbname=dbname)
+        assert cluster.sql("SELECT count(*) FROM b", dbname=sub_db) == [(3,)]
     finally:
         runner.stop()
         cluster.drop_database(sub_db)
