@@ -277,7 +277,8 @@ def test_workers_are_forked_and_leave_the_launcher_session_alone(
 def test_a_catalog_change_wakes_the_launcher_at_once(setup: Setup) -> None:
     """Enabling a subscription starts its workers at once, not at the launcher's
     next look (here a minute away): the catalog's triggers notify it. Also when
-    the catalog is written with session_replication_role = replica, as workers do."""
+    the catalog is written with session_replication_role = replica, as workers do,
+    and after its catalog session was lost while it waited."""
     with setup.subscriber.connect("sub") as conn:
         store.set_enabled(conn, "ferry", False)
     launcher = Launcher(setup.sub_dsn, poll_interval=60.0)
@@ -295,6 +296,16 @@ def test_a_catalog_change_wakes_the_launcher_at_once(setup: Setup) -> None:
         with setup.subscriber.connect("sub") as conn:
             store.set_enabled(conn, "ferry", False)
         _wait(lambda: not launcher.children, timeout=10, what="the workers to stop")
+        # Its catalog session ended while it waits: it connects again and listens.
+        setup.subscriber.sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'sub'"
+            " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        time.sleep(2.0)
+        with setup.subscriber.connect("sub") as conn:
+            store.set_enabled(conn, "ferry", True)
+        _wait(lambda: ("apply", "ferry") in launcher.children, timeout=20, what="a restart")
+        assert thread.is_alive()
     finally:
         launcher.request_stop()
         thread.join(timeout=60)

@@ -272,6 +272,7 @@ class Launcher:
                         conn.execute(f"LISTEN {WAKE_CHANNEL}")
                         pause = 1.0
                     self.step(conn)
+                    self._wait_for_change(conn, self.poll_interval)
                 except psycopg.OperationalError as exc:
                     logger.error("catalog connection failed: %s; retrying in %.0f s", exc, pause)
                     if conn is not None:
@@ -279,8 +280,6 @@ class Launcher:
                     conn = None
                     self._sleep(pause)
                     pause = min(pause * 2, 30.0)
-                    continue
-                self._wait_for_change(conn, self.poll_interval)
         finally:
             self._terminate(list(self.children))
             if conn is not None:
