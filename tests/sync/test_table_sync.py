@@ -62,6 +62,17 @@ def runner() -> Iterator[Runner]:
     r.stop()
 
 
+@pytest.fixture
+def sub_db(cluster: Cluster, dbname: str, runner: Runner) -> Iterator[str]:
+    """A subscriber database in the publisher's cluster; its workers are stopped
+    before it is dropped."""
+    name = dbname[:50] + "_sub"
+    cluster.create_database(name)
+    yield name
+    runner.stop()
+    cluster.drop_database(name)
+
+
 def _subscribe(pub: Cluster, pub_db: str, sub: Cluster, sub_db: str, tables: list[str]) -> None:
     create_slot(pub, pub_db, "ferry")
     with sub.connect(sub_db) as conn:
@@ -161,7 +172,7 @@ def test_sync_under_load_matches_native(
 
 
 def test_column_list_and_row_filter_are_respected(
-    cluster: Cluster, dbname: str, runner: Runner
+    cluster: Cluster, dbname: str, sub_db: str, runner: Runner
 ) -> None:
     if cluster.major < 15:
         pytest.skip("column lists and row filters need PostgreSQL 15")
@@ -171,59 +182,45 @@ def test_column_list_and_row_filter_are_respected(
         " CREATE PUBLICATION pub FOR TABLE t (id, public_part) WHERE (id % 10 = 0)",
         dbname=dbname,
     )
-    sub_db = dbname[:50] + "_sub"
-    cluster.create_database(sub_db)
-    try:
-        cluster.sql(
-            "CREATE TABLE t (id int PRIMARY KEY, public_part text, secret text)", dbname=sub_db
-        )
-        _subscribe(cluster, dbname, cluster, sub_db, ["t"])
-        runner.start(ApplyWorker(cluster.dsn(sub_db), "ferry", status_interval=1))
-        runner.start(TableSyncWorker(cluster.dsn(sub_db), "ferry", "public", "t"))
-        _wait(lambda: _states(cluster, sub_db) == {"r"}, runner)
-        rows = cluster.sql("SELECT id, public_part, secret FROM t ORDER BY id", dbname=sub_db)
-        assert rows == [(i, f"p{i}", None) for i in range(10, 101, 10)]
-    finally:
-        runner.stop()
-        cluster.drop_database(sub_db)
+    cluster.sql("CREATE TABLE t (id int PRIMARY KEY, public_part text, secret text)", dbname=sub_db)
+    _subscribe(cluster, dbname, cluster, sub_db, ["t"])
+    runner.start(ApplyWorker(cluster.dsn(sub_db), "ferry", status_interval=1))
+    runner.start(TableSyncWorker(cluster.dsn(sub_db), "ferry", "public", "t"))
+    _wait(lambda: _states(cluster, sub_db) == {"r"}, runner)
+    rows = cluster.sql("SELECT id, public_part, secret FROM t ORDER BY id", dbname=sub_db)
+    assert rows == [(i, f"p{i}", None) for i in range(10, 101, 10)]
 
 
 def test_existing_rows_are_kept_and_a_duplicate_is_a_clear_error(
-    cluster: Cluster, dbname: str, runner: Runner
+    cluster: Cluster, dbname: str, sub_db: str, runner: Runner
 ) -> None:
     cluster.sql(
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'remote');"
         " CREATE PUBLICATION pub FOR TABLE t",
         dbname=dbname,
     )
-    sub_db = dbname[:50] + "_sub"
-    cluster.create_database(sub_db)
-    try:
-        cluster.sql(
-            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'local')",
-            dbname=sub_db,
-        )
-        _subscribe(cluster, dbname, cluster, sub_db, ["t"])
-        worker = TableSyncWorker(cluster.dsn(sub_db), "ferry", "public", "t")
-        with pytest.raises(ApplyError) as exc:
-            worker.run()
-        assert "initial copy of public.t" in exc.value.message
-        assert "duplicate key" in exc.value.message
-        assert cluster.sql("SELECT * FROM t", dbname=sub_db) == [(1, "local")]
-        assert _states(cluster, sub_db) == {"d"}
-        # Fix the data: the copy starts over and the table is synchronised.
-        cluster.sql("DELETE FROM t", dbname=sub_db)
-        runner.start(ApplyWorker(cluster.dsn(sub_db), "ferry", status_interval=1))
-        runner.start(TableSyncWorker(cluster.dsn(sub_db), "ferry", "public", "t"))
-        _wait(lambda: _states(cluster, sub_db) == {"r"}, runner)
-        assert cluster.sql("SELECT * FROM t", dbname=sub_db) == [(1, "remote")]
-    finally:
-        runner.stop()
-        cluster.drop_database(sub_db)
+    cluster.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'local')",
+        dbname=sub_db,
+    )
+    _subscribe(cluster, dbname, cluster, sub_db, ["t"])
+    worker = TableSyncWorker(cluster.dsn(sub_db), "ferry", "public", "t")
+    with pytest.raises(ApplyError) as exc:
+        worker.run()
+    assert "initial copy of public.t" in exc.value.message
+    assert "duplicate key" in exc.value.message
+    assert cluster.sql("SELECT * FROM t", dbname=sub_db) == [(1, "local")]
+    assert _states(cluster, sub_db) == {"d"}
+    # Fix the data: the copy starts over and the table is synchronised.
+    cluster.sql("DELETE FROM t", dbname=sub_db)
+    runner.start(ApplyWorker(cluster.dsn(sub_db), "ferry", status_interval=1))
+    runner.start(TableSyncWorker(cluster.dsn(sub_db), "ferry", "public", "t"))
+    _wait(lambda: _states(cluster, sub_db) == {"r"}, runner)
+    assert cluster.sql("SELECT * FROM t", dbname=sub_db) == [(1, "remote")]
 
 
 def test_stop_after_the_copy_resumes_without_copying_again(
-    cluster: Cluster, dbname: str, runner: Runner
+    cluster: Cluster, dbname: str, sub_db: str, runner: Runner
 ) -> None:
     cluster.sql(
         "CREATE TABLE t (id int PRIMARY KEY, v text);"
@@ -231,28 +228,22 @@ def test_stop_after_the_copy_resumes_without_copying_again(
         " CREATE PUBLICATION pub FOR TABLE t",
         dbname=dbname,
     )
-    sub_db = dbname[:50] + "_sub"
-    cluster.create_database(sub_db)
-    try:
-        cluster.sql("CREATE TABLE t (id int PRIMARY KEY, v text)", dbname=sub_db)
-        _subscribe(cluster, dbname, cluster, sub_db, ["t"])
-        # No apply worker yet: the sync worker copies, reaches f, and waits.
-        sync = TableSyncWorker(cluster.dsn(sub_db), "ferry", "public", "t")
-        runner.start(sync)
-        _wait(lambda: _states(cluster, sub_db) == {"f"}, runner)
-        runner.stop()
-        # Changes made meanwhile must arrive through the catch-up or the apply worker.
-        cluster.sql("UPDATE t SET v = 'changed' WHERE id <= 10", dbname=dbname)
-        cluster.sql("INSERT INTO t VALUES (1001, 'late')", dbname=dbname)
-        runner.start(ApplyWorker(cluster.dsn(sub_db), "ferry", status_interval=1))
-        runner.start(TableSyncWorker(cluster.dsn(sub_db), "ferry", "public", "t"))
-        _wait(lambda: _states(cluster, sub_db) == {"r"}, runner)
-        expected = _rows(cluster, dbname, "t")
-        _wait(lambda: _rows(cluster, sub_db, "t") == expected, runner)
-        assert len(expected) == 1001
-    finally:
-        runner.stop()
-        cluster.drop_database(sub_db)
+    cluster.sql("CREATE TABLE t (id int PRIMARY KEY, v text)", dbname=sub_db)
+    _subscribe(cluster, dbname, cluster, sub_db, ["t"])
+    # No apply worker yet: the sync worker copies, reaches f, and waits.
+    sync = TableSyncWorker(cluster.dsn(sub_db), "ferry", "public", "t")
+    runner.start(sync)
+    _wait(lambda: _states(cluster, sub_db) == {"f"}, runner)
+    runner.stop()
+    # Changes made meanwhile must arrive through the catch-up or the apply worker.
+    cluster.sql("UPDATE t SET v = 'changed' WHERE id <= 10", dbname=dbname)
+    cluster.sql("INSERT INTO t VALUES (1001, 'late')", dbname=dbname)
+    runner.start(ApplyWorker(cluster.dsn(sub_db), "ferry", status_interval=1))
+    runner.start(TableSyncWorker(cluster.dsn(sub_db), "ferry", "public", "t"))
+    _wait(lambda: _states(cluster, sub_db) == {"r"}, runner)
+    expected = _rows(cluster, dbname, "t")
+    _wait(lambda: _rows(cluster, sub_db, "t") == expected, runner)
+    assert len(expected) == 1001
 
 
 BUILT_IN = """
@@ -262,7 +253,7 @@ CREATE TABLE b (id int PRIMARY KEY, n numeric(12,3), f float8, ts timestamptz, r
 
 
 def test_the_copy_is_binary_only_for_the_same_built_in_types(
-    cluster: Cluster, dbname: str, runner: Runner
+    cluster: Cluster, dbname: str, sub_db: str, runner: Runner
 ) -> None:
     """Table ``b`` (built-in types on both sides) is copied in COPY's binary format;
     ``m`` (an enum, an array of it, a domain, int4 published into int8) in text,
@@ -283,30 +274,24 @@ def test_the_copy_is_binary_only_for_the_same_built_in_types(
         " CREATE PUBLICATION pub FOR TABLE b, m",
         dbname=dbname,
     )
-    sub_db = dbname[:50] + "_sub"
-    cluster.create_database(sub_db)
-    try:
-        cluster.sql(BUILT_IN + other.format("int8"), dbname=sub_db)
-        with (
-            cluster.connect(dbname, autocommit=True) as remote,
-            cluster.connect(sub_db, autocommit=True) as local,
-        ):
-            b_columns = ["id", "n", "f", "ts", "raw", "arr", "j", "c", "u", "t", "iv", "v"]
-            assert copy_in_binary(remote, local, "public", "b", b_columns)
-            # (Each of m's columns but its key keeps it in text on its own.)
-            assert copy_in_binary(remote, local, "public", "m", ["id"])
-            for column in ("mood", "moods", "p", "wide"):
-                assert not copy_in_binary(remote, local, "public", "m", ["id", column])
-            assert not copy_in_binary(remote, local, "public", "b", ["id", "missing"])
-        _subscribe(cluster, dbname, cluster, sub_db, ["b", "m"])
-        runner.start(ApplyWorker(cluster.dsn(sub_db), "ferry", status_interval=1))
-        for table in ("b", "m"):
-            runner.start(TableSyncWorker(cluster.dsn(sub_db), "ferry", "public", table))
-        _wait(lambda: _states(cluster, sub_db) == {"r"}, runner)
-        for table in ("b", "m"):
-            query = f"SELECT x::text FROM {table} x ORDER BY id"
-            assert cluster.sql(query, dbname=sub_db) == cluster.sql(query, dbname=dbname)
-        assert cluster.sql("SELECT count(*) FROM b", dbname=sub_db) == [(3,)]
-    finally:
-        runner.stop()
-        cluster.drop_database(sub_db)
+    cluster.sql(BUILT_IN + other.format("int8"), dbname=sub_db)
+    with (
+        cluster.connect(dbname, autocommit=True) as remote,
+        cluster.connect(sub_db, autocommit=True) as local,
+    ):
+        b_columns = ["id", "n", "f", "ts", "raw", "arr", "j", "c", "u", "t", "iv", "v"]
+        assert copy_in_binary(remote, local, "public", "b", b_columns)
+        # (Each of m's columns but its key keeps it in text on its own.)
+        assert copy_in_binary(remote, local, "public", "m", ["id"])
+        for column in ("mood", "moods", "p", "wide"):
+            assert not copy_in_binary(remote, local, "public", "m", ["id", column])
+        assert not copy_in_binary(remote, local, "public", "b", ["id", "missing"])
+    _subscribe(cluster, dbname, cluster, sub_db, ["b", "m"])
+    runner.start(ApplyWorker(cluster.dsn(sub_db), "ferry", status_interval=1))
+    for table in ("b", "m"):
+        runner.start(TableSyncWorker(cluster.dsn(sub_db), "ferry", "public", table))
+    _wait(lambda: _states(cluster, sub_db) == {"r"}, runner)
+    for table in ("b", "m"):
+        query = f"SELECT x::text FROM {table} x ORDER BY id"
+        assert cluster.sql(query, dbname=sub_db) == cluster.sql(query, dbname=dbname)
+    assert cluster.sql("SELECT count(*) FROM b", dbname=sub_db) == [(3,)]
