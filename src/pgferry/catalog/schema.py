@@ -29,6 +29,9 @@ SCHEMA = "pgferry"
 # one spells "pgferry" in ASCII).
 _LOCK_KEY = 0x70676665727279
 
+#: The channel the catalog's triggers notify (migration 4).
+WAKE_CHANNEL = "pgferry_catalog"
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: subscriptions, their tables, stats and workers.
     """
@@ -123,7 +126,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE FUNCTION pgferry.wake_launcher() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        PERFORM pg_notify('pgferry_catalog', '');
+        PERFORM pg_notify('"""
+    + WAKE_CHANNEL
+    + """', '');
         RETURN NULL;
     END
     $$;
@@ -139,9 +144,6 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE pgferry.subscription_table ENABLE ALWAYS TRIGGER wake_launcher;
     """,
 )
-
-#: The channel the catalog's triggers notify (migration 4).
-WAKE_CHANNEL = "pgferry_catalog"
 
 
 def current_version(conn: psycopg.Connection[Any]) -> int:

@@ -272,21 +272,22 @@ class Launcher:
                         conn.execute(f"LISTEN {WAKE_CHANNEL}")
                         pause = 1.0
                     self.step(conn)
-                    self._wait_for_change(conn, self.poll_interval)
+                    self._wait(self.poll_interval, conn)
                 except psycopg.OperationalError as exc:
                     logger.error("catalog connection failed: %s; retrying in %.0f s", exc, pause)
                     if conn is not None:
                         conn.close()
                     conn = None
-                    self._sleep(pause)
+                    self._wait(pause)
                     pause = min(pause * 2, 30.0)
         finally:
             self._terminate(list(self.children))
             if conn is not None:
                 conn.close()
 
-    def _wait_for_change(self, conn: psycopg.Connection[Any], seconds: float) -> None:
-        """Up to ``seconds``, until the catalog notifies a change or a stop is asked.
+    def _wait(self, seconds: float, conn: psycopg.Connection[Any] | None = None) -> None:
+        """Up to ``seconds``, until a stop is asked or, with ``conn``, the catalog
+        notifies a change.
 
         Notifications that came during the last round are delivered first, so a
         change committed while the round read the catalog is not missed.
@@ -297,10 +298,7 @@ class Launcher:
             if remaining <= 0:
                 return
             # (Short waits: a stop asked by a signal handler is seen within 0.1 s.)
-            if list(conn.notifies(timeout=min(0.1, remaining), stop_after=1)):
+            if conn is None:
+                time.sleep(min(0.1, remaining))
+            elif list(conn.notifies(timeout=min(0.1, remaining), stop_after=1)):
                 return
-
-    def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self._stop and time.monotonic() < deadline:
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
