@@ -14,10 +14,10 @@ from pgferry.publisher.spec import (
     parse_identifier,
     parse_table_name,
     parse_table_spec,
-    quote_ident,
     strip_outer_parens,
 )
 from pgferry.publisher.validate import PublicationOptions, parse_with
+from pgferry.sqltext import bare_or_quoted as quote_ident
 
 # -- names ---------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from pgferry.errors import FeatureNotSupported, InterfaceError
 from pgferry.protocol import Lsn
+from pgferry.sqltext import quote_ident, quote_literal
 from pgferry.stream.commands import (
     PgoutputOptions,
     create_replication_slot,
@@ -23,8 +24,6 @@ from pgferry.stream.commands import (
     identify_system,
     major_version,
     max_protocol_version,
-    quote_ident,
-    quote_literal,
     start_replication,
 )
 

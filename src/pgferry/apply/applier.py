@@ -258,8 +258,11 @@ class Applier(RowChanges):
         batching: Batching = Batching(),
         exact_until: Lsn | None = None,
         background: bool = False,
+        filter_changed: Callable[[], bool] | None = None,
     ) -> None:
-        """``skip_origins``: apply nothing of the transactions that reached the
+        """``filter_changed``: asked before each remote transaction; True means the
+        table filter may answer otherwise from now on (see :meth:`refilter`).
+        ``skip_origins``: apply nothing of the transactions that reached the
         publisher through replication (``origin = none`` on a publisher older than
         16, which cannot filter them itself). ``background``: staged statements and
         batch commits may run in a thread of their own (see :class:`_Writer`);
@@ -274,6 +277,7 @@ class Applier(RowChanges):
         self.origin = origin
         self.relations = relations
         self.applies = applies
+        self.filter_changed = filter_changed
         #: What the filter decided, by relation id: (relation, the transaction it
         #: was asked for, or None when it always applies, table or None).
         self._decided: dict[int, tuple[Relation, Transaction | None, TableMap | None]] = {}
@@ -364,6 +368,8 @@ class Applier(RowChanges):
     # -- TransactionConsumer --------------------------------------------------------
 
     def begin(self, tx: Transaction) -> None:
+        if self.filter_changed is not None and self.filter_changed():
+            self.refilter()
         self._skipping = (self.skip_lsn is not None and tx.commit_lsn == self.skip_lsn) or (
             self.skip_origins and tx.origin is not None
         )

@@ -145,6 +145,13 @@ class TableMap:
             # The publisher's value wins over a local GENERATED ALWAYS identity,
             # as it does when native writes the row directly.
             overriding = any(i in self.identity_always for i in present)
+            if not present:
+                # A row of no columns (a table without any, or none sent).
+                composed = sql.SQL("INSERT INTO {} DEFAULT VALUES{}").format(
+                    self.target, sql.SQL(" ON CONFLICT DO NOTHING" if skip_conflicts else "")
+                )
+                query = self._cache[shape] = self._bytes(composed)
+                return query, []
             composed = sql.SQL("INSERT INTO {} ({}){} VALUES ({}){}").format(
                 self.target,
                 sql.SQL(", ").join(sql.Identifier(self.names[i]) for i in present),
@@ -189,6 +196,11 @@ class TableMap:
     def update(
         self, old: tuple[Value, ...] | None, new: tuple[Value, ...]
     ) -> tuple[bytes, list[str | None]]:
+        """UPDATE the row the identity finds to ``new``: every column sent (not
+        unchanged TOAST), the key's included, except a GENERATED ALWAYS identity
+        key that did not change. Under a nondeterministic collation the row found
+        may hold other key bytes; it takes the publisher's, as native writes the
+        whole new tuple."""
         used, key_params = self._match(old if old is not None else new)
         # Without an old tuple the key did not change; a GENERATED ALWAYS identity
         # key column may then not appear in SET (PostgreSQL refuses any value).
@@ -510,10 +522,11 @@ def build_map(
         " NOT EXISTS (SELECT 1 FROM pg_catalog.pg_operator o WHERE o.oprname = '='"
         "   AND o.oprleft = a.atttypid AND o.oprright = a.atttypid),"
         " a.attidentity = 'a'"
-        " FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
-        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')"
-        " AND a.attnum > 0 AND NOT a.attisdropped",
+        " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        # (A table may have no columns: then one row of NULLs.)
+        " LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid"
+        "   AND a.attnum > 0 AND NOT a.attisdropped"
+        " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
         (relation.namespace, relation.name),
     ).fetchall()
     if not rows:
@@ -521,7 +534,7 @@ def build_map(
             f'logical replication target relation "{relation.namespace}.{relation.name}"'
             " does not exist"
         )
-    local = {str(r[0]): (str(r[1]), bool(r[2]), bool(r[3])) for r in rows}
+    local = {str(r[0]): (str(r[1]), bool(r[2]), bool(r[3])) for r in rows if r[0] is not None}
     missing = [c.name for c in relation.columns if c.name not in local]
     if missing:
         listed = ", ".join(f'"{m}"' for m in missing)

@@ -519,6 +519,18 @@ class Stage:
     def _copy(self) -> bytes:
         return sql.SQL("COPY {} FROM STDIN").format(self._staged()).as_bytes(self.table.context)
 
+    def _update_columns(self) -> list[int]:
+        """The columns the staged UPDATE writes: every one, the key's included.
+
+        The join finds a row whose key is equal under the column's collation, which
+        a nondeterministic one says of other bytes too; the row then takes the
+        publisher's, as native writes the whole new tuple. A GENERATED ALWAYS
+        identity column (only a key column in an eligible table) may not be set;
+        being an integer, its equal values are its bytes.
+        """
+        t = self.table
+        return [i for i in range(len(t.names)) if i not in t.identity_always]
+
     def _statement(self, present: tuple[bool, ...], keep: bool) -> bytes:
         """The origin check, DELETE, UPDATE, INSERT and the absence check, those
         needed, as one message (results in that order), then TRUNCATE with ``keep``."""
@@ -564,10 +576,7 @@ class Stage:
                 )
             )
         if has_update:
-            # The key is equal by the join; a GENERATED ALWAYS key may not be set.
-            sets = [i for i in range(len(t.names)) if i not in t.key] or [
-                i for i in t.key if i not in t.identity_always
-            ]
+            sets = self._update_columns()
             parts.append(
                 sql.SQL("UPDATE {} AS t SET {} FROM {} AS s WHERE s.{} = 'U' AND {}").format(
                     t.target,

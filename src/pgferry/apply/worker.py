@@ -37,8 +37,10 @@ from typing import Any
 
 import psycopg
 
+from pgferry import connect
 from pgferry.assembler import Assembler, Transaction
 from pgferry.catalog import conflicts, handover, store
+from pgferry.catalog.watch import CatalogWatch
 from pgferry.errors import ApplyError, PgferryError
 from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
@@ -123,7 +125,7 @@ class ApplyWorker:
         self._stop = True
 
     def run(self) -> None:
-        local = psycopg.connect(self.subscriber_dsn, autocommit=True)
+        local = connect.session(self.subscriber_dsn)
         try:
             while True:
                 try:
@@ -153,10 +155,7 @@ class ApplyWorker:
             return
         try:
             local.execute("ROLLBACK")
-            store.record_error(local, self.name, exc.message)
-            sub = store.get_subscription(local, self.name)
-            if sub.option("disable_on_error", False):
-                store.set_enabled(local, self.name, False)
+            if store.record_failure(local, self.name, exc.message):
                 logger.error("subscription %s disabled because of the error", self.name)
         except psycopg.Error as inner:
             logger.error("could not record the error in the catalog: %s", inner)
@@ -188,12 +187,31 @@ class ApplyWorker:
         start = Applier.prepare_session(local, sub.origin_name, synchronous_commit)
         states = handover.states(local, self.name)
         handover_due = _handover_interval(states)
+        watch = CatalogWatch.connect(self.subscriber_dsn)
+        reread_for: Transaction | None = None
+
+        def filter_changed() -> bool:
+            # Before each remote transaction: a catalog change (a refresh, a
+            # handover) committed since the last look is taken in first.
+            nonlocal states
+            if not watch.changed():
+                return False
+            states = watch.states(self.name)
+            return True
 
         def applies(relation: Relation, tx: Transaction) -> bool | Applies:
-            # Ready tables always (until sync_handover reads the states again); a
-            # table just handed over by its sync worker for transactions that end
-            # after the handover LSN (see catalog.handover).
-            state = states.get((relation.namespace, relation.name))
+            # Ready tables always (until the states are read again); a table just
+            # handed over by its sync worker for transactions that end after the
+            # handover LSN (see catalog.handover).
+            nonlocal states, reread_for
+            key = (relation.namespace, relation.name)
+            state = states.get(key)
+            if state is None and reread_for is not tx:
+                # Not ours as far as we know: read again, once per transaction, in
+                # case a refresh added it just now.
+                reread_for = tx
+                states = watch.states(self.name)
+                state = states.get(key)
             if state is None:
                 return False
             if state.state == "r":
@@ -220,12 +238,13 @@ class ApplyWorker:
                 batching=batching_of(local, sub),
                 exact_until=self._exact_until,
                 background=True,
+                filter_changed=filter_changed,
             )
             self.applier = applier
             streaming = sub.option("streaming", "parallel")
             live = LiveStreams(
                 applier,
-                lambda: psycopg.connect(self.subscriber_dsn, autocommit=True),
+                lambda: connect.session(self.subscriber_dsn),
                 synchronous_commit=synchronous_commit,
                 applies=applies,
                 eligible=lambda xid, lsn: (
@@ -259,6 +278,7 @@ class ApplyWorker:
             )
         except BaseException:
             remote.close()
+            watch.close()
             raise
         logger.info("subscription %s: apply worker streaming from %s", self.name, start)
         applier.keepalive = stream.send_status_if_due
@@ -309,6 +329,10 @@ class ApplyWorker:
             handover_due = _handover_interval(states)
             applier.refilter()
 
+        # Every remote transaction committed before it is durably applied (the
+        # slot's position may be held back by a transaction kept whole).
+        committed = INVALID_LSN
+
         def report() -> None:
             handover.report_worker(
                 local,
@@ -318,12 +342,13 @@ class ApplyWorker:
                 stream.received_lsn,
                 to_datetime(stream.last_server_time) if stream.last_server_time else None,
                 stream.flush_lsn,
+                committed if committed > stream.flush_lsn else stream.flush_lsn,
             )
 
         def confirm(idle: bool = False) -> None:
             """Tell the publisher what is durably applied; ``idle``: nothing more
             has arrived, so flush the local WAL for it now (see below)."""
-            nonlocal idle_lsn, unconfirmed
+            nonlocal idle_lsn, unconfirmed, committed
             if assembler.between_transactions:
                 applier.flush()  # what is applied gets confirmed, and the worker row written
             applier.wait()  # the connection is used here
@@ -351,6 +376,7 @@ class ApplyWorker:
                         candidate = unflushed.popleft()[0]
             if not unflushed and idle_lsn > candidate:
                 candidate = idle_lsn
+            committed = max(committed, candidate)
             floor = assembler.restart_floor()
             if floor is not None:
                 candidate = min(candidate, floor)
@@ -446,6 +472,7 @@ class ApplyWorker:
             self.live_applied += live.applied
             live.close()
             stream.close()
+            watch.close()
             if not local.closed and not local.broken:
                 try:
                     handover.forget_worker(local, self.name, "")

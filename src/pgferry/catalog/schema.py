@@ -143,6 +143,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE pgferry.subscription ENABLE ALWAYS TRIGGER wake_launcher;
     ALTER TABLE pgferry.subscription_table ENABLE ALWAYS TRIGGER wake_launcher;
     """,
+    # 5: the apply worker's committed position: every transaction committed on the
+    # publisher before it is durably applied (the slot's confirmed position may
+    # stay behind it for a transaction held whole: prepared, or streamed and not
+    # yet committed), so `subscription wait` need not wait for their commit.
+    """
+    ALTER TABLE pgferry.worker ADD COLUMN committed_lsn pg_lsn;
+    """,
 )
 
 

@@ -151,6 +151,23 @@ def record_error(
         )
 
 
+def record_failure(
+    conn: psycopg.Connection[Any], name: str, message: str, *, sync: bool = False
+) -> bool:
+    """A worker's error: stored and counted (see :func:`record_error`) and, with
+    ``disable_on_error``, the subscription disabled, in one transaction; whether
+    it was disabled. Apply and table sync errors alike, as native."""
+    with conn.transaction():
+        record_error(conn, name, message, sync=sync)
+        row = conn.execute(
+            "UPDATE pgferry.subscription SET enabled = false"
+            " WHERE name = %s AND enabled AND (options ->> 'disable_on_error')::bool"
+            " RETURNING name",
+            (name,),
+        ).fetchone()
+    return row is not None
+
+
 #: The counters of ``pgferry.subscription_stats``, in pg_stat_subscription_stats order.
 STATS_KEYS: tuple[str, ...] = (
     "apply_error_count",

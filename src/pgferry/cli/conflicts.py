@@ -28,7 +28,7 @@ from rich.table import Table
 from pgferry.catalog import conflicts as catalog
 from pgferry.catalog.schema import current_version
 from pgferry.errors import InterfaceError
-from pgferry.subscription.tables import printable
+from pgferry.sqltext import printable
 
 _AGE = re.compile(r"\s*(\d+)\s*(s|m|h|d)\s*", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}

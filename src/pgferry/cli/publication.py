@@ -44,7 +44,7 @@ from pgferry.publisher.manage import (
 )
 from pgferry.publisher.spec import parse_identifier, parse_table_name, parse_table_spec
 from pgferry.publisher.validate import parse_with, shown
-from pgferry.subscription.tables import printable
+from pgferry.sqltext import printable
 
 
 def _warn(lines: tuple[str, ...]) -> None:

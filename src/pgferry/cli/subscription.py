@@ -43,6 +43,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pgferry import conninfo as ci
+from pgferry.sqltext import printable
 from pgferry.subscription.manage import (
     AlterRequest,
     SubscriptionInfo,
@@ -53,7 +54,6 @@ from pgferry.subscription.manage import (
     shown,
     to_json,
 )
-from pgferry.subscription.tables import printable
 
 
 def _warn(lines: tuple[str, ...]) -> None:

@@ -24,7 +24,6 @@ from pgferry.publisher.spec import (
     parse_identifier,
     parse_table_name,
     parse_table_spec,
-    quote_ident,
 )
 from pgferry.publisher.validate import (
     IdentityIssue,
@@ -57,6 +56,5 @@ __all__ = [
     "parse_table_name",
     "parse_table_spec",
     "parse_with",
-    "quote_ident",
     "to_json",
 ]

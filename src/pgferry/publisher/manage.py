@@ -77,7 +77,7 @@ from pgferry.publisher.validate import (
     server_major,
     shown,
 )
-from pgferry.subscription.tables import printable
+from pgferry.sqltext import printable
 
 _LIST_HINT = "pgferry publication list shows the publications of this database"
 

@@ -27,7 +27,7 @@ Grammar (whitespace allowed between tokens)::
 Errors are :class:`TableSpecError` (an :class:`~pgferry.errors.InterfaceError`)
 naming the spec and the 1-based character position of the problem.
 
-:func:`quote_ident` quotes an identifier when needed; ``str(spec)`` writes a
+:func:`~pgferry.sqltext.bare_or_quoted` quotes an identifier when needed; ``str(spec)`` writes a
 spec back in this syntax, so ``parse_table_spec(str(spec)) == spec``.
 """
 
@@ -37,12 +37,12 @@ import re
 from dataclasses import dataclass
 
 from pgferry.errors import InterfaceError
+from pgferry.sqltext import bare_or_quoted
 
 #: PostgreSQL's NAMEDATALEN - 1: longer identifiers are truncated by the server.
 MAX_IDENTIFIER_BYTES = 63
 
 _WHITESPACE = " \t\n\r\f\v"
-_SAFE_IDENT = re.compile(r"[a-z_][a-z0-9_]*")
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
 
 
@@ -73,23 +73,16 @@ class TableSpec:
     def qualified(self) -> str:
         """``schema.table`` (or ``table``), quoted where needed."""
         if self.schema is None:
-            return quote_ident(self.name)
-        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+            return bare_or_quoted(self.name)
+        return f"{bare_or_quoted(self.schema)}.{bare_or_quoted(self.name)}"
 
     def __str__(self) -> str:
         text = self.qualified
         if self.columns is not None:
-            text += " (" + ", ".join(quote_ident(c) for c in self.columns) + ")"
+            text += " (" + ", ".join(bare_or_quoted(c) for c in self.columns) + ")"
         if self.row_filter is not None:
             text += f" WHERE ({self.row_filter})"
         return text
-
-
-def quote_ident(name: str) -> str:
-    """``name`` as an identifier: bare when that reads back the same, else quoted."""
-    if _SAFE_IDENT.fullmatch(name):
-        return name
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _is_ident_start(ch: str) -> bool:
@@ -240,7 +233,7 @@ class _Parser:
             start = self.pos
             column, _ = self.identifier("a column name")
             if column in columns:
-                raise self.fail(f"column {quote_ident(column)} listed twice", start)
+                raise self.fail(f"column {bare_or_quoted(column)} listed twice", start)
             columns.append(column)
             self.skip_ws()
             if self.peek() == ",":

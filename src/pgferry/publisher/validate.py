@@ -43,8 +43,8 @@ from psycopg.abc import QueryNoTemplate
 from psycopg.rows import tuple_row
 
 from pgferry.errors import FeatureNotSupported, InterfaceError, ServerError, WalLevelNotLogical
-from pgferry.publisher.spec import TableSpec, quote_ident
-from pgferry.subscription.tables import printable
+from pgferry.publisher.spec import TableSpec
+from pgferry.sqltext import bare_or_quoted, printable
 
 #: The change kinds a publication can publish, in PostgreSQL's order.
 PUBLISH_ACTIONS = ("insert", "update", "delete", "truncate")
@@ -204,7 +204,7 @@ class ResolvedTable:
 
     @property
     def qualified(self) -> str:
-        return printable(f"{quote_ident(self.schema)}.{quote_ident(self.name)}")
+        return printable(f"{bare_or_quoted(self.schema)}.{bare_or_quoted(self.name)}")
 
 
 _RELKINDS = {
@@ -277,7 +277,7 @@ def resolve_schemas(conn: Conn, names: Sequence[str]) -> None:
     }
     missing = [n for n in names if n not in found]
     if missing:
-        listed = ", ".join(printable(quote_ident(n)) for n in missing)
+        listed = ", ".join(printable(bare_or_quoted(n)) for n in missing)
         raise SchemaNotFound(
             f"schema{'s' if len(missing) > 1 else ''} not found on the publisher: {listed}",
             hint='quote mixed-case names: "Name"',
@@ -344,7 +344,7 @@ class IdentityIssue:
 
     @property
     def qualified(self) -> str:
-        return printable(f"{quote_ident(self.schema)}.{quote_ident(self.table)}")
+        return printable(f"{bare_or_quoted(self.schema)}.{bare_or_quoted(self.table)}")
 
     @property
     def message(self) -> str:
@@ -513,7 +513,7 @@ def identity_issues(
         def issue(problem: str, fix: str, leaf: _Leaf = leaf) -> None:
             issues.append(IdentityIssue(leaf.schema, leaf.name, publication, actions, problem, fix))
 
-        table = printable(f"{quote_ident(leaf.schema)}.{quote_ident(leaf.name)}")
+        table = printable(f"{bare_or_quoted(leaf.schema)}.{bare_or_quoted(leaf.name)}")
         full = leaf.replident == "f"
         identity = set(leaf.identity or ())
         entry = entries.get(sources.get(leaf.oid, leaf.oid))
@@ -523,7 +523,7 @@ def identity_issues(
             if outside:
                 issue(
                     "has a row filter on column(s) "
-                    + ", ".join(printable(quote_ident(c)) for c in outside)
+                    + ", ".join(printable(bare_or_quoted(c)) for c in outside)
                     + " outside its replica identity",
                     "filter on replica identity columns only, or "
                     f"ALTER TABLE {table} REPLICA IDENTITY FULL",
@@ -540,7 +540,7 @@ def identity_issues(
                 if uncovered:
                     issue(
                         "has a column list without its replica identity column(s) "
-                        + ", ".join(printable(quote_ident(c)) for c in uncovered),
+                        + ", ".join(printable(bare_or_quoted(c)) for c in uncovered),
                         "add them to the column list",
                     )
         if full or leaf.identity is not None:

@@ -12,8 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from pgferry.protocol.lsn import Lsn
+from pgferry.sqltext import ident, printable
 from pgferry.status.report import PublisherStatus, SubscriptionStatus, WorkerStatus
-from pgferry.subscription.tables import ident, printable
 
 #: Not-ready tables listed by name in the human table; the rest are counted.
 SHOWN_TABLES = 5

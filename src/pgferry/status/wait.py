@@ -3,11 +3,17 @@
 :func:`wait_ready` returns once both hold:
 
 * every table of the subscription is ready (state ``r``);
-* the slot's ``confirmed_flush_lsn`` on the publisher has reached the publisher's
-  WAL position taken when the wait started. The apply worker confirms only
-  positions it applied durably, and confirms the publisher's position while idle
-  too, so this means: everything committed on the publisher before the wait
-  started is applied on the subscriber.
+* everything committed on the publisher before the wait started is durably
+  applied: the slot's ``confirmed_flush_lsn`` has reached the publisher's WAL
+  position taken when the wait started, or the running apply worker reports
+  (``pgferry.worker.committed_lsn``) that every transaction committed before a
+  position at or past it is applied. The apply worker confirms only positions
+  it applied durably, and confirms the publisher's position while idle too.
+
+A prepared transaction still pending on the publisher (two_phase) is not waited
+for: it is not committed, and pgferry applies it at its COMMIT PREPARED, so the
+slot's position stays before its PREPARE until then (native's subscriber prepares
+it and moves on; either way "caught up" means every committed transaction).
 
 It polls the subscriber's catalog and the publisher every ``poll_interval``
 seconds (0.2 s) and raises :class:`WaitFailed`, with one line saying why, when
@@ -39,9 +45,9 @@ from pgferry.catalog.schema import current_version
 from pgferry.catalog.store import SubscriptionNotFound
 from pgferry.errors import PgferryError
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
+from pgferry.sqltext import ident, printable
 from pgferry.status.report import STALE_AFTER, WAL_POSITION_SQL, connect_publisher, scrub
 from pgferry.subscription.manage import connect_subscriber, shown
-from pgferry.subscription.tables import ident, printable
 
 POLL_INTERVAL = 0.2
 #: Not-ready tables named in a timeout message; the rest are counted.
@@ -63,7 +69,8 @@ class WaitResult:
     name: str
     #: The publisher's WAL position when the wait started.
     target_lsn: Lsn
-    #: The slot's confirmed_flush_lsn when the wait ended (at or past the target).
+    #: Where everything committed is applied when the wait ended (at or past the
+    #: target): the slot's confirmed_flush_lsn or the worker's committed position.
     applied_lsn: Lsn
     tables: int
     seconds: float
@@ -80,6 +87,8 @@ class _Local:
     not_ready: list[tuple[str, str, str]]
     #: ``running``, ``stale`` or ``stopped``, as ``pgferry status`` says.
     worker: str
+    #: The apply worker's committed position (see the module docstring).
+    committed: Lsn | None
 
 
 def _read(local: Conn, name: str) -> _Local:
@@ -99,10 +108,12 @@ def _read(local: Conn, name: str) -> _Local:
         ).fetchall()
         age = local.execute(
             "SELECT extract(epoch FROM now() - greatest(latest_end_time, last_msg_receipt_time,"
-            " started_at)) FROM pgferry.worker WHERE subscription = %s AND relation = ''",
+            " started_at)), committed_lsn::text"
+            " FROM pgferry.worker WHERE subscription = %s AND relation = ''",
             (name,),
         ).fetchone()
     worker = "stopped" if age is None else "running" if float(age[0]) <= STALE_AFTER else "stale"
+    committed = Lsn.parse(age[1]) if age is not None and age[1] else None
     return _Local(
         conninfo=row[0],
         enabled=bool(row[1]),
@@ -111,6 +122,7 @@ def _read(local: Conn, name: str) -> _Local:
         tables=len(tables),
         not_ready=[(s, n, st) for s, n, st in tables if st != "r"],
         worker=worker,
+        committed=committed if worker == "running" else None,
     )
 
 
@@ -224,6 +236,8 @@ def wait_ready(
                         f"replication slot {shown(sub.slot_name)} of subscription {shown(name)}"
                         " does not exist on the publisher"
                     )
+                if applied is not None and sub.committed is not None:
+                    applied = max(applied, sub.committed)
                 if not sub.not_ready and applied is not None and applied >= target:
                     return WaitResult(name, target, applied, sub.tables, time.monotonic() - started)
                 if deadline is not None and time.monotonic() >= deadline:

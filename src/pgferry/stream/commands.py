@@ -23,6 +23,7 @@ from typing import Literal
 
 from pgferry.errors import FeatureNotSupported, InterfaceError
 from pgferry.protocol.lsn import Lsn
+from pgferry.sqltext import quote_ident, quote_literal
 
 SnapshotAction = Literal["export", "use", "nothing"]
 Streaming = Literal["off", "on", "parallel"]
@@ -51,20 +52,6 @@ def max_protocol_version(server_version_num: int) -> int:
     if major == 14:
         return 2
     return 1
-
-
-def quote_ident(name: str) -> str:
-    """Quote an identifier for the replication grammar (as for SQL)."""
-    if "\0" in name:
-        raise InterfaceError(f"identifier contains a NUL byte: {name!r}")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    """Quote a string literal for the replication grammar (standard strings)."""
-    if "\0" in value:
-        raise InterfaceError(f"string contains a NUL byte: {value!r}")
-    return "'" + value.replace("'", "''") + "'"
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from pgferry.protocol.envelope import (
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
 from pgferry.protocol.speedups import SPEEDUPS
 from pgferry.protocol.timestamps import now_pg_us
+from pgferry.sqltext import quote_ident, quote_literal
 from pgferry.stream import commands, libpq
 from pgferry.stream.commands import PgoutputOptions, SnapshotAction
 from pgferry.stream.waiting import execute_gen, flush_gen, wait
@@ -219,7 +220,7 @@ class ReplicationConnection:
         return SystemInfo(system_id, int(timeline), Lsn.parse(pos), dbname)
 
     def setting(self, name: str) -> str:
-        rows = self.execute(f"SHOW {commands.quote_ident(name)}")
+        rows = self.execute(f"SHOW {quote_ident(name)}")
         value = rows[0][0] if rows else None
         return value or ""
 
@@ -235,7 +236,7 @@ class ReplicationConnection:
         """Those of ``names`` that do not exist in the connected database."""
         if not names:
             return []
-        listed = ",".join(commands.quote_literal(n) for n in names)
+        listed = ",".join(quote_literal(n) for n in names)
         rows = self.execute(
             f"SELECT pubname FROM pg_catalog.pg_publication WHERE pubname IN ({listed})",
             context="checking publications",
@@ -246,7 +247,7 @@ class ReplicationConnection:
     def slot_exists(self, slot_name: str) -> bool:
         rows = self.execute(
             "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = "
-            + commands.quote_literal(slot_name),
+            + quote_literal(slot_name),
             context="checking the slot",
         )
         return bool(rows)

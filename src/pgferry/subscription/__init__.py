@@ -5,6 +5,7 @@ See :mod:`pgferry.subscription.manage` for the behaviour,
 :mod:`pgferry.subscription.tables` for the checks of published tables.
 """
 
+from pgferry.publisher.shape import ColumnListConflict, PublishedTable
 from pgferry.subscription.manage import (
     AlterRequest,
     AlterResult,
@@ -18,11 +19,7 @@ from pgferry.subscription.manage import (
     origin_name,
     to_json,
 )
-from pgferry.subscription.tables import (
-    ColumnListConflict,
-    PublishedTable,
-    SubscriberTablesMissing,
-)
+from pgferry.subscription.tables import SubscriberTablesMissing
 
 __all__ = [
     "AlterRequest",

@@ -92,9 +92,11 @@ from pgferry.errors import (
     SlotNotFound,
 )
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
+from pgferry.publisher.shape import PublishedTable
 from pgferry.publisher.spec import parse_table_name
+from pgferry.sqltext import ident, printable, qualified, quote_literal
 from pgferry.stream import PgoutputOptions, ReplicationConnection
-from pgferry.stream.commands import quote_literal, streaming_for
+from pgferry.stream.commands import streaming_for
 from pgferry.subscription.options import (
     ALTER_KEYS,
     DEFAULTS,
@@ -104,14 +106,7 @@ from pgferry.subscription.options import (
     effective,
     parse_pairs,
 )
-from pgferry.subscription.tables import (
-    PublishedTable,
-    check_subscriber,
-    ident,
-    printable,
-    published_tables,
-    qualified,
-)
+from pgferry.subscription.tables import check_subscriber, published_tables
 from pgferry.sync import sync_slot_name
 
 logger = logging.getLogger("pgferry.subscription")
@@ -423,12 +418,8 @@ def _check_origin_free(local: Conn, name: str) -> None:
             " shared by every database of the cluster, and another database may have a"
             f" subscription {shown(name)}",
             hint="choose another name; if it is a leftover nothing uses, drop it first:"
-            f" SELECT pg_replication_origin_drop({_literal(origin)})",
+            f" SELECT pg_replication_origin_drop({quote_literal(origin)})",
         )
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _origin_exists(local: Conn, origin: str) -> bool:

@@ -1,13 +1,9 @@
 """The tables a subscription receives: what the publisher publishes, and whether the
 subscriber has somewhere to put it.
 
-* :func:`published_tables` reads ``pg_publication_tables`` over a replication
-  connection (plain SQL is allowed there), with the column lists (``attnames``) and
-  row filters (``rowfilter``) from PostgreSQL 15 on. A table in several of the
-  subscription's publications is combined as native does: its row filters are
-  OR-ed (no filter at all if one publication has none), and the publications must
-  publish the same columns (native refuses different column lists, a publication
-  without a list counting as "every column").
+* :func:`published_tables` reads what the publications publish over a replication
+  connection (plain SQL is allowed there), by the one definition of
+  :mod:`pgferry.publisher.shape`.
 * :func:`check_subscriber` verifies, before anything is created, that every
   published table exists on the subscriber as a table (or partitioned table) with
   every published column, not generated there; otherwise one
@@ -20,124 +16,32 @@ Tables are matched by schema and name, columns by name, as native does.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from pgferry.errors import ServerError
+from pgferry.publisher import shape
+from pgferry.publisher.shape import PublishedTable
+from pgferry.sqltext import ident
 from pgferry.stream import ReplicationConnection
-from pgferry.stream.commands import quote_literal
-
-#: First publisher major with column lists and row filters in pg_publication_tables.
-FILTERS_MAJOR = 15
 
 
 class SubscriberTablesMissing(ServerError):
     """Published tables or columns do not exist on the subscriber."""
 
 
-class ColumnListConflict(ServerError):
-    """Two of the subscription's publications publish different columns of a table."""
-
-
-@dataclass(frozen=True)
-class PublishedTable:
-    """One published table as the subscription receives it."""
-
-    schema: str
-    name: str
-    #: The columns the publisher sends, in the publisher's order.
-    columns: tuple[str, ...]
-    #: The publications' column list; None when every column is published.
-    column_list: tuple[str, ...] | None
-    #: The combined row filter (SQL, as the publisher deparses it); None: every row.
-    row_filter: str | None
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.schema, self.name)
-
-    @property
-    def display(self) -> str:
-        return qualified(self.schema, self.name)
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped, so a message stays on one line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def ident(name: str) -> str:
-    """``name`` as SQL would need it written (double-quoted unless plain lower case)."""
-    plain = name.isidentifier() and name.isascii() and name == name.lower()
-    return printable(name if plain else '"' + name.replace('"', '""') + '"')
-
-
-def qualified(schema: str, name: str) -> str:
-    return f"{ident(schema)}.{ident(name)}"
-
-
-def _json_list(text: str | None) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    value = json.loads(text)
-    return None if value is None else tuple(str(v) for v in value)
-
-
 def published_tables(
     repl: ReplicationConnection, publications: Sequence[str]
 ) -> list[PublishedTable]:
-    """The tables ``publications`` publish, ordered by schema and name."""
-    if not publications:
-        return []
-    listed = ", ".join(quote_literal(p) for p in publications)
-    if repl.major >= FILTERS_MAJOR:
-        shape = "pg_catalog.to_json(t.attnames)::text, t.rowfilter"
-    else:
-        shape = "NULL::text, NULL::text"
-    rows = repl.execute(
-        "SELECT t.schemaname::text, t.tablename::text, t.pubname::text, "
-        + shape
-        + ", (SELECT pg_catalog.to_json(pg_catalog.array_agg(a.attname ORDER BY a.attnum))"
-        "     FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0"
-        "     AND NOT a.attisdropped AND a.attgenerated = '')::text"
-        " FROM pg_catalog.pg_publication_tables t"
-        " JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname"
-        " JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename"
-        f" WHERE t.pubname IN ({listed})"
-        " ORDER BY 1, 2, 3",
-        context="listing the published tables",
+    """The tables ``publications`` publish, ordered by schema and name (see
+    :mod:`pgferry.publisher.shape`)."""
+    return shape.published_tables(
+        lambda query: repl.execute(query, context="listing the published tables"),
+        repl.major,
+        publications,
     )
-    grouped: dict[tuple[str, str], list[tuple[tuple[str, ...], str | None]]] = {}
-    all_columns: dict[tuple[str, str], tuple[str, ...]] = {}
-    for schema, name, _pub, attnames, rowfilter, every in rows:
-        assert schema is not None and name is not None
-        key = (schema, name)
-        default = _json_list(every) or ()
-        all_columns[key] = default
-        grouped.setdefault(key, []).append((_json_list(attnames) or default, rowfilter))
-    tables: list[PublishedTable] = []
-    for key, entries in grouped.items():
-        columns = entries[0][0]
-        if any(set(cols) != set(columns) for cols, _ in entries[1:]):
-            raise ColumnListConflict(
-                f"cannot use different column lists for table {qualified(*key)}"
-                " in different publications",
-                hint="publish the same columns of it in every publication of the subscription",
-            )
-        filters = [f for _, f in entries]
-        row_filter: str | None = None
-        if all(f is not None for f in filters):
-            unique = list(dict.fromkeys(f for f in filters if f is not None))
-            row_filter = unique[0] if len(unique) == 1 else " OR ".join(f"({f})" for f in unique)
-        column_list = None if set(columns) == set(all_columns[key]) else columns
-        tables.append(PublishedTable(key[0], key[1], columns, column_list, row_filter))
-    return tables
 
 
 _RELKINDS = {

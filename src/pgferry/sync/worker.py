@@ -36,6 +36,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgferry import connect
 from pgferry.apply.applier import Applier, commit_with_origin
 from pgferry.apply.conflicts import SYNC_ORIGIN_PREFIX, session_conflicts
 from pgferry.assembler import Assembler, Transaction, delivery_position
@@ -46,6 +47,7 @@ from pgferry.protocol.lsn import Lsn
 from pgferry.protocol.messages import Relation
 from pgferry.protocol.pgoutput import PgoutputDecoder
 from pgferry.protocol.relations import RelationCache
+from pgferry.publisher import shape
 from pgferry.stream import PgoutputOptions, ReplicationConnection
 from pgferry.sync.relay import relay
 
@@ -134,14 +136,15 @@ class TableSyncWorker:
         self._stop = True
 
     def run(self) -> None:
-        local = psycopg.connect(self.subscriber_dsn, autocommit=True)
+        local = connect.session(self.subscriber_dsn)
         try:
             self._run(local)
         except ApplyError as exc:
             logger.error("%s", exc)
             if not local.closed:
                 local.execute("ROLLBACK")
-                store.record_error(local, self.subscription, exc.message, sync=True)
+                if store.record_failure(local, self.subscription, exc.message, sync=True):
+                    logger.error("subscription %s disabled because of the error", self.subscription)
             raise
         finally:
             local.close()
@@ -185,45 +188,22 @@ class TableSyncWorker:
     def _remote_shape(
         self, remote: psycopg.Connection[Any], publications: tuple[str, ...]
     ) -> tuple[list[str], str | None]:
-        """Published columns and the combined row filter (None: all rows).
+        """Published columns and the combined row filter (None: all rows), read in
+        the copy's snapshot (see :mod:`pgferry.publisher.shape`)."""
 
-        As native: a table published with no column list by any publication sends
-        every column, and with no row filter by any publication sends every row;
-        otherwise the lists are united and the filters OR-ed.
-        """
-        columns = [
-            r[0]
-            for r in remote.execute(
-                "SELECT a.attname FROM pg_catalog.pg_attribute a"
-                " WHERE a.attrelid = (SELECT c.oid FROM pg_catalog.pg_class c"
-                "   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-                "   WHERE n.nspname = %s AND c.relname = %s)"
-                " AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''"
-                " ORDER BY a.attnum",
-                (self.schema, self.name),
-            ).fetchall()
-        ]
-        if not columns:
-            raise PgferryError(f"published table {self.display} does not exist on the publisher")
-        if remote.info.server_version < 150000:
-            return columns, None
-        rows = remote.execute(
-            "SELECT attnames, rowfilter FROM pg_catalog.pg_publication_tables"
-            " WHERE pubname = ANY(%s) AND schemaname = %s AND tablename = %s",
-            (list(publications), self.schema, self.name),
-        ).fetchall()
-        if not rows:
+        def run(query: str) -> list[tuple[str | None, ...]]:
+            return list(remote.execute(query).fetchall())
+
+        major = remote.info.server_version // 10000
+        found = shape.published_tables(run, major, publications, table=(self.schema, self.name))
+        if not found:
             raise PgferryError(
                 f"table {self.display} is not in the publications {', '.join(publications)}"
+                " on the publisher",
+                hint="refresh the subscription (pgferry subscription alter"
+                f" {self.subscription} --refresh-publication)",
             )
-        published: set[str] = set()
-        for names, _ in rows:
-            published.update(names or columns)
-        filters = [f for _, f in rows]
-        row_filter = (
-            None if any(f is None for f in filters) else " OR ".join(f"({f})" for f in filters)
-        )
-        return [c for c in columns if c in published], row_filter
+        return list(found[0].columns), found[0].row_filter
 
     def _copy(
         self,
@@ -243,7 +223,7 @@ class TableSyncWorker:
             assert before_snapshot is not None
             slot = repl.create_slot(self.slot, snapshot="export")
             assert slot.snapshot_name is not None
-            remote = psycopg.connect(conninfo, autocommit=True)
+            remote = connect.session(conninfo, application_name=f"{self.subscription} sync")
             try:
                 # The snapshot can be imported while the replication connection
                 # that exported it stays idle; then it is ours until commit.
@@ -255,6 +235,8 @@ class TableSyncWorker:
                 binary = copy_in_binary(remote, local, self.schema, self.name, columns)
                 options = sql.SQL(" (FORMAT binary)" if binary else "")
                 column_list = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+                # A table without columns: rows of nothing (COPY takes no empty list).
+                into = sql.SQL(" ({})").format(column_list) if columns else sql.SQL("")
                 table = sql.Identifier(self.schema, self.name)
                 # ONLY keeps inheritance children out; a partitioned table published
                 # through its root has its rows in the partitions, so not there.
@@ -271,7 +253,7 @@ class TableSyncWorker:
                     sql.SQL(" WHERE " + row_filter) if row_filter else sql.SQL(""),
                     options,
                 )
-                target = sql.SQL("COPY {} ({}) FROM STDIN{}").format(table, column_list, options)
+                target = sql.SQL("COPY {}{} FROM STDIN{}").format(table, into, options)
                 Applier.prepare_session(local, self.slot, synchronous_commit)
                 local.execute("BEGIN")
                 try:
