@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pgferry.protocol.speedups import SPEEDUPS
+from pgferry._cmodule import SPEEDUPS
 
 
 def test_ci_builds_the_c_module() -> None:

@@ -1,31 +1,122 @@
-"""Opening ordinary (not replication) connections for the workers.
+"""Opening connections: the subscriber, the publisher, and one error classifier.
 
-Every session that carries replicated values speaks UTF-8 (``client_encoding``),
-as the replication connection does (see :mod:`pgferry.stream.connection`): the
-publisher converts what it sends into UTF-8 and the subscriber converts it into
-its database's encoding, so text arrives as the same characters whatever the two
-databases' encodings are, and a character the subscriber's encoding cannot hold
-is an error there ("... has no equivalent in encoding ..."), as with native's
-subscriber, not a mangled value. Python's side of pgferry works in UTF-8 too.
+Every connection pgferry opens goes through :func:`open_connection` (the
+replication connection too: :meth:`pgferry.stream.ReplicationConnection.connect`):
+the conninfo is parsed by libpq's rules (an empty one means the PG* variables),
+``sslmode`` and every other key pass through untouched, ``application_name``
+defaults to pgferry's, and a failure is one :class:`~pgferry.errors.PgferryError`
+from :func:`connect_error` that names which side could not be reached, shows the
+conninfo with its password masked, and says what to do.
+
+Worker sessions (:func:`session`) speak UTF-8 (``client_encoding``), as the
+replication connection does: the publisher converts what it sends into UTF-8 and
+the subscriber converts it into its database's encoding, so text arrives as the
+same characters whatever the two databases' encodings are, and a character the
+subscriber's encoding cannot hold is an error there ("... has no equivalent in
+encoding ..."), not a mangled value. Python's side of pgferry works in UTF-8 too.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
 from pgferry import conninfo as ci
+from pgferry.errors import ConnectionFailed, PgferryError, ReplicationNotPermitted
 
 #: The encoding of every worker session.
 CLIENT_ENCODING = "UTF8"
 
+#: Which server a connection is for, as messages name it.
+Side = Literal["subscriber", "publisher"]
 
-def session(dsn: str, *, application_name: str = "pgferry") -> psycopg.Connection[Any]:
-    """An autocommit connection in UTF-8; ``application_name`` unless the conninfo
-    names one."""
-    params = ci.parse(dsn)
-    params.setdefault("application_name", application_name)
-    params["client_encoding"] = CLIENT_ENCODING
-    return psycopg.connect(make_conninfo(**params), autocommit=True)
+_HINTS: dict[Side, str] = {
+    "subscriber": "-d takes the subscriber database's conninfo (the catalog lives there)",
+    "publisher": "check the subscription's or command's conninfo for the publisher",
+}
+
+
+def open_connection(
+    dsn: str,
+    *,
+    side: Side,
+    application_name: str = "pgferry",
+    params: dict[str, str] | None = None,
+    defaults: dict[str, str] | None = None,
+) -> psycopg.Connection[Any]:
+    """An autocommit connection; ``params`` override the conninfo's keys,
+    ``defaults`` apply where it sets none."""
+    merged = {**(defaults or {}), **ci.parse(dsn), **(params or {})}
+    merged.setdefault("application_name", application_name)
+    try:
+        return psycopg.connect(make_conninfo(**merged), autocommit=True)
+    except psycopg.Error as exc:
+        replication = merged.get("replication") is not None
+        raise connect_error(exc, dsn, side, replication=replication) from None
+
+
+def session(
+    dsn: str, *, side: Side = "subscriber", application_name: str = "pgferry"
+) -> psycopg.Connection[Any]:
+    """A worker's session (the subscriber, or the publisher for a copy): in UTF-8."""
+    return open_connection(
+        dsn,
+        side=side,
+        application_name=application_name,
+        params={"client_encoding": CLIENT_ENCODING},
+    )
+
+
+def subscriber(dsn: str) -> psycopg.Connection[Any]:
+    """A connection to the subscriber database (the catalog's), for commands."""
+    return open_connection(dsn, side="subscriber")
+
+
+def publisher(
+    dsn: str, *, application_name: str = "pgferry", timeout: float | None = None
+) -> psycopg.Connection[Any]:
+    """A connection to the publisher database (not a replication one); ``timeout``:
+    ``connect_timeout`` unless the conninfo sets one."""
+    defaults = {} if timeout is None else {"connect_timeout": str(int(timeout))}
+    return open_connection(
+        dsn, side="publisher", application_name=application_name, defaults=defaults
+    )
+
+
+def connect_error(
+    exc: psycopg.Error, dsn: str, side: Side, *, replication: bool = False
+) -> PgferryError:
+    """What a failed connection attempt means, in one line with the next action.
+
+    A connection refused during authentication carries no SQLSTATE through libpq
+    (it reports the server's FATAL message as text), so the reason is read from
+    that text, here and nowhere else.
+    """
+    text = " ".join(str(exc).split())
+    masked = ci.mask(dsn) or "PG* environment"
+    lowered = text.lower()
+    if replication and (
+        "replication role" in lowered
+        or "permission denied to start wal sender" in lowered
+        or exc.sqlstate == "42501"
+    ):
+        return ReplicationNotPermitted(
+            f"cannot open a replication connection ({masked}): {text}",
+            hint="the role needs the REPLICATION attribute (ALTER ROLE name REPLICATION)",
+        )
+    if replication and "pg_hba.conf" in lowered and "replication" in lowered:
+        return ReplicationNotPermitted(
+            f"cannot open a replication connection ({masked}): {text}",
+            hint="add a 'replication' line for this role/host to pg_hba.conf on the publisher",
+        )
+    where = "" if replication else f" to the {side}"
+    if exc.sqlstate == "28P01" or "password" in lowered:
+        return ConnectionFailed(
+            f"cannot connect{where} ({masked}): {text}",
+            hint="check the password (password= in the conninfo, PGPASSWORD or ~/.pgpass)",
+        )
+    return ConnectionFailed(
+        f"cannot connect{where} ({masked}): {text}", hint=None if replication else _HINTS[side]
+    )

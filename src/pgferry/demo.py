@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from pgferry.catalog import handover
+from pgferry.catalog import TableState, handover
 from pgferry.protocol.lsn import Lsn
 from pgferry.runner import Launcher
 from pgferry.runner.env import LOG_LEVEL_ENV
@@ -82,7 +82,7 @@ def _view(publisher: Cluster, subscriber: Cluster, phase: str, started: float) -
     summary = " ".join(
         f"{s}:{n}"
         for s, n in sorted(
-            {s: sum(1 for t in states.values() if t.state == s) for s in "idfsr"}.items()
+            {s: sum(1 for t in states.values() if t.state == s) for s in TableState}.items()
         )
         if n
     )
@@ -163,7 +163,9 @@ def run_demo(console: Console, *, keep: bool = False, seconds: int = 10) -> Demo
                     " WHERE slot_name = 'demo'",
                 )
                 with subscriber.connect() as conn:
-                    ready = all(s.state == "r" for s in handover.states(conn, "demo").values())
+                    ready = all(
+                        s.state == TableState.READY for s in handover.states(conn, "demo").values()
+                    )
                 return ready and confirmed is not None and confirmed >= target
 
             done = _until(caught_up, 120, tick("catching up"))

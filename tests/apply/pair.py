@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 import pytest
 
 from pgferry.apply import ApplyWorker
-from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, store
+from pgferry.catalog import (
+    Subscription,
+    SubscriptionOptions,
+    SubscriptionTable,
+    TableState,
+    ensure_catalog,
+    store,
+)
 from pgferry.protocol import Lsn
 from pgferry.testing import Cluster
 from tests.support import create_slot, current_lsn
@@ -50,12 +57,15 @@ class Pair:
                     ("pub",),
                     "ferry",
                     "pgferry_ferry",
-                    options=dict(options),
+                    options=SubscriptionOptions.from_json(options),
                 ),
             )
             for table in tables:
                 store.upsert_table(
-                    conn, SubscriptionTable("ferry", "public", table, "public", table, "r", None)
+                    conn,
+                    SubscriptionTable(
+                        "ferry", "public", table, "public", table, TableState.READY, None
+                    ),
                 )
 
     def progress(self) -> Lsn:

@@ -11,9 +11,8 @@ import threading
 
 import pytest
 
-from pgferry.apply import applier as applier_module
-from pgferry.apply.applier import Applier
-from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, store
+from pgferry.apply import writer as writer_module
+from pgferry.catalog import Subscription, SubscriptionTable, TableState, ensure_catalog, store
 from pgferry.errors import ApplyError, ConflictError
 from pgferry.protocol import Lsn
 from tests.apply.pair import Pair
@@ -184,7 +183,7 @@ def test_check_constraint_and_type_conversion_errors_name_what_failed(pair: Pair
             Subscription("ferry", pair.cluster.dsn(pair.pub), ("pub",), "ferry", "pgferry_ferry"),
         )
         store.upsert_table(
-            conn, SubscriptionTable("ferry", "public", "t", "public", "t", "r", None)
+            conn, SubscriptionTable("ferry", "public", "t", "public", "t", TableState.READY, None)
         )
     pair.cluster.sql("INSERT INTO t VALUES (1, -5, '7')", dbname=pair.pub)
     with pytest.raises(ApplyError) as exc:
@@ -262,12 +261,12 @@ def test_a_batch_failing_while_the_next_is_in_flight_loses_and_repeats_nothing(
     back and the transactions applied again one by one, up to the failing one."""
     skipped: list[bool] = []
 
-    class Recording(applier_module._Writer):
+    class Recording(writer_module.Writer):
         def join(self) -> None:
             super().join()
             skipped.append(self.skipped)
 
-    monkeypatch.setattr(applier_module, "_Writer", Recording)
+    monkeypatch.setattr(writer_module, "Writer", Recording)
     pair.publish("CREATE TABLE t (id int PRIMARY KEY, v text)", ["t"], batch_transactions=2)
     for i in range(4):
         pair.cluster.sql(
@@ -336,21 +335,3 @@ def test_a_long_replay_keeps_the_walsender_alive(pair: Pair) -> None:
         pair.cluster.sql("SELECT pg_reload_conf()")
     assert pair.rows("SELECT count(*) FROM big") == [(400000,)]
     assert worker.applier is not None and worker.applier.applied_count == 1
-
-
-def test_session_setup_waits_for_an_exiting_holder_of_the_origin(pair: Pair) -> None:
-    """A worker that just stopped may hold the replication origin while its backend
-    exits; the next worker's session waits for it instead of failing."""
-    holder = pair.cluster.connect(pair.sub, autocommit=True)
-    Applier.prepare_session(holder, "pgferry_wait_test", "off")
-    timer = threading.Timer(0.3, holder.close)
-    timer.start()
-    try:
-        with pair.cluster.connect(pair.sub, autocommit=True) as conn:
-            Applier.prepare_session(conn, "pgferry_wait_test", "off")
-            row = conn.execute("SELECT pg_catalog.pg_replication_origin_session_is_setup()")
-            assert row.fetchone() == (True,)
-            conn.execute("SELECT pg_catalog.pg_replication_origin_session_reset()")
-            conn.execute("SELECT pg_catalog.pg_replication_origin_drop('pgferry_wait_test')")
-    finally:
-        timer.join()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from pgferry.apply import ApplyWorker
-from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, store
+from pgferry.catalog import Subscription, SubscriptionTable, TableState, ensure_catalog, store
 from pgferry.testing import Cluster
 from pgferry.testing.pytest_plugin import ClusterFactory
 from tests.support import create_slot
@@ -114,7 +114,7 @@ def _start_pgferry(setup: Setup, slot: str = "ferry") -> tuple[ApplyWorker, thre
         )
         for schema, name in REMOTE_NAMES:
             store.upsert_table(
-                conn, SubscriptionTable("ferry", schema, name, schema, name, "r", None)
+                conn, SubscriptionTable("ferry", schema, name, schema, name, TableState.READY, None)
             )
     return _run_worker(setup)
 

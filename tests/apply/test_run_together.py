@@ -12,11 +12,11 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
+from pgferry._cmodule import SPEEDUPS
 from pgferry.apply import staging
 from pgferry.apply.mapping import TableMap, UniqueIndex
 from pgferry.apply.staging import Eligibility, Stage, Staged, StageMismatch, run_together
 from pgferry.protocol.messages import Column, Delete, Insert, Relation, Update
-from pgferry.protocol.speedups import SPEEDUPS
 from pgferry.stream import libpq
 from pgferry.testing import Cluster
 

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
+from pgferry._cmodule import SPEEDUPS
 from pgferry.apply.mapping import Stamps, TableMap, UniqueIndex
 from pgferry.apply.staging import Eligibility, Stage, _escape, _py_line, eligibility
 from pgferry.catalog import store
@@ -23,7 +24,6 @@ from pgferry.protocol.messages import (
     Update,
     Value,
 )
-from pgferry.protocol.speedups import SPEEDUPS
 from tests.apply.pair import Pair
 
 RELATION = Relation(

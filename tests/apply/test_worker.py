@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from pgferry.apply import ApplyWorker, applier, worker
-from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, store
+from pgferry.apply import ApplyWorker, applier
+from pgferry.apply import handover as apply_handover
+from pgferry.catalog import Subscription, SubscriptionTable, TableState, ensure_catalog, store
 from pgferry.protocol import Lsn
 from pgferry.testing import Cluster
 from pgferry.testing.pytest_plugin import ClusterFactory
@@ -61,7 +62,7 @@ def test_a_batch_committed_in_the_background_is_confirmed_at_the_next_pause(
     default). Every transaction counts as recent here. The publisher is a
     cluster of its own: the subscriber's commits would otherwise move its WAL,
     and the walsender's keepalives for that would confirm too."""
-    monkeypatch.setattr(worker, "_handover_interval", lambda states: 8.0)
+    monkeypatch.setattr(apply_handover, "IDLE_INTERVAL", 8.0)
     monkeypatch.setattr(applier, "LIVE_WINDOW", 3600.0)
     publisher, subscriber = make_cluster(), make_cluster()
     ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)"
@@ -74,7 +75,7 @@ def test_a_batch_committed_in_the_background_is_confirmed_at_the_next_pause(
             conn, Subscription("ferry", publisher.dsn(), ("pub",), "ferry", "pgferry_ferry")
         )
         store.upsert_table(
-            conn, SubscriptionTable("ferry", "public", "t", "public", "t", "r", None)
+            conn, SubscriptionTable("ferry", "public", "t", "public", "t", TableState.READY, None)
         )
     publisher.sql("INSERT INTO t SELECT generate_series(1, 40), 'x'")
     target = current_lsn(publisher)

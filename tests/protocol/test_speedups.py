@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pgferry._cmodule import SPEEDUPS, ShortValue
 from pgferry.apply.staging import _py_line, _py_plain_width
 from pgferry.errors import ProtocolError
 from pgferry.protocol import pgoutput
 from pgferry.protocol.envelope import _py_parse_copy_data
 from pgferry.protocol.messages import UNCHANGED_TOAST, BinaryValue, Message, Value
 from pgferry.protocol.pgoutput import PgoutputDecoder, _py_read_tuple
-from pgferry.protocol.speedups import SPEEDUPS, ShortValue
 
 from . import encoder as enc
 

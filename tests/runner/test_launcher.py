@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, handover, store
+from pgferry.catalog import (
+    Subscription,
+    SubscriptionTable,
+    TableState,
+    ensure_catalog,
+    handover,
+    store,
+)
 from pgferry.protocol import Lsn
 from pgferry.runner.launcher import Launcher
 from pgferry.testing import Cluster
@@ -58,7 +65,7 @@ def setup(cluster: Cluster, dbname: str, make_cluster: ClusterFactory) -> Iterat
         )
         for t in ("accounts", "history"):
             store.upsert_table(
-                conn, SubscriptionTable("ferry", "public", t, "public", t, "i", None)
+                conn, SubscriptionTable("ferry", "public", t, "public", t, TableState.INIT, None)
             )
     yield Setup(cluster, dbname, subscriber)
 

@@ -10,6 +10,7 @@ import time
 import psycopg
 import pytest
 
+from pgferry._cmodule import SPEEDUPS
 from pgferry.errors import (
     FeatureNotSupported,
     InterfaceError,
@@ -28,7 +29,6 @@ from pgferry.protocol import (
     StreamStart,
     XLogData,
 )
-from pgferry.protocol.speedups import SPEEDUPS
 from pgferry.stream import PgoutputOptions, ReplicationConnection
 from pgferry.testing import Cluster
 from pgferry.testing.pytest_plugin import ClusterFactory

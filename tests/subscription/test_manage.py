@@ -157,7 +157,7 @@ def test_create_with_defaults(published: Env) -> None:
     sub = published.row()
     assert sub.enabled and sub.slot_name == "ferry" and sub.origin_name == "pgferry_ferry"
     assert sub.publications == ("pub",) and sub.conninfo == published.pub_dsn
-    assert sub.options == {
+    assert sub.options.to_json() == {
         "copy_data": True,
         "create_slot": True,
         "connect": True,
@@ -201,7 +201,7 @@ def test_same_cluster_create_does_not_hang(published: Env) -> None:
 def test_copy_data_false_registers_tables_ready(published: Env) -> None:
     published.create("ferry", "copy_data=false")
     assert published.tables() == {"public.t1": "r", "public.t2": "r"}
-    assert published.row().options["copy_data"] is False
+    assert published.row().options.copy_data is False
 
 
 @pytest.mark.pg_min(14)  # binary and streaming need a 14 publisher
@@ -217,10 +217,10 @@ def test_options_are_normalised(published: Env) -> None:
     )
     sub = published.row()
     assert not sub.enabled
-    assert sub.options["binary"] is True and sub.options["disable_on_error"] is True
-    assert sub.options["streaming"] == "on"
-    assert sub.options["synchronous_commit"] == "remote_apply"
-    assert sub.options["run_as_owner"] is True
+    assert sub.options.binary is True and sub.options.disable_on_error is True
+    assert sub.options.streaming == "on"
+    assert sub.options.synchronous_commit == "remote_apply"
+    assert sub.options.run_as_owner is True
 
 
 def test_connect_false_creates_no_slot_and_is_disabled(env: Env) -> None:
@@ -229,7 +229,7 @@ def test_connect_false_creates_no_slot_and_is_disabled(env: Env) -> None:
     assert not result.slot_created and not result.enabled and result.tables == ()
     sub = env.row()
     assert not sub.enabled and sub.slot_name == "ferry"
-    assert sub.options["create_slot"] is False and sub.options["copy_data"] is False
+    assert sub.options.create_slot is False and sub.options.copy_data is False
     assert env.tables() == {}
     assert env.slots() == {}
 
@@ -366,8 +366,8 @@ def test_origin_none_and_parallel_streaming_need_no_16(published: Env) -> None:
     # Before 16 too: pgferry filters the Origin messages itself, and applies a
     # streamed transaction as it arrives by itself (the publisher streams "on").
     published.create("ferry", "origin=none", "streaming=parallel")
-    assert published.row().options["origin"] == "none"
-    assert published.row().options["streaming"] == "parallel"
+    assert published.row().options.origin == "none"
+    assert published.row().options.streaming == "parallel"
 
 
 @pytest.mark.pg_min(15)
@@ -497,10 +497,10 @@ def test_drop_missing_subscription(env: Env) -> None:
 
 
 def test_drop_also_drops_table_sync_slots(published: Env) -> None:
-    from pgferry.sync import sync_slot_name
+    from pgferry.origins import sync_origin
 
     published.create()
-    sync = sync_slot_name("ferry", "public", "t1")
+    sync = sync_origin("ferry", "public", "t1")
     create_slot(published.cluster, published.pub, sync)
     published.on_sub(f"SELECT pg_replication_origin_create('{sync}')")
     drop_subscription(published.sub_dsn, "ferry")
@@ -551,11 +551,11 @@ def test_alter_each_option(published: Env) -> None:
         )
     )
     options = published.row().options
-    assert options["binary"] is True and options["streaming"] == "parallel"
-    assert options["disable_on_error"] is True and options["synchronous_commit"] == "local"
-    assert options["origin"] == "none"
-    assert options["password_required"] is False and options["run_as_owner"] is True
-    assert options["copy_data"] is True  # untouched
+    assert options.binary is True and options.streaming == "parallel"
+    assert options.disable_on_error is True and options.synchronous_commit == "local"
+    assert options.origin == "none"
+    assert options.password_required is False and options.run_as_owner is True
+    assert options.copy_data is True  # untouched
     # slot_name: only a valid name; NONE only while disabled.
     published.alter(with_options=("slot_name=renamed",))
     assert published.row().slot_name == "renamed"
@@ -568,7 +568,7 @@ def test_alter_each_option(published: Env) -> None:
         published.alter(with_options=("two_phase=true",))
     published.alter(disable=True, with_options=("two_phase=true", "slot_name=NONE"))
     sub = published.row()
-    assert sub.options["two_phase"] is True and sub.slot_name is None and not sub.enabled
+    assert sub.options.two_phase is True and sub.slot_name is None and not sub.enabled
     with pytest.raises(InterfaceError, match="does not have a slot name"):
         published.alter(enable=True)
     assert not published.row().enabled  # the failed alter changed nothing

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from pgferry.protocol.speedups import SPEEDUPS
+from pgferry._cmodule import SPEEDUPS
 from pgferry.sync.relay import c_relay_available, relay
 from pgferry.testing import Cluster
 

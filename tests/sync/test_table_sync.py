@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from pgferry.apply import ApplyWorker
-from pgferry.catalog import Subscription, SubscriptionTable, ensure_catalog, handover, store
+from pgferry.catalog import (
+    Subscription,
+    SubscriptionTable,
+    TableState,
+    ensure_catalog,
+    handover,
+    store,
+)
 from pgferry.errors import ApplyError
 from pgferry.sync import TableSyncWorker
 from pgferry.sync.worker import copy_in_binary
@@ -82,7 +89,7 @@ def _subscribe(pub: Cluster, pub_db: str, sub: Cluster, sub_db: str, tables: lis
         )
         for t in tables:
             store.upsert_table(
-                conn, SubscriptionTable("ferry", "public", t, "public", t, "i", None)
+                conn, SubscriptionTable("ferry", "public", t, "public", t, TableState.INIT, None)
             )
 
 

@@ -6,7 +6,7 @@ tables it is responsible for, and commits with the replication origin's progress
 set to the remote commit's end LSN (``pg_replication_origin_xact_setup``), so the
 data and the progress land in the same commit record: after a crash the origin
 says exactly which remote transactions are applied. This is native's algorithm
-(see ``shared/notes/native-algorithms.md``).
+(see ``docs/design.md``, "Exactly-once apply").
 
 The session runs with ``session_replication_role = replica`` (only ENABLE REPLICA
 and ENABLE ALWAYS triggers fire, foreign keys are not checked), ``search_path = ''``
@@ -48,18 +48,16 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from pgferry import origins
 from pgferry.assembler import Transaction
 from pgferry.catalog import store
 from pgferry.conflict import CONFLICT_TYPES, ConflictType, Policy, Resolution
@@ -78,7 +76,9 @@ from pgferry.protocol.relations import RelationCache
 from pgferry.protocol.timestamps import now_pg_us, to_datetime
 
 from .conflicts import ConflictContext, LocalRow
+from .errors import apply_error, mapping_error
 from .mapping import MappingError, Stamps, TableMap, build_map, text_value
+from .pipeline import Pipeline
 from .rowwise import Provisional, RowChanges
 from .staging import (
     Eligibility,
@@ -87,8 +87,8 @@ from .staging import (
     StageMismatch,
     Suspect,
     eligibility,
-    run_together,
 )
+from .writer import WriterQueue
 
 logger = logging.getLogger("pgferry.apply")
 
@@ -111,27 +111,6 @@ TableFilter = Callable[[Relation, Transaction], bool | Applies]
 
 def _all_tables(relation: Relation, tx: Transaction) -> Applies:
     return Applies.ALWAYS
-
-
-def commit_with_origin(remote_lsn: Lsn, remote_time: datetime | str) -> sql.Composed:
-    """``SET CONSTRAINTS ALL IMMEDIATE; SELECT pg_replication_origin_xact_setup(...);
-    COMMIT`` as ONE message.
-
-    PostgreSQL advances the session's replication origin to the LSN given to
-    ``pg_replication_origin_xact_setup`` at the end of the transaction *whether it
-    commits or aborts* (``RecordTransactionAbort`` moves it too). Sent as two
-    round trips, a worker killed between them leaves a backend that aborts the
-    transaction yet records it as replayed: that remote transaction would be lost.
-    In one simple-query message the server receives both or neither. For the same
-    reason nothing may fail at COMMIT once the origin is set up: deferred
-    constraints and constraint triggers are checked first, by SET CONSTRAINTS ALL
-    IMMEDIATE (an error there skips the rest of the message).
-    """
-    return sql.SQL(
-        "SET CONSTRAINTS ALL IMMEDIATE;"
-        " SELECT pg_catalog.pg_replication_origin_xact_setup({}::pg_lsn, {}::timestamptz);"
-        " COMMIT"
-    ).format(sql.Literal(str(remote_lsn)), sql.Literal(remote_time))
 
 
 @dataclass(frozen=True)
@@ -157,19 +136,46 @@ class Batching:
     set_based: bool = True
 
 
-#: Batches handed to writer threads and not yet waited for (see _Writer).
-WRITER_DEPTH = 2
-#: Statements in flight in pipeline mode before their results are collected.
-PIPELINE_DEPTH = 2000
 #: A batch whose last remote commit is younger than this (seconds) commits as
 #: soon as everything received is applied (see :attr:`Applier.live`).
 LIVE_WINDOW = 0.2
-#: Seconds to wait for the replication origin held by an exiting session.
-ORIGIN_WAIT = 5.0
 #: Changes between two calls of :attr:`Applier.keepalive`.
 KEEPALIVE_EVERY = 2000
 #: The changes a stage may take (see Applier.change).
 _ROW_CHANGES = (Insert, Update, Delete)
+
+
+class BatchState(enum.Enum):
+    """Where the applier is; its local transaction (the batch) holds remote ones.
+
+    IDLE ──begin──▶ RECEIVING ──commit──▶ HOLDING ──flush──▶ IDLE
+                        ▲                    │
+                        └───────begin────────┘
+
+    BEGIN itself goes out lazily, with the batch's first statement (see
+    :attr:`Applier.conn`); an error in any state rolls back to IDLE.
+    """
+
+    #: No local transaction.
+    IDLE = enum.auto()
+    #: A remote transaction is being applied (between its begin and commit).
+    RECEIVING = enum.auto()
+    #: Applied remote transactions wait in the open local one for its commit.
+    HOLDING = enum.auto()
+
+
+class _Mode(NamedTuple):
+    """How the remote transaction being applied is applied (set at its begin)."""
+
+    #: Consumed, not applied (the skip LSN, or an origin to leave out).
+    skip: bool
+    #: Committed on its own, each change one statement (see RetryExact).
+    exact: bool
+    #: Eligible tables' changes are staged (set-based apply).
+    staged: bool
+
+
+_IDLE_MODE = _Mode(skip=False, exact=False, staged=False)
 
 
 class RetryExact(Exception):
@@ -179,68 +185,6 @@ class RetryExact(Exception):
     def __init__(self, until: Lsn) -> None:
         super().__init__(f"retry exactly up to {until}")
         self.until = until
-
-
-class _Writer:
-    """Runs a batch's staged statements, and maybe its commit, on the connection
-    in a thread of its own, while the applier goes on staging the next rows in
-    memory (the statements go as one query inside libpq, without the GIL: see
-    :func:`~.staging.run_together`; psycopg waits for the commit without it).
-    The applier waits for it before it uses the connection again
-    (:attr:`Applier.conn`), and turns what it raised into what running them in
-    line would have raised.
-
-    Up to :data:`WRITER_DEPTH` writers are in flight, each starting when the one
-    before it (``after``) is done, so the applier does not wait for a batch's
-    commit while it has the next batch staged: the server works on one batch
-    while the applier decodes the one after. A writer whose predecessor failed
-    does nothing (:attr:`skipped`): all of it is rolled back with the failure."""
-
-    def __init__(
-        self,
-        conn: psycopg.Connection[Any],
-        tx: Transaction,
-        begin: bool,
-        staged: list[Staged],
-        commit: tuple[sql.Composed, Lsn, int] | None,
-        after: _Writer | None = None,
-    ) -> None:
-        self.tx = tx
-        self.commit = commit
-        self.committing = False
-        self.skipped = False
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(conn, begin, staged, after),
-            name="pgferry-writer",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def _run(
-        self,
-        conn: psycopg.Connection[Any],
-        begin: bool,
-        staged: list[Staged],
-        after: _Writer | None,
-    ) -> None:
-        if after is not None:
-            after.join()
-            if after.error is not None or after.skipped:
-                self.skipped = True
-                return
-        try:
-            if begin or staged:
-                run_together(conn, staged, begin=begin)
-            if self.commit is not None:
-                self.committing = True
-                conn.execute(self.commit[0])
-        except BaseException as exc:  # handed to the applier's thread
-            self.error = exc
-
-    def join(self) -> None:
-        self._thread.join()
 
 
 class Applier(RowChanges):
@@ -259,20 +203,27 @@ class Applier(RowChanges):
         exact_until: Lsn | None = None,
         background: bool = False,
         filter_changed: Callable[[], bool] | None = None,
+        keepalive: Callable[[], None] | None = None,
+        provisional: bool = False,
     ) -> None:
-        """``filter_changed``: asked before each remote transaction; True means the
-        table filter may answer otherwise from now on (see :meth:`refilter`).
-        ``skip_origins``: apply nothing of the transactions that reached the
-        publisher through replication (``origin = none`` on a publisher older than
-        16, which cannot filter them itself). ``background``: staged statements and
-        batch commits may run in a thread of their own (see :class:`_Writer`);
-        then the owner waits (:meth:`wait`) before using the connection itself."""
+        """``keepalive``: called every :data:`KEEPALIVE_EVERY` changes (a long
+        transaction, a streamed one replayed at its commit, must not let the
+        walsender's wal_sender_timeout expire while nothing is read from the
+        stream). ``provisional``: the transactions' commits are not known yet (see
+        :class:`~.rowwise.Provisional`). ``filter_changed``: asked before each
+        remote transaction; True means the table filter may answer otherwise from
+        now on (see :meth:`refilter`). ``skip_origins``: apply nothing of the
+        transactions that reached the publisher through replication (``origin =
+        none`` on a publisher older than 16, which cannot filter them itself).
+        ``background``: staged statements and batch commits may run in a thread
+        of their own (see :class:`~.writer.Writer`); then the owner waits (:meth:`wait`)
+        before using the connection itself."""
         if not conn.autocommit:
             raise ValueError("the applier manages its transactions: pass an autocommit connection")
         self._conn = conn
         self.background = background
-        #: Writers in flight, oldest first (see _Writer).
-        self._writers: deque[_Writer] = deque()
+        #: Writers in flight, oldest first (see .writer).
+        self._writers = WriterQueue()
         self.subscription = subscription
         self.origin = origin
         self.relations = relations
@@ -290,18 +241,14 @@ class Applier(RowChanges):
         self.batching = batching
         #: Remote transactions ending up to here are applied exactly (see RetryExact).
         self.exact_until = exact_until
-        self._exact = False
-        self._pipe: psycopg.Pipeline | None = None
-        self._pipe_stack: contextlib.ExitStack | None = None
-        self._deferred: list[tuple[psycopg.Cursor[Any], Callable[[psycopg.Cursor[Any]], None]]] = []
+        self._state = BatchState.IDLE
+        self._mode = _IDLE_MODE
+        self._pipeline = Pipeline()
         self._maps: dict[int, TableMap] = {}
         #: Staged changes by relation id (None: the table is applied row by row).
         self._stages: dict[int, Stage | None] = {}
-        self._staging = False
-        self._skipping = False
-        # A local transaction is open; it holds ``_batched`` applied remote
-        # transactions, the last of which is ``_last`` (tx, end LSN).
-        self._in_tx = False
+        # The local transaction holds ``_batched`` applied remote transactions,
+        # the last of which is ``_last`` (tx, end LSN).
         # BEGIN was sent (it is sent before the batch's first statement).
         self._begun = False
         # Pipelined statements may be used in this batch.
@@ -309,85 +256,32 @@ class Applier(RowChanges):
         self._batched = 0
         self._last: tuple[Transaction, Lsn] | None = None
         self._batch_started = 0.0
-        self._remote_open = False
-        #: Called every KEEPALIVE_EVERY changes: a long transaction (a streamed one
-        #: replayed at its commit) must not let the walsender's wal_sender_timeout
-        #: expire while nothing is read from the stream.
-        self.keepalive: Callable[[], None] | None = None
+        self.keepalive = keepalive
+        self.provisional = provisional
         self._changes = 0
-
-    # -- session ------------------------------------------------------------------
-
-    @staticmethod
-    def prepare_session(
-        conn: psycopg.Connection[Any], origin: str, synchronous_commit: str, *, bind: bool = True
-    ) -> Lsn:
-        """Set up the apply session; returns the origin's flushed progress.
-
-        Creates the replication origin if missing and (unless not ``bind``) binds
-        the session to it.
-        """
-        conn.execute("SET session_replication_role = replica")
-        conn.execute("SET search_path = ''")
-        conn.execute(sql.SQL("SET synchronous_commit = {}").format(sql.Literal(synchronous_commit)))
-        row = conn.execute("SELECT pg_catalog.pg_replication_origin_oid(%s)", (origin,)).fetchone()
-        if row is None or row[0] is None:
-            conn.execute("SELECT pg_catalog.pg_replication_origin_create(%s)", (origin,))
-        if bind:
-            Applier.bind_origin(conn, origin)
-        progress = conn.execute(
-            "SELECT pg_catalog.pg_replication_origin_progress(%s, false)::text", (origin,)
-        ).fetchone()
-        return Lsn.parse(progress[0]) if progress and progress[0] else Lsn(0)
-
-    @staticmethod
-    def bind_origin(conn: psycopg.Connection[Any], origin: str) -> None:
-        """Bind the session to the replication origin (one session at a time).
-
-        The session of a worker that just stopped may still hold it for a moment
-        while its backend exits: wait for it, briefly.
-        """
-        deadline = time.monotonic() + ORIGIN_WAIT
-        while True:
-            try:
-                conn.execute("SELECT pg_catalog.pg_replication_origin_session_setup(%s)", (origin,))
-                return
-            except psycopg.errors.ObjectInUse:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.05)
-
-    @staticmethod
-    def release_origin(conn: psycopg.Connection[Any]) -> None:
-        """Unbind the session from its replication origin, if it is bound."""
-        conn.execute(
-            "SELECT pg_catalog.pg_replication_origin_session_reset()"
-            " WHERE pg_catalog.pg_replication_origin_session_is_setup()"
-        )
 
     # -- TransactionConsumer --------------------------------------------------------
 
     def begin(self, tx: Transaction) -> None:
         if self.filter_changed is not None and self.filter_changed():
             self.refilter()
-        self._skipping = (self.skip_lsn is not None and tx.commit_lsn == self.skip_lsn) or (
+        skip = (self.skip_lsn is not None and tx.commit_lsn == self.skip_lsn) or (
             self.skip_origins and tx.origin is not None
         )
         self.conflicts.reset()
-        self._exact = self.batching.max_transactions == 1 or (
+        exact = self.batching.max_transactions == 1 or (
             self.exact_until is not None and tx.commit_lsn <= self.exact_until
         )
-        if self._exact and self._in_tx:
+        if exact and self._state is BatchState.HOLDING:
             self.flush()  # this one commits on its own
-        self._staging = not self._exact and self.batching.set_based
-        self._remote_open = True
-        if not self._in_tx:
+        self._mode = _Mode(skip, exact, not exact and self.batching.set_based)
+        if self._state is BatchState.IDLE:
             # BEGIN goes out with the first statement (see conn): a batch staged
             # in memory meanwhile overlaps the writer's commit of the one before.
-            self._in_tx = True
             self._begun = False
-            self._pipelining = not self._exact and self.batching.pipeline
+            self._pipelining = not exact and self.batching.pipeline
             self._batch_started = time.monotonic()
+        self._state = BatchState.RECEIVING
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -395,13 +289,13 @@ class Applier(RowChanges):
         was doing is done, and the local transaction is begun."""
         while self._writers:
             self._wait_writer()
-        if self._in_tx and not self._begun:
+        if self._state is not BatchState.IDLE and not self._begun:
             self._begun = True
             self._conn.execute("BEGIN")
         return self._conn
 
     def wait(self) -> None:
-        """Wait for the writer (see :class:`_Writer`): after this, the owner may use
+        """Wait for the writer (see :class:`~.writer.Writer`): after this, the owner may use
         the connection; raises what the writer's work raised."""
         while self._writers:
             self._wait_writer()
@@ -412,7 +306,8 @@ class Applier(RowChanges):
             self.keepalive()
         pipelining = self._pipelining
         try:
-            if self._staging and not self._skipping and isinstance(change, _ROW_CHANGES):
+            mode = self._mode
+            if mode.staged and not mode.skip and isinstance(change, _ROW_CHANGES):
                 # The common case in this one frame, as _change and _map would
                 # do it: the table's decision holds for this transaction and its
                 # relation is the latest, its stage takes the change.
@@ -437,7 +332,7 @@ class Applier(RowChanges):
             self._batch_failed(tx)
 
     def _change(self, tx: Transaction, change: Change) -> None:
-        if self._skipping or isinstance(change, LogicalMessage):
+        if self._mode.skip or isinstance(change, LogicalMessage):
             return
         if isinstance(change, Truncate):
             self._truncate(tx, change)
@@ -446,7 +341,7 @@ class Applier(RowChanges):
         table = self._map(tx, relation_id, change)
         if table is None:
             return
-        if self._staging:
+        if self._mode.staged:
             stages = self._stages
             stage = (
                 stages[relation_id] if relation_id in stages else self._stage(relation_id, table)
@@ -463,15 +358,15 @@ class Applier(RowChanges):
                 self._apply_stages(tx, None, keep=True)
         if self._pipelining:
             if self._native_policies(table):
-                if self._pipe is None:
-                    self._open_pipeline()
+                if not self._pipeline.is_open:
+                    self._pipeline.open(self.conn)
                 self._pipelined(tx, table, change)
                 return
             # This table's conflicts are resolved as they happen: results are
             # needed at once from here to the end of the batch.
             self._pipelining = False
-            self._collect()
-            self._close_pipeline_strict()
+            self._pipeline.collect()
+            self._pipeline.close_strict()
         try:
             if isinstance(change, Insert):
                 self._insert(tx, table, change.new)
@@ -511,10 +406,10 @@ class Applier(RowChanges):
         if not pending:
             return
         try:
-            if self._pipe is not None:
+            if self._pipeline.is_open:
                 # COPY is not possible in pipeline mode (it opens again when needed).
-                self._collect()
-                self._close_pipeline_strict()
+                self._pipeline.collect()
+                self._pipeline.close_strict()
         except psycopg.Error:
             self._batch_failed(tx)
         self._run_staged(tx, [(stage, stage.prepare(keep=keep)) for stage in pending], None)
@@ -555,9 +450,9 @@ class Applier(RowChanges):
         open transaction goes on (a savepoint may follow). A surprise fails the
         batch (:class:`RetryExact`)."""
         self._apply_stages(tx, None, keep=True)
-        if self._pipe is not None:
+        if self._pipeline.is_open:
             try:
-                self._collect()
+                self._pipeline.collect()
                 self.conflicts.flush(self.conn)
             except psycopg.Error:
                 self._batch_failed(tx)
@@ -567,9 +462,9 @@ class Applier(RowChanges):
         """Undo what was applied since ``savepoint`` (taken after a checkpoint):
         what is staged is dropped, what is queued is waited for first."""
         self._discard_stages()  # and staging tables may be younger than the savepoint
-        if self._pipe is not None:
+        if self._pipeline.is_open:
             try:
-                self._collect()
+                self._pipeline.collect()
             except psycopg.Error:
                 self._batch_failed(tx)
         self.conflicts.reset()
@@ -594,10 +489,6 @@ class Applier(RowChanges):
                 stage.clear(created=False)
 
     # -- pipelined changes ----------------------------------------------------------------
-
-    def _open_pipeline(self) -> None:
-        self._pipe_stack = contextlib.ExitStack()
-        self._pipe = self._pipe_stack.enter_context(self.conn.pipeline())
 
     def _native_policies(self, table: TableMap) -> bool:
         """The table's conflicts are handled as native does: then a change's result
@@ -652,31 +543,7 @@ class Applier(RowChanges):
                 )
                 self._resolve(tx, table, differs, rows, key=key, remote=new)
 
-        self._deferred.append((cur, seen))
-        if len(self._deferred) >= PIPELINE_DEPTH:
-            self._collect()
-
-    def _collect(self) -> None:
-        """Wait for the results in flight and see to them, in order."""
-        if self._pipe is None:
-            return
-        self._pipe.sync()
-        deferred, self._deferred = self._deferred, []
-        for cur, seen in deferred:
-            seen(cur)
-
-    def _close_pipeline_strict(self) -> None:
-        """Leave pipeline mode, raising what its last results raise."""
-        stack, self._pipe, self._pipe_stack = self._pipe_stack, None, None
-        if stack is not None:
-            stack.close()
-
-    def _close_pipeline(self) -> None:
-        stack, self._pipe, self._pipe_stack = self._pipe_stack, None, None
-        self._deferred = []
-        if stack is not None:
-            with contextlib.suppress(psycopg.Error):
-                stack.close()
+        self._pipeline.defer(cur, seen)
 
     def _batch_failed(self, tx: Transaction, cause: BaseException | None = None) -> NoReturn:
         # A provisional transaction's caller says what becomes of it (see .live).
@@ -694,7 +561,7 @@ class Applier(RowChanges):
         """Roll back the local transaction, whatever it holds (the writer's work
         too), and forget the batch: the origin, not moved, sends it again."""
         self._join_writer()
-        self._close_pipeline()
+        self._pipeline.close()
         if not self._conn.closed and self._conn.info.transaction_status != IDLE:
             with contextlib.suppress(psycopg.Error):
                 self._conn.execute("ROLLBACK")
@@ -707,17 +574,17 @@ class Applier(RowChanges):
             # (The connection is not asked for without a need: see conn.)
             if self.conflicts.records or self.conflicts.counts:
                 self.conflicts.flush(self.conn)
-            if self._skipping:
+            if self._mode.skip:
                 # ALTER SUBSCRIPTION ... SKIP: the transaction is consumed, not applied,
                 # and the skip is cleared in the same commit.
                 store.set_skip_lsn(self.conn, self.subscription, None)
                 self.skip_lsn = None
         except psycopg.Error as exc:
             raise self._error(exc, tx, None, "COMMIT") from None
-        self._remote_open = False
+        self._state = BatchState.HOLDING
         self._batched += 1
         self._last = (tx, end_lsn)
-        if self._exact or self._batched >= self.batching.max_transactions or self.due:
+        if self._mode.exact or self._batched >= self.batching.max_transactions or self.due:
             self.flush(background=True)
 
     @property
@@ -745,20 +612,21 @@ class Applier(RowChanges):
     def flush(self, *, background: bool = False) -> None:
         """Commit the applied remote transactions waiting in the open local one
         (between remote transactions only; a no-op otherwise). ``background``: the
-        writer may commit (see :class:`_Writer`); otherwise the commit is done
+        writer may commit (see :class:`~.writer.Writer`); otherwise the commit is done
         when this returns."""
-        if self._last is None or self._remote_open:
+        if self._state is not BatchState.HOLDING:
             self.wait()
             return
+        assert self._last is not None
         tx, end_lsn = self._last
-        if self._pipe is not None:
+        if self._pipeline.is_open:
             try:
-                self._collect()
+                self._pipeline.collect()
                 self.conflicts.flush(self.conn)  # what the results logged
-                self._close_pipeline_strict()
+                self._pipeline.close_strict()
             except psycopg.Error:
                 self._batch_failed(tx)
-        commit = commit_with_origin(end_lsn, to_datetime(tx.commit_time))
+        commit = origins.commit_with_origin(end_lsn, to_datetime(tx.commit_time))
         if background and self.background:
             staged = [(stage, stage.prepare(keep=False)) for stage in self._pending_stages(None)]
             if self._run_staged(tx, staged, (commit, end_lsn, self._batched)):
@@ -812,16 +680,14 @@ class Applier(RowChanges):
         """Hand the staged statements (and the batch's commit) to the writer."""
         begin = not self._begun
         self._begun = True
-        while len(self._writers) >= WRITER_DEPTH:
+        while self._writers.full:
             self._wait_writer()
-        after = self._writers[-1] if self._writers else None
-        self._writers.append(_Writer(self._conn, tx, begin, staged, commit, after))
+        self._writers.submit(self._conn, tx, begin, staged, commit)
 
     def _wait_writer(self) -> None:
         """Wait for the oldest writer; what it raised is raised here (the later
         ones skip their work, and are rolled back with it)."""
-        writer = self._writers.popleft()
-        writer.join()
+        writer = self._writers.oldest()
         # (Only a failed writer's successors skip, and they are joined with it.)
         assert not writer.skipped
         exc = writer.error
@@ -840,8 +706,7 @@ class Applier(RowChanges):
 
     def _join_writer(self) -> None:
         """Wait for the writers, whatever they raised (what they did is rolled back next)."""
-        while self._writers:
-            self._writers.popleft().join()
+        self._writers.join_all()
 
     def message(self, message: LogicalMessage) -> None:
         """Non-transactional messages are not applied."""
@@ -849,7 +714,7 @@ class Applier(RowChanges):
     @property
     def in_transaction(self) -> bool:
         """A local transaction is open (a remote one is being applied)."""
-        return self._in_tx
+        return self._state is not BatchState.IDLE
 
     def abort(self) -> None:
         """Roll back the local transaction in progress, if any (after an error)."""
@@ -864,10 +729,9 @@ class Applier(RowChanges):
         self._discard_stages()
 
     def _forget_batch(self) -> None:
-        self._in_tx = False
+        self._state = BatchState.IDLE
         self._begun = False
         self._pipelining = False
-        self._remote_open = False
         self._batched = 0
         self._last = None
 
@@ -901,18 +765,8 @@ class Applier(RowChanges):
                     self.conn, relation, self.conflicts.stamps, self.conflicts.origin_id
                 )
             except MappingError as exc:
-                if not isinstance(op, str):
-                    op = type(op).__name__.upper()
-                raise ApplyError(
-                    f"subscription {self.subscription!r}: {exc} (remote transaction {tx.xid}"
-                    f" finished at {tx.commit_lsn}, applying {op})",
-                    subscription=self.subscription,
-                    table=f"{relation.namespace}.{relation.name}",
-                    xid=tx.xid,
-                    finish_lsn=str(tx.commit_lsn),
-                    hint="create the table or column on the subscriber; replication"
-                    " resumes on the next retry",
-                ) from None
+                name = op if isinstance(op, str) else type(op).__name__.upper()
+                raise mapping_error(self.subscription, exc, tx, relation, name) from None
             self._maps[relation_id] = table
         self._decided[relation_id] = (relation, None if applies is Applies.ALWAYS else tx, table)
         return table
@@ -949,25 +803,4 @@ class Applier(RowChanges):
         *,
         column: str | None = None,
     ) -> ApplyError:
-        diag = exc.diag
-        text = (diag.message_primary or str(exc)).strip()
-        where = []
-        if table:
-            where.append(f"table {table}")
-        if diag.column_name or column:
-            where.append(f"column {diag.column_name or column}")
-        if diag.constraint_name:
-            where.append(f"constraint {diag.constraint_name}")
-        detail = f" ({diag.message_detail})" if diag.message_detail else ""
-        return ApplyError(
-            f"subscription {self.subscription!r}: {text}{detail}; applying {op}"
-            f"{' on ' + ', '.join(where) if where else ''} in remote transaction {tx.xid}"
-            f" finished at {tx.commit_lsn}",
-            subscription=self.subscription,
-            table=table,
-            xid=tx.xid,
-            finish_lsn=str(tx.commit_lsn),
-            sqlstate=diag.sqlstate,
-            hint=f"fix the data on the subscriber, or skip the transaction with"
-            f" pgferry subscription alter {self.subscription} --skip {tx.commit_lsn}",
-        )
+        return apply_error(self.subscription, exc, tx, table, op, column=column)

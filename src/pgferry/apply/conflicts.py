@@ -31,6 +31,7 @@ from pgferry.errors import PgferryError
 from pgferry.protocol.messages import Relation
 from pgferry.protocol.timestamps import to_datetime
 from pgferry.stream import ReplicationConnection
+from pgferry.stream.commands import Streaming
 
 from .mapping import Stamps
 
@@ -270,6 +271,15 @@ class SessionConflicts:
     #: The pgoutput ``origin`` option (the publisher filters from PG 16 on).
     origin_option: Literal["none"] | None
 
+    def streaming(self, wanted: Streaming) -> Streaming:
+        """The pgoutput ``streaming`` option to ask for instead of ``wanted``:
+        ``off`` when the origins are filtered here (:attr:`skip_origins`). A
+        transaction streamed while in progress has the Origin message of its
+        first decoded change, none when that is not a row change (a batch that
+        creates its staging tables first), so it could not be told apart; one
+        sent whole, after its commit, has its commit record's origin."""
+        return "off" if self.skip_origins else wanted
+
 
 def session_conflicts(
     local: psycopg.Connection[Any],
@@ -289,10 +299,10 @@ def session_conflicts(
         local,
         sub.name,
         origin,
-        resolution=Resolution.parse(sub.option("conflict_resolution", None)),
+        resolution=sub.options.conflict_resolution,
         remote_node=remote_node,
     )
-    origin_none = sub.option("origin", "any") == "none"
+    origin_none = sub.options.origin == "none"
     server_filters = repl.major >= 16
     return SessionConflicts(
         context,

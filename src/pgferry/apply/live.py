@@ -46,6 +46,7 @@ from typing import Any, NoReturn, TypeVar
 import psycopg
 from psycopg import sql
 
+from pgferry import origins
 from pgferry.assembler import Transaction
 from pgferry.protocol.lsn import Lsn
 from pgferry.protocol.messages import (
@@ -61,6 +62,7 @@ from pgferry.protocol.messages import (
 )
 from pgferry.protocol.relations import RelationCache
 
+from . import session as apply_session
 from .applier import IDLE, Applier, TableFilter
 
 logger = logging.getLogger("pgferry.apply")
@@ -177,9 +179,9 @@ class LiveStreams:
             conflicts=dataclasses.replace(main.conflicts, records=[], counts=collections.Counter()),
             batching=main.batching,
             background=True,
+            keepalive=main.keepalive,
+            provisional=True,
         )
-        applier.provisional = True
-        applier.keepalive = main.keepalive
         self._main_lock_wait(LOCK_WAIT)
         self._guard(applier.begin, self._tx)
         logger.debug("subscription %s: applying xid %d as it streams", main.subscription, xid)
@@ -227,9 +229,9 @@ class LiveStreams:
         # Local commits in remote commit order: the main batch (commits before
         # this one) first, then this one, each with the origin.
         main.flush()
-        Applier.release_origin(main.conn)
+        origins.release(main.conn)
         try:
-            Applier.bind_origin(side, main.origin)
+            origins.bind(side, main.origin)
             applier.commit(tx, end_lsn)
             applier.flush()
         except Exception as exc:
@@ -254,7 +256,7 @@ class LiveStreams:
     def _side(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             conn = self._connect()
-            Applier.prepare_session(conn, self.main.origin, self.synchronous_commit, bind=False)
+            apply_session.prepare(conn, self.main.origin, self.synchronous_commit, bind=False)
             self._conn = conn
         return self._conn
 
@@ -280,8 +282,8 @@ class LiveStreams:
 
     def _rebind_main(self) -> None:
         with contextlib.suppress(psycopg.Error):
-            Applier.release_origin(self._side())
-        Applier.bind_origin(self.main.conn, self.main.origin)
+            origins.release(self._side())
+        origins.bind(self.main.conn, self.main.origin)
 
     def _guard(self, fn: Callable[..., _T], *args: Any) -> _T:
         try:

@@ -109,16 +109,8 @@ class RowChanges:
                 rows = self._rows(*table.update_returning(old, new))
                 found = bool(rows)
                 if rows and conflicts.origin_differs(self.conn, rows[0]):
-                    conflicts.record(
-                        self.conn,
-                        tx,
-                        relation,
-                        ConflictType.UPDATE_ORIGIN_DIFFERS,
-                        policy,
-                        True,
-                        key=key,
-                        local=rows,
-                        remote_row=table.row_json(new),
+                    self._applied(
+                        tx, table, ConflictType.UPDATE_ORIGIN_DIFFERS, rows, key=key, remote=new
                     )
             if not found:
                 self._update_missing(tx, table, key, new)
@@ -170,16 +162,8 @@ class RowChanges:
             if not rows:
                 self._resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
             elif conflicts.origin_differs(self.conn, rows[0]):
-                conflicts.record(
-                    self.conn,
-                    tx,
-                    relation,
-                    ConflictType.DELETE_ORIGIN_DIFFERS,
-                    policy,
-                    True,
-                    key=key,
-                    local=rows,
-                    remote_row=None,
+                self._applied(
+                    tx, table, ConflictType.DELETE_ORIGIN_DIFFERS, rows, key=key, remote=None
                 )
             return
         located = self._rows(*table.locate_row(old))
@@ -192,6 +176,37 @@ class RowChanges:
         ):
             return
         self.conn.execute(*table.delete_row(row.address))
+
+    def _applied(
+        self,
+        tx: Transaction,
+        table: TableMap,
+        ctype: ConflictType,
+        local: list[LocalRow],
+        *,
+        key: dict[str, Any] | None,
+        remote: tuple[Value, ...] | None,
+    ) -> None:
+        """Log an ``*_origin_differs`` conflict that the change's one statement has
+        already resolved by applying it (the policy is apply_remote, so the local
+        row could not change the outcome).
+
+        Raises :class:`Provisional`, as :meth:`_resolve` does, when the
+        transaction's commit is not known yet: its caller rolls the change back.
+        """
+        if self.provisional:
+            raise Provisional(f"{ctype} on {table.display}")
+        self.conflicts.record(
+            self.conn,
+            tx,
+            table.relation,
+            ctype,
+            Policy.APPLY_REMOTE,
+            True,
+            key=key,
+            local=local,
+            remote_row=table.row_json(remote),
+        )
 
     def _resolve(
         self,

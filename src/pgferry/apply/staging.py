@@ -51,8 +51,8 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg import sql
 
+from pgferry._cmodule import SPEEDUPS
 from pgferry.protocol.messages import UNCHANGED_TOAST, BinaryValue, Delete, Insert, Update, Value
-from pgferry.protocol.speedups import SPEEDUPS
 from pgferry.stream import libpq
 
 from .conflicts import SYNC_ORIGIN_PREFIX, LocalRow
@@ -156,7 +156,7 @@ def _py_plain_width(values: tuple[Value, ...]) -> int:
 
 _TAILS = {op: b"\t%s\t" % op.encode() for op in "DUIA"}
 
-# The C twins where built (see pgferry.protocol.speedups).
+# The C twins where built (see pgferry._cmodule).
 _line = SPEEDUPS.copy_line if SPEEDUPS is not None else _py_line
 _plain_width = SPEEDUPS.plain_width if SPEEDUPS is not None else _py_plain_width
 _stage_change = SPEEDUPS.stage_change if SPEEDUPS is not None else None

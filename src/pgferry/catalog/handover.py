@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 
+from pgferry.catalog import model
 from pgferry.protocol.lsn import Lsn
 
 #: Seconds between two looks at a table's state while its sync worker and the
@@ -36,7 +37,7 @@ POLL = 0.02
 class TableState:
     remote_schema: str
     remote_name: str
-    state: str
+    state: model.TableState
     state_lsn: Lsn | None
     catchup_lsn: Lsn | None
 
@@ -51,7 +52,12 @@ def states(conn: psycopg.Connection[Any], subscription: str) -> dict[tuple[str, 
         " FROM pgferry.subscription_table WHERE subscription = %s",
         (subscription,),
     ).fetchall()
-    return {(r[0], r[1]): TableState(r[0], r[1], str(r[2]), _lsn(r[3]), _lsn(r[4])) for r in rows}
+    return {
+        (r[0], r[1]): TableState(
+            r[0], r[1], model.TableState.parse(str(r[2])), _lsn(r[3]), _lsn(r[4])
+        )
+        for r in rows
+    }
 
 
 def table_state(
@@ -67,46 +73,4 @@ def set_catchup(
         "UPDATE pgferry.subscription_table SET catchup_lsn = %s::pg_lsn"
         " WHERE subscription = %s AND remote_schema = %s AND remote_name = %s",
         (str(lsn), subscription, schema, name),
-    )
-
-
-def report_worker(
-    conn: psycopg.Connection[Any],
-    subscription: str,
-    relation: str,
-    pid: int,
-    received_lsn: Lsn,
-    last_send_time: Any,
-    latest_end_lsn: Lsn,
-    committed_lsn: Lsn | None = None,
-) -> None:
-    """Upsert a worker's live statistics (``pgferry.worker``, like pg_stat_subscription);
-    ``committed_lsn``: every transaction committed before it is durably applied."""
-    conn.execute(
-        "INSERT INTO pgferry.worker AS w (subscription, relation, pid, received_lsn,"
-        " last_msg_send_time, last_msg_receipt_time, latest_end_lsn, latest_end_time,"
-        " committed_lsn)"
-        " VALUES (%s, %s, %s, %s::pg_lsn, %s, now(), %s::pg_lsn, now(), %s::pg_lsn)"
-        " ON CONFLICT (subscription, relation) DO UPDATE SET pid = excluded.pid,"
-        " received_lsn = excluded.received_lsn,"
-        " last_msg_send_time = excluded.last_msg_send_time,"
-        " last_msg_receipt_time = excluded.last_msg_receipt_time,"
-        " latest_end_lsn = excluded.latest_end_lsn, latest_end_time = excluded.latest_end_time,"
-        " committed_lsn = excluded.committed_lsn",
-        (
-            subscription,
-            relation,
-            pid,
-            str(received_lsn),
-            last_send_time,
-            str(latest_end_lsn),
-            None if committed_lsn is None else str(committed_lsn),
-        ),
-    )
-
-
-def forget_worker(conn: psycopg.Connection[Any], subscription: str, relation: str) -> None:
-    conn.execute(
-        "DELETE FROM pgferry.worker WHERE subscription = %s AND relation = %s",
-        (subscription, relation),
     )

@@ -13,11 +13,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from pgferry.catalog.model import DEFAULT_ENABLED, SubscriptionOptions, TableState
 from pgferry.conflict import CONFLICT_TYPES
 from pgferry.errors import InterfaceError
 from pgferry.protocol.lsn import Lsn
-
-TABLE_STATES = ("i", "d", "f", "s", "r")
 
 
 class SubscriptionNotFound(InterfaceError):
@@ -35,13 +34,10 @@ class Subscription:
     publications: tuple[str, ...]
     slot_name: str | None
     origin_name: str
-    enabled: bool = True
-    options: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = DEFAULT_ENABLED
+    options: SubscriptionOptions = field(default_factory=SubscriptionOptions)
     skip_lsn: Lsn | None = None
     last_error: str | None = None
-
-    def option(self, key: str, default: Any) -> Any:
-        return self.options.get(key, default)
 
 
 @dataclass(frozen=True)
@@ -51,7 +47,7 @@ class SubscriptionTable:
     remote_name: str
     local_schema: str
     local_name: str
-    state: str
+    state: TableState
     state_lsn: Lsn | None
     columns: tuple[str, ...] | None = None
     row_filter: str | None = None
@@ -72,7 +68,7 @@ def _subscription(row: tuple[Any, ...]) -> Subscription:
         slot,
         origin,
         enabled,
-        dict(options or {}),
+        SubscriptionOptions.from_json(options or {}),
         Lsn.parse(skip) if skip else None,
         error,
     )
@@ -91,7 +87,7 @@ def create_subscription(conn: psycopg.Connection[Any], sub: Subscription) -> Non
                     sub.slot_name,
                     sub.origin_name,
                     sub.enabled,
-                    Jsonb(sub.options),
+                    Jsonb(sub.options.to_json()),
                 ),
             )
             conn.execute(
@@ -187,8 +183,7 @@ def stats(conn: psycopg.Connection[Any], name: str) -> dict[str, int]:
 
 
 def upsert_table(conn: psycopg.Connection[Any], table: SubscriptionTable) -> None:
-    if table.state not in TABLE_STATES:
-        raise InterfaceError(f"invalid table state {table.state!r}")
+    state = TableState.parse(table.state)
     conn.execute(
         "INSERT INTO pgferry.subscription_table (subscription, remote_schema, remote_name,"
         " local_schema, local_name, state, state_lsn, columns, row_filter)"
@@ -203,7 +198,7 @@ def upsert_table(conn: psycopg.Connection[Any], table: SubscriptionTable) -> Non
             table.remote_name,
             table.local_schema,
             table.local_name,
-            table.state,
+            state.value,
             None if table.state_lsn is None else str(table.state_lsn),
             None if table.columns is None else list(table.columns),
             table.row_filter,
@@ -216,15 +211,14 @@ def set_table_state(
     subscription: str,
     remote_schema: str,
     remote_name: str,
-    state: str,
+    state: TableState,
     lsn: Lsn | None,
 ) -> None:
-    if state not in TABLE_STATES:
-        raise InterfaceError(f"invalid table state {state!r}")
+    letter = TableState.parse(state).value
     conn.execute(
         "UPDATE pgferry.subscription_table SET state = %s, state_lsn = %s::pg_lsn"
         " WHERE subscription = %s AND remote_schema = %s AND remote_name = %s",
-        (state, None if lsn is None else str(lsn), subscription, remote_schema, remote_name),
+        (letter, None if lsn is None else str(lsn), subscription, remote_schema, remote_name),
     )
 
 
@@ -242,7 +236,7 @@ def tables(conn: psycopg.Connection[Any], subscription: str) -> list[Subscriptio
             r[2],
             r[3],
             r[4],
-            str(r[5]),
+            TableState.parse(str(r[5])),
             Lsn.parse(r[6]) if r[6] else None,
             tuple(r[7]) if r[7] is not None else None,
             r[8],
@@ -288,10 +282,11 @@ def set_slot_name(conn: psycopg.Connection[Any], name: str, slot_name: str | Non
     )
 
 
-def set_options(conn: psycopg.Connection[Any], name: str, options: dict[str, Any]) -> None:
+def set_options(conn: psycopg.Connection[Any], name: str, options: SubscriptionOptions) -> None:
     """Replace the subscription's ``options`` object."""
     conn.execute(
-        "UPDATE pgferry.subscription SET options = %s WHERE name = %s", (Jsonb(options), name)
+        "UPDATE pgferry.subscription SET options = %s WHERE name = %s",
+        (Jsonb(options.to_json()), name),
     )
 
 
@@ -327,12 +322,12 @@ def set_table_shape(
     )
 
 
-def table_state_counts(conn: psycopg.Connection[Any]) -> dict[str, dict[str, int]]:
+def table_state_counts(conn: psycopg.Connection[Any]) -> dict[str, dict[TableState, int]]:
     """{subscription: {state: number of tables}} for every subscription with tables."""
     rows = conn.execute(
         "SELECT subscription, state::text, count(*) FROM pgferry.subscription_table GROUP BY 1, 2"
     ).fetchall()
-    counts: dict[str, dict[str, int]] = {}
+    counts: dict[str, dict[TableState, int]] = {}
     for subscription, state, number in rows:
-        counts.setdefault(subscription, {})[state] = int(number)
+        counts.setdefault(subscription, {})[TableState.parse(state)] = int(number)
     return counts

@@ -1,4 +1,4 @@
-"""The ``pgferry stream`` loop: slot -> decoder -> assembler -> JSON lines -> feedback.
+"""The ``pgferry stream`` loop: slot -> pump -> assembler -> JSON lines -> feedback.
 
 Delivery is at-least-once: the slot's flush position is confirmed only up to the
 end of the last transaction whose lines were written *and flushed* to the output,
@@ -22,13 +22,12 @@ import time
 from dataclasses import dataclass, replace
 from typing import IO
 
-from pgferry.assembler import Assembler, delivery_position
+from pgferry.assembler import Assembler
 from pgferry.cdc.jsonlines import JsonLinesWriter
 from pgferry.errors import PublicationNotFound, SlotAlreadyExists, SlotNotFound
-from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
-from pgferry.protocol.pgoutput import PgoutputDecoder
 from pgferry.protocol.relations import RelationCache
+from pgferry.pump import Bound, Pump
 from pgferry.stream import PgoutputOptions, ReplicationConnection
 
 logger = logging.getLogger("pgferry.cdc")
@@ -102,59 +101,27 @@ class StreamRunner:
         except BaseException:
             conn.close()
             raise
-        decoder = PgoutputDecoder(stream.protocol_version)
         relations = RelationCache()
         writer = JsonLinesWriter(self.out, relations, with_tx=cfg.with_tx)
         assembler = Assembler(writer, stream.protocol_version, relations=relations)
-        end_lsn = cfg.end_lsn
-        idle_lsn = INVALID_LSN  # a keepalive position with nothing pending before it
-        next_confirm = time.monotonic() + cfg.confirm_interval
+        end = None if cfg.end_lsn is None else Bound(cfg.end_lsn, inclusive=True)
+        pump = Pump(stream, assembler, bound=end)
 
         def confirm() -> None:
             writer.flush()
-            candidate = max(writer.written_lsn, idle_lsn)
-            floor = assembler.restart_floor()
-            if floor is not None:
-                candidate = min(candidate, floor)
-            if candidate > stream.flush_lsn:
-                stream.confirm(candidate)
-                stream.send_status()  # at most once per confirm interval
+            pump.confirm(writer.written_lsn)
 
-        decode = decoder.decode
-        feed = assembler.feed
+        next_confirm = time.monotonic() + cfg.confirm_interval
         try:
             while not self._stop:
-                batch = stream.read_batch(timeout=0.5)
-                if not batch:
+                if not pump.pump(timeout=0.5).items:
                     if stream.ended:
                         break
                     confirm()
                     continue
-                for item in batch:
-                    if type(item) is XLogData:
-                        payload = item.payload
-                        msg = decode(payload)
-                        if end_lsn is not None:
-                            position = delivery_position(msg)
-                            if position is not None and position > end_lsn:
-                                logger.info("reached --end-lsn %s", end_lsn)
-                                self._stop = True
-                                break
-                            feed(msg, payload, item.data_start)
-                            if assembler.between_transactions and (
-                                writer.written_lsn >= end_lsn or item.data_start >= end_lsn
-                            ):
-                                self._stop = True
-                                break
-                        else:
-                            feed(msg, payload, item.data_start)
-                    else:
-                        assert isinstance(item, PrimaryKeepalive)
-                        if assembler.between_transactions:
-                            idle_lsn = item.wal_end
-                            if end_lsn is not None and item.wal_end >= end_lsn:
-                                self._stop = True
-                                break
+                if pump.finished:
+                    logger.info("reached --end-lsn %s", cfg.end_lsn)
+                    break
                 if time.monotonic() >= next_confirm:
                     confirm()
                     next_confirm = time.monotonic() + cfg.confirm_interval

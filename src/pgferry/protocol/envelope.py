@@ -20,10 +20,10 @@ import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
+from pgferry._cmodule import SPEEDUPS
 from pgferry.errors import ProtocolError
 from pgferry.protocol.lsn import Lsn
 from pgferry.protocol.lsn import lsn_from_wire as _lsn
-from pgferry.protocol.speedups import SPEEDUPS
 
 _XLOG_HEAD = struct.Struct(">QQq")
 _KEEPALIVE = struct.Struct(">QqB")
@@ -74,7 +74,7 @@ def _py_parse_copy_data(data: bytes | memoryview) -> XLogData | PrimaryKeepalive
 
 
 parse_copy_data: Callable[[bytes | memoryview], XLogData | PrimaryKeepalive]
-if SPEEDUPS is not None:  # its C twin (see pgferry.protocol.speedups)
+if SPEEDUPS is not None:  # its C twin (see pgferry._cmodule)
     SPEEDUPS.configure_envelope(XLogData, Lsn, _py_parse_copy_data)
     parse_copy_data = SPEEDUPS.parse_copy_data
 else:

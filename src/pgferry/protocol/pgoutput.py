@@ -23,6 +23,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from pgferry._cmodule import SPEEDUPS, unknown_kind
+from pgferry._cmodule import ShortValue as _Short
 from pgferry.errors import ProtocolError
 from pgferry.protocol.lsn import Lsn
 from pgferry.protocol.lsn import lsn_from_wire as _lsn
@@ -52,8 +54,6 @@ from pgferry.protocol.messages import (
     Update,
     Value,
 )
-from pgferry.protocol.speedups import SPEEDUPS, unknown_kind
-from pgferry.protocol.speedups import ShortValue as _Short
 
 _I32 = struct.Struct(">I")
 _I16 = struct.Struct(">H")
@@ -133,13 +133,13 @@ def _py_read_tuple(buf: bytes, pos: int) -> tuple[Tuple, int]:
     return tuple(values), pos
 
 
-_read_tuple = SPEEDUPS.read_tuple if SPEEDUPS is not None else _py_read_tuple
-
 #: The C decoder of the hottest messages (Begin, Commit, Insert, Update, Delete;
 #: the flag: inside a streamed block), or None; it returns None for anything else,
 #: the malformed included, which :meth:`PgoutputDecoder.decode` then decodes itself.
 _decode_hot: Callable[[bytes, bool], Message | None] | None = None
+_read_tuple = SPEEDUPS.read_tuple if SPEEDUPS is not None else _py_read_tuple
 if SPEEDUPS is not None:
+    SPEEDUPS.configure(UNCHANGED_TOAST, BinaryValue, _Short, unknown_kind)
     SPEEDUPS.configure_decoder(Begin, Commit, Insert, Update, Delete)
     _decode_hot = SPEEDUPS.decode_hot
 

@@ -48,9 +48,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
-from pgferry import conninfo as ci
+from pgferry.connect import publisher as connect_publisher
 from pgferry.errors import (
     ConnectionFailed,
     InterfaceError,
@@ -152,19 +151,7 @@ def to_json(publications: Sequence[PublicationInfo]) -> str:
 
 def connect(dsn: str = "", *, application_name: str = "pgferry") -> Conn:
     """An autocommit connection to the publisher; ``dsn`` empty means PG* variables."""
-    params = ci.parse(dsn)
-    params.setdefault("application_name", application_name)
-    try:
-        return psycopg.connect(make_conninfo(**params), autocommit=True)
-    except psycopg.Error as exc:
-        text = " ".join(str(exc).split())
-        where = ci.mask(dsn) or "PG* environment"
-        hint = (
-            "check the password (password= in the conninfo, PGPASSWORD or ~/.pgpass)"
-            if "password" in text.lower()
-            else None
-        )
-        raise ConnectionFailed(f"cannot connect ({where}): {text}", hint=hint) from None
+    return connect_publisher(dsn, application_name=application_name)
 
 
 def _server_error(exc: psycopg.Error, context: str, publication: str) -> PgferryError:

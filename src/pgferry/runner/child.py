@@ -3,6 +3,7 @@
     python -m pgferry.runner.child apply SUBSCRIPTION
     python -m pgferry.runner.child sync SUBSCRIPTION SCHEMA TABLE
 
+(one line per kind of :mod:`.kinds`)
 or, without a new interpreter, :func:`run_forked` in a process forked from the
 launcher (see :mod:`.launcher`).
 
@@ -22,9 +23,10 @@ import signal
 import sys
 import traceback
 from types import FrameType
-from typing import NoReturn, Protocol
+from typing import NoReturn
 
 from pgferry.errors import PgferryError
+from pgferry.runner import kinds
 from pgferry.runner.env import DSN_ENV, LAUNCHER_PID_ENV, LOG_LEVEL_ENV
 
 #: Container objects allocated (net of those freed) before the garbage collector
@@ -41,12 +43,6 @@ def tune_gc() -> None:
     """Collect this worker process's young objects in large steps (see above)."""
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_THRESHOLD, older, oldest)
-
-
-class Worker(Protocol):
-    def run(self) -> None: ...
-
-    def request_stop(self) -> None: ...
 
 
 def _die_with_parent() -> None:
@@ -74,18 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s pgferry[%(process)d] %(levelname)s %(message)s",
         force=True,  # forked: not the launcher's settings
     )
-    dsn = os.environ.get(DSN_ENV, "")
-    worker: Worker
-    if len(args) == 2 and args[0] == "apply":
-        from pgferry.apply import ApplyWorker
-
-        worker = ApplyWorker(dsn, args[1])
-    elif len(args) == 4 and args[0] == "sync":
-        from pgferry.sync import TableSyncWorker
-
-        worker = TableSyncWorker(dsn, args[1], args[2], args[3])
-    else:
-        print("usage: child apply SUB | child sync SUB SCHEMA TABLE", file=sys.stderr)
+    worker = kinds.build(os.environ.get(DSN_ENV, ""), args)
+    if worker is None:
+        print(kinds.usage(), file=sys.stderr)
         return 2
 
     def stop(signum: int, frame: FrameType | None) -> None:

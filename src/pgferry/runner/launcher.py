@@ -42,13 +42,12 @@ from typing import Any, Protocol
 
 import psycopg
 
-from pgferry.catalog import conflicts, ensure_catalog, handover, store
+from pgferry.catalog import TableState, conflicts, ensure_catalog, handover, store
 from pgferry.catalog.schema import WAKE_CHANNEL
 from pgferry.runner.env import DSN_ENV, LAUNCHER_PID_ENV
+from pgferry.runner.kinds import WorkerKey
 
 logger = logging.getLogger("pgferry.runner")
-
-WorkerKey = tuple[str, ...]  # ("apply", sub) or ("sync", sub, schema, table)
 
 
 class _Process(Protocol):
@@ -149,7 +148,7 @@ class Launcher:
                     sub.conninfo,
                     sub.publications,
                     sub.slot_name,
-                    sorted(sub.options.items()),
+                    sub.options,
                     sub.skip_lsn,
                     sorted(
                         (k, str(v)) for k, v in conflicts.table_resolutions(conn, sub.name).items()
@@ -157,10 +156,14 @@ class Launcher:
                 )
             )
             pending = [
-                s for s in handover.states(conn, sub.name).values() if s.state in ("i", "d", "f")
+                s
+                for s in handover.states(conn, sub.name).values()
+                if s.state in (TableState.INIT, TableState.DATA, TableState.FINISHED)
             ]
             # Copied tables first (they only need their catch-up), then by name.
-            pending.sort(key=lambda s: (s.state != "f", s.remote_schema, s.remote_name))
+            pending.sort(
+                key=lambda s: (s.state != TableState.FINISHED, s.remote_schema, s.remote_name)
+            )
             running = [k for k in self.children if k[0] == "sync" and k[1] == sub.name]
             chosen: list[WorkerKey] = [
                 k

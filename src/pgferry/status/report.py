@@ -74,14 +74,14 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
+from pgferry import connect
 from pgferry import conninfo as ci
-from pgferry.catalog import store
+from pgferry.catalog import TableState, store
 from pgferry.catalog.schema import current_version
 from pgferry.errors import PgferryError
 from pgferry.protocol.lsn import Lsn
-from pgferry.subscription.manage import STATE_ORDER, connect_subscriber
+from pgferry.subscription.manage import STATE_ORDER
 
 #: A worker row older than this (seconds) is ``stale``: 3 x the status interval.
 STALE_AFTER = 30.0
@@ -119,7 +119,7 @@ class WorkerStatus:
 class TableStatus:
     schema: str
     name: str
-    state: str
+    state: TableState
     state_lsn: Lsn | None
 
 
@@ -167,14 +167,14 @@ class SubscriptionStatus:
     lag_seconds_source: str | None
 
     @property
-    def table_states(self) -> dict[str, int]:
+    def table_states(self) -> dict[TableState, int]:
         """State letter -> number of tables, in the order r s f d i, none with 0."""
         counts = {s: sum(1 for t in self.tables if t.state == s) for s in STATE_ORDER}
         return {s: n for s, n in counts.items() if n}
 
     @property
     def not_ready(self) -> tuple[TableStatus, ...]:
-        return tuple(t for t in self.tables if t.state != "r")
+        return tuple(t for t in self.tables if t.state != TableState.READY)
 
 
 def _lsn(text: str | None) -> Lsn | None:
@@ -232,7 +232,9 @@ def _read_catalog(local: Conn, stale_after: float) -> list[_Local]:
             "SELECT subscription, remote_schema, remote_name, state::text, state_lsn::text"
             " FROM pgferry.subscription_table ORDER BY subscription, remote_schema, remote_name"
         ).fetchall():
-            tables.setdefault(sub, []).append(TableStatus(schema, name, state, _lsn(state_lsn)))
+            tables.setdefault(sub, []).append(
+                TableStatus(schema, name, TableState.parse(state), _lsn(state_lsn))
+            )
     result = []
     for row in subs:
         name, conninfo, enabled, pubs, slot, error, error_time = row[:7]
@@ -290,23 +292,11 @@ def scrub(message: str, conninfo: str) -> str:
     return text
 
 
-def _open(conninfo: str) -> Conn:
-    params = ci.parse(conninfo)
-    params.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
-    params.setdefault("application_name", "pgferry status")
-    return psycopg.connect(make_conninfo(**params), autocommit=True)
-
-
 def connect_publisher(conninfo: str) -> Conn:
-    """A normal autocommit connection to the publisher with the stored conninfo
-    (``connect_timeout`` :data:`CONNECT_TIMEOUT` unless it sets one); a failure is a
+    """A connection to the publisher with the stored conninfo (``connect_timeout``
+    :data:`CONNECT_TIMEOUT` unless it sets one); a failure is a
     :class:`PgferryError` whose message shows the masked conninfo and the reason."""
-    try:
-        return _open(conninfo)
-    except psycopg.Error as exc:
-        raise PgferryError(
-            f"cannot connect to the publisher ({ci.mask(conninfo)}): {scrub(str(exc), conninfo)}"
-        ) from None
+    return connect.publisher(conninfo, application_name="pgferry status", timeout=CONNECT_TIMEOUT)
 
 
 def _publisher(remote: Conn, conninfo: str, slot_name: str | None) -> PublisherStatus:
@@ -348,11 +338,9 @@ class _Publishers:
         conn = self._conns.get(conninfo)
         if conn is None:
             try:
-                conn = _open(conninfo)
-            except PgferryError as exc:  # an unparsable conninfo, already masked
+                conn = connect_publisher(conninfo)
+            except PgferryError as exc:  # masked: unparsable, or unreachable
                 conn = exc
-            except psycopg.Error as exc:
-                conn = PgferryError(scrub(str(exc), conninfo))
             self._conns[conninfo] = conn
         if isinstance(conn, PgferryError):
             return PublisherStatus(ci.mask(conninfo), False, conn.message)
@@ -422,7 +410,7 @@ def collect(
     :class:`~pgferry.errors.ConnectionFailed`); a publisher need not be.
     """
     wanted = None if names is None else set(names)
-    with connect_subscriber(dsn) as local:
+    with connect.subscriber(dsn) as local:
         if current_version(local) == 0:
             return []
         locals_ = [

@@ -41,13 +41,15 @@ from typing import Any
 
 import psycopg
 
+from pgferry import connect
+from pgferry.catalog.model import TableState
 from pgferry.catalog.schema import current_version
 from pgferry.catalog.store import SubscriptionNotFound
 from pgferry.errors import PgferryError
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
 from pgferry.sqltext import ident, printable
 from pgferry.status.report import STALE_AFTER, WAL_POSITION_SQL, connect_publisher, scrub
-from pgferry.subscription.manage import connect_subscriber, shown
+from pgferry.subscription.manage import shown
 
 POLL_INTERVAL = 0.2
 #: Not-ready tables named in a timeout message; the rest are counted.
@@ -84,7 +86,7 @@ class _Local:
     error: tuple[str | None, datetime | None]
     tables: int
     #: (schema, name, state) of the tables not in state r.
-    not_ready: list[tuple[str, str, str]]
+    not_ready: list[tuple[str, str, TableState]]
     #: ``running``, ``stale`` or ``stopped``, as ``pgferry status`` says.
     worker: str
     #: The apply worker's committed position (see the module docstring).
@@ -120,7 +122,7 @@ def _read(local: Conn, name: str) -> _Local:
         slot_name=row[2],
         error=(row[3], row[4]),
         tables=len(tables),
-        not_ready=[(s, n, st) for s, n, st in tables if st != "r"],
+        not_ready=[(s, n, TableState.parse(st)) for s, n, st in tables if st != TableState.READY],
         worker=worker,
         committed=committed if worker == "running" else None,
     )
@@ -205,7 +207,7 @@ def wait_ready(
     module docstring); ``timeout`` None waits as long as it takes."""
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
-    with connect_subscriber(dsn) as local:
+    with connect.subscriber(dsn) as local:
         if current_version(local) == 0:
             raise _not_found(name)
         sub = _read(local, name)

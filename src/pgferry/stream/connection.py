@@ -27,10 +27,11 @@ from typing import Self
 
 import psycopg
 from psycopg import pq
-from psycopg.conninfo import make_conninfo
 from psycopg.errors import error_from_result
 
+from pgferry import connect
 from pgferry import conninfo as ci
+from pgferry._cmodule import SPEEDUPS
 from pgferry.errors import (
     ConnectionFailed,
     PgferryError,
@@ -48,7 +49,6 @@ from pgferry.protocol.envelope import (
     parse_copy_data,
 )
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
-from pgferry.protocol.speedups import SPEEDUPS
 from pgferry.protocol.timestamps import now_pg_us
 from pgferry.sqltext import quote_ident, quote_literal
 from pgferry.stream import commands, libpq
@@ -118,28 +118,6 @@ def _server_error(exc: psycopg.Error, context: str) -> ServerError:
     return ServerError(message, sqlstate=sqlstate, hint=diag.message_hint)
 
 
-def _connect_error(exc: psycopg.Error, dsn: str) -> PgferryError:
-    text = " ".join(str(exc).split())
-    masked = ci.mask(dsn)
-    lowered = text.lower()
-    if "replication role" in lowered or "permission denied to start wal sender" in lowered:
-        return ReplicationNotPermitted(
-            f"cannot open a replication connection ({masked}): {text}",
-            hint="the role needs the REPLICATION attribute (ALTER ROLE name REPLICATION)",
-        )
-    if "pg_hba.conf" in lowered and "replication" in lowered:
-        return ReplicationNotPermitted(
-            f"cannot open a replication connection ({masked}): {text}",
-            hint="add a 'replication' line for this role/host to pg_hba.conf on the publisher",
-        )
-    if "password" in lowered:
-        return ConnectionFailed(
-            f"cannot connect ({masked}): {text}",
-            hint="check the password (password= in the conninfo, PGPASSWORD or ~/.pgpass)",
-        )
-    return ConnectionFailed(f"cannot connect ({masked}): {text}")
-
-
 class ReplicationConnection:
     """A ``replication=database`` connection to a publisher."""
 
@@ -152,21 +130,21 @@ class ReplicationConnection:
     @classmethod
     def connect(cls, dsn: str = "", *, application_name: str = "pgferry") -> Self:
         """Connect; ``dsn`` empty means the PG* environment variables (as psql)."""
-        params = ci.parse(dsn)
-        params.setdefault("application_name", application_name)
-        # pgoutput sends text values in the client encoding; pin it to UTF-8.
-        params["client_encoding"] = "UTF8"
-        params["replication"] = "database"
         # Fix the text output of values whatever the server's defaults are, as
         # PostgreSQL's own subscriber does; timestamps with time zone come in UTC.
         # The user's own `options` come last so they can override ours.
-        params["options"] = " ".join(filter(None, [SESSION_OPTIONS, params.get("options", "")]))
-        try:
-            conn: psycopg.Connection[tuple[object, ...]] = psycopg.Connection.connect(
-                make_conninfo(**params), autocommit=True
-            )
-        except psycopg.Error as exc:
-            raise _connect_error(exc, dsn) from None
+        options = " ".join(filter(None, [SESSION_OPTIONS, ci.parse(dsn).get("options", "")]))
+        conn = connect.open_connection(
+            dsn,
+            side="publisher",
+            application_name=application_name,
+            # pgoutput sends text values in the client encoding: UTF-8.
+            params={
+                "client_encoding": connect.CLIENT_ENCODING,
+                "replication": "database",
+                "options": options,
+            },
+        )
         return cls(conn, dsn)
 
     @property

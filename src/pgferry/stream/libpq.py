@@ -23,7 +23,7 @@ from typing import NamedTuple
 import psycopg
 from psycopg import pq
 
-from pgferry.protocol.speedups import SPEEDUPS
+from pgferry._cmodule import SPEEDUPS
 
 _LIBPQ_NAME = re.compile(r"^libpq[-.].*\.so")
 

@@ -16,7 +16,6 @@ from pgferry.subscription.manage import (
     create_subscription,
     drop_subscription,
     list_subscriptions,
-    origin_name,
     to_json,
 )
 from pgferry.subscription.tables import SubscriberTablesMissing
@@ -34,6 +33,5 @@ __all__ = [
     "create_subscription",
     "drop_subscription",
     "list_subscriptions",
-    "origin_name",
     "to_json",
 ]

@@ -74,10 +74,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
+from pgferry import connect, origins
 from pgferry import conninfo as ci
-from pgferry.catalog import Subscription, SubscriptionTable, conflicts, ensure_catalog, store
+from pgferry.catalog import (
+    Subscription,
+    SubscriptionOptions,
+    SubscriptionTable,
+    TableState,
+    conflicts,
+    ensure_catalog,
+    store,
+)
 from pgferry.catalog.schema import current_version
 from pgferry.catalog.store import SubscriptionExists, SubscriptionNotFound
 from pgferry.conflict import Resolution
@@ -99,15 +107,12 @@ from pgferry.stream import PgoutputOptions, ReplicationConnection
 from pgferry.stream.commands import streaming_for
 from pgferry.subscription.options import (
     ALTER_KEYS,
-    DEFAULTS,
     REFRESH_KEYS,
     CreateOptions,
     create_options,
-    effective,
     parse_pairs,
 )
 from pgferry.subscription.tables import check_subscriber, published_tables
-from pgferry.sync import sync_slot_name
 
 logger = logging.getLogger("pgferry.subscription")
 
@@ -115,14 +120,15 @@ logger = logging.getLogger("pgferry.subscription")
 MAX_NAME_BYTES = 63
 #: Table states as ``list`` shows them: ready first, then back through native's
 #: i -> d -> f -> s -> r progression.
-STATE_ORDER = ("r", "s", "f", "d", "i")
+STATE_ORDER = (
+    TableState.READY,
+    TableState.SYNCDONE,
+    TableState.FINISHED,
+    TableState.DATA,
+    TableState.INIT,
+)
 
 Conn = psycopg.Connection[Any]
-
-
-def origin_name(name: str) -> str:
-    """The replication origin of subscription ``name`` (``pg_`` is reserved, so not that)."""
-    return f"pgferry_{name}"
 
 
 def shown(name: str) -> str:
@@ -131,20 +137,6 @@ def shown(name: str) -> str:
 
 
 # -- connections ----------------------------------------------------------------------
-
-
-def connect_subscriber(dsn: str) -> Conn:
-    """An autocommit connection to the subscriber database (the catalog's)."""
-    params = ci.parse(dsn)
-    params.setdefault("application_name", "pgferry")
-    try:
-        return psycopg.connect(make_conninfo(**params), autocommit=True)
-    except psycopg.Error as exc:
-        text = " ".join(str(exc).split())
-        raise ConnectionFailed(
-            f"cannot connect to the subscriber ({ci.mask(dsn)}): {text}",
-            hint="-d takes the subscriber database's conninfo (the catalog lives there)",
-        ) from None
 
 
 def _publisher(conninfo: str, name: str) -> ReplicationConnection:
@@ -199,7 +191,9 @@ def check_publications(publications: Iterable[str]) -> tuple[str, ...]:
 
 
 def _check_publisher(
-    repl: ReplicationConnection, publications: tuple[str, ...], options: dict[str, Any] | None
+    repl: ReplicationConnection,
+    publications: tuple[str, ...],
+    options: SubscriptionOptions | None,
 ) -> list[PublishedTable]:
     """wal_level, publications exist, options supported; the published tables."""
     repl.check_wal_level()
@@ -212,14 +206,13 @@ def _check_publisher(
             hint="create them on the publisher first (pgferry publication create)",
         )
     if options is not None:
-        origin = options.get("origin", "any")
         PgoutputOptions(
             publication_names=publications,
-            binary=bool(options.get("binary")),
-            streaming=streaming_for(options.get("streaming", DEFAULTS["streaming"]), repl.major),
-            two_phase=bool(options.get("two_phase")),
+            binary=options.binary,
+            streaming=streaming_for(options.streaming, repl.major),
+            two_phase=options.two_phase,
             # Before 16 the publisher cannot filter; the apply worker does.
-            origin="none" if origin == "none" and repl.major >= 16 else None,
+            origin="none" if options.origin == "none" and repl.major >= 16 else None,
         ).resolve_protocol(repl.server_version)
     return published_tables(repl, publications)
 
@@ -272,7 +265,7 @@ def _origin_warning(
     )
 
 
-def _table_row(sub: str, table: PublishedTable, state: str) -> SubscriptionTable:
+def _table_row(sub: str, table: PublishedTable, state: TableState) -> SubscriptionTable:
     return SubscriptionTable(
         sub, table.schema, table.name, table.schema, table.name, state, None,
         table.column_list, table.row_filter,
@@ -305,7 +298,7 @@ def create_subscription(
     ci.parse(conninfo)
     opts = create_options(name, with_options)
     warnings: list[str] = []
-    with connect_subscriber(dsn) as local:
+    with connect.subscriber(dsn) as local:
         ensure_catalog(local)
         if store.subscription_exists(local, name):
             raise SubscriptionExists(
@@ -316,8 +309,8 @@ def create_subscription(
         published: list[PublishedTable] = []
         if opts.connect:
             with _publisher(conninfo, name) as repl:
-                published = _check_publisher(repl, pubs, opts.stored)
-                if opts.copy_data and opts.get("origin") == "none":
+                published = _check_publisher(repl, pubs, opts.options)
+                if opts.copy_data and opts.options.origin == "none":
                     warning = _origin_warning(name, repl, pubs)
                     if warning:
                         warnings.append(warning)
@@ -388,8 +381,8 @@ def _register(
     opts: CreateOptions,
     published: list[PublishedTable],
 ) -> list[SubscriptionTable]:
-    origin = origin_name(name)
-    state = "i" if opts.copy_data else "r"
+    origin = origins.subscription_origin(name)
+    state = TableState.INIT if opts.copy_data else TableState.READY
     rows = [_table_row(name, t, state) for t in published]
     with local.transaction():
         store.create_subscription(
@@ -401,18 +394,18 @@ def _register(
                 slot_name,
                 origin,
                 enabled=opts.enabled,
-                options=dict(opts.stored),
+                options=opts.options,
             ),
         )
-        local.execute("SELECT pg_catalog.pg_replication_origin_create(%s)", (origin,))
+        origins.ensure(local, origin)
         for row in rows:
             store.upsert_table(local, row)
     return rows
 
 
 def _check_origin_free(local: Conn, name: str) -> None:
-    origin = origin_name(name)
-    if _origin_exists(local, origin):
+    origin = origins.subscription_origin(name)
+    if origins.exists(local, origin):
         raise InterfaceError(
             f"replication origin {shown(origin)} already exists: replication origins are"
             " shared by every database of the cluster, and another database may have a"
@@ -420,13 +413,6 @@ def _check_origin_free(local: Conn, name: str) -> None:
             hint="choose another name; if it is a leftover nothing uses, drop it first:"
             f" SELECT pg_replication_origin_drop({quote_literal(origin)})",
         )
-
-
-def _origin_exists(local: Conn, origin: str) -> bool:
-    row = local.execute(
-        "SELECT pg_catalog.pg_replication_origin_oid(%s) IS NOT NULL", (origin,)
-    ).fetchone()
-    return bool(row and row[0])
 
 
 # -- drop ------------------------------------------------------------------------------
@@ -452,16 +438,16 @@ def drop_subscription(
     """
     warnings: list[str] = []
     deadline = time.monotonic() + stop_timeout
-    with connect_subscriber(dsn) as local:
+    with connect.subscriber(dsn) as local:
         sub = _catalog_subscription(local, name)
         if sub is None:
             if if_exists:
                 return DropResult(name, dropped=False)
             raise _not_found(name)
         syncing = [
-            sync_slot_name(name, t.remote_schema, t.remote_name)
+            origins.sync_origin(name, t.remote_schema, t.remote_name)
             for t in store.tables(local, name)
-            if t.state != "r"
+            if t.state != TableState.READY
         ]
         slot_dropped = None
         if sub.slot_name is not None or syncing:
@@ -470,11 +456,7 @@ def drop_subscription(
             try:
                 with local.transaction():
                     store.lock_subscription(local, name)
-                    local.execute(
-                        "SELECT pg_catalog.pg_replication_origin_drop(roname)"
-                        " FROM pg_catalog.pg_replication_origin WHERE roname = ANY(%s)",
-                        ([sub.origin_name, *syncing],),
-                    )
+                    origins.drop(local, [sub.origin_name, *syncing])
                     store.delete_subscription(local, name)
                 break
             except psycopg.errors.ObjectInUse as exc:
@@ -677,7 +659,7 @@ def alter_subscription(dsn: str, name: str, request: AlterRequest) -> AlterResul
     copy_data = bool(options.pop("copy_data", True))
     changes: list[str] = []
     warnings: list[str] = []
-    with connect_subscriber(dsn) as local:
+    with connect.subscriber(dsn) as local:
         sub = _catalog_subscription(local, name)
         if sub is None:
             raise _not_found(name)
@@ -762,14 +744,13 @@ def _apply_options(
             )
         store.set_slot_name(local, sub.name, slot_name)
         changes.append(f"slot_name set to {'NONE' if slot_name is None else shown(slot_name)}")
-    stored = effective(sub.options)
-    if "two_phase" in options and options["two_phase"] != stored["two_phase"] and enabled:
+    if "two_phase" in options and options["two_phase"] != sub.options.two_phase and enabled:
         raise InterfaceError(
             "cannot alter two_phase when the subscription is enabled",
             hint="disable it in the same command: --disable --with two_phase=...",
         )
     if options:
-        merged = {**sub.options, **options}
+        merged = SubscriptionOptions.from_json({**sub.options.to_json(), **options})
         store.set_options(local, sub.name, merged)
         changes += [f"{key} set to {_value(value)}" for key, value in options.items()]
     return slot_name
@@ -794,9 +775,9 @@ def _plan_refresh(
         published = _check_publisher(repl, publications, None)
         check_subscriber(local, published)
         plan = _Refresh()
-        if copy_data and sub.option("origin", "any") == "none":
+        if copy_data and sub.options.origin == "none":
             plan.warning = _origin_warning(sub.name, repl, publications)
-        state = "i" if copy_data else "r"
+        state = TableState.INIT if copy_data else TableState.READY
         keys = {t.key for t in published}
         for table in published:
             if table.key in existing:
@@ -806,8 +787,8 @@ def _plan_refresh(
         plan.removed = [t for key, t in existing.items() if key not in keys]
         # A removed table still being copied has a sync slot: drop it now.
         for gone in plan.removed:
-            if gone.state != "r":
-                slot = sync_slot_name(sub.name, gone.remote_schema, gone.remote_name)
+            if gone.state != TableState.READY:
+                slot = origins.sync_origin(sub.name, gone.remote_schema, gone.remote_name)
                 if repl.slot_exists(slot):
                     repl.drop_slot(slot)
     return plan
@@ -823,14 +804,9 @@ def _apply_refresh(local: Conn, name: str, plan: _Refresh, changes: list[str]) -
     syncing = []
     for row in plan.removed:
         store.delete_table(local, name, row.remote_schema, row.remote_name)
-        if row.state != "r":
-            syncing.append(sync_slot_name(name, row.remote_schema, row.remote_name))
-    if syncing:
-        local.execute(
-            "SELECT pg_catalog.pg_replication_origin_drop(roname)"
-            " FROM pg_catalog.pg_replication_origin WHERE roname = ANY(%s)",
-            (syncing,),
-        )
+        if row.state != TableState.READY:
+            syncing.append(origins.sync_origin(name, row.remote_schema, row.remote_name))
+    origins.drop(local, syncing)
     added = ", ".join(f"{ident(t.remote_schema)}.{ident(t.remote_name)}" for t in plan.added)
     removed = ", ".join(f"{ident(t.remote_schema)}.{ident(t.remote_name)}" for t in plan.removed)
     state = plan.added[0].state if plan.added else ""
@@ -842,7 +818,7 @@ def _apply_refresh(local: Conn, name: str, plan: _Refresh, changes: list[str]) -
 
 
 def _apply_skip(local: Conn, sub: Subscription, skip: Lsn | None, changes: list[str]) -> None:
-    if skip is not None and _origin_exists(local, sub.origin_name):
+    if skip is not None and origins.exists(local, sub.origin_name):
         row = local.execute(
             "SELECT pg_catalog.pg_replication_origin_progress(%s, false)::text",
             (sub.origin_name,),
@@ -863,7 +839,7 @@ def _apply_skip(local: Conn, sub: Subscription, skip: Lsn | None, changes: list[
 @dataclass(frozen=True)
 class SubscriptionInfo:
     subscription: Subscription
-    table_states: dict[str, int]
+    table_states: dict[TableState, int]
 
     @property
     def states_summary(self) -> str:
@@ -872,7 +848,7 @@ class SubscriptionInfo:
 
 def list_subscriptions(dsn: str) -> list[SubscriptionInfo]:
     """Every subscription in the catalog, ordered by name (none without a catalog)."""
-    with connect_subscriber(dsn) as local:
+    with connect.subscriber(dsn) as local:
         if current_version(local) == 0:
             return []
         ensure_catalog(local)
@@ -902,7 +878,7 @@ def to_json(infos: Sequence[SubscriptionInfo]) -> str:
                 "publications": list(i.subscription.publications),
                 "slot_name": i.subscription.slot_name,
                 "origin_name": i.subscription.origin_name,
-                "options": effective(i.subscription.options),
+                "options": i.subscription.options.to_json(),
                 "skip_lsn": _text(i.subscription.skip_lsn),
                 "tables": i.table_states,
                 "last_error": i.subscription.last_error,

@@ -57,10 +57,17 @@ Deliberate differences:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgferry.catalog.model import (
+    CHOICES,
+    DEFAULT_ENABLED,
+    INTEGER_RANGES,
+    OPTION_KEYS,
+    SubscriptionOptions,
+)
 from pgferry.conflict import Resolution
 from pgferry.errors import InterfaceError, InternalError
 
@@ -104,7 +111,7 @@ ALTER_KEYS = (
 REFRESH_KEYS = ("refresh", "copy_data")
 
 #: Keys stored in the catalog row's ``options`` (slot_name and enabled have columns).
-STORED_KEYS = tuple(k for k in CREATE_KEYS if k not in ("slot_name", "enabled"))
+STORED_KEYS = OPTION_KEYS
 
 _BOOLEAN_KEYS = frozenset(
     {
@@ -122,31 +129,17 @@ _BOOLEAN_KEYS = frozenset(
 )
 
 
-DEFAULTS: dict[str, Any] = {
-    "copy_data": True,
-    "create_slot": True,
-    "enabled": True,
-    "connect": True,
-    "binary": False,
-    "streaming": "parallel",
-    "two_phase": False,
-    "disable_on_error": False,
-    "synchronous_commit": "off",
-    "origin": "any",
-    "password_required": True,
-    "run_as_owner": False,
-    "conflict_resolution": "error",
-    "apply_mode": "batch",
-    "batch_transactions": 1000,
-    "batch_latency_ms": 100,
-}
-_INTEGER_KEYS = {"batch_transactions": (1, 100000), "batch_latency_ms": (0, 60000)}
+#: The default of every key but slot_name (the subscription's name), as stored:
+#: the catalog model's (:class:`~pgferry.catalog.model.SubscriptionOptions`).
+DEFAULTS: dict[str, Any] = {**SubscriptionOptions().to_json(), "enabled": DEFAULT_ENABLED}
+_INTEGER_KEYS = INTEGER_RANGES
 
 _TRUE = frozenset({"true", "t", "yes", "y", "on", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "off", "0"})
-_SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
-_STREAMING = ("off", "on", "parallel")
-_ORIGIN = ("any", "none")
+_SYNCHRONOUS_COMMIT = CHOICES["synchronous_commit"]
+_STREAMING = CHOICES["streaming"]
+_ORIGIN = CHOICES["origin"]
+_APPLY_MODE = CHOICES["apply_mode"]
 # PostgreSQL's ReplicationSlotValidateName: lower case letters, digits, underscore;
 # at most NAMEDATALEN - 1 = 63 bytes.
 _SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}", re.ASCII)
@@ -218,7 +211,7 @@ def normalise(key: str, value: str) -> Any:
     if key == "conflict_resolution":
         return str(Resolution.parse(value)) or "error"
     if key == "apply_mode":
-        return _choice(key, value, ("batch", "exact"))
+        return _choice(key, value, _APPLY_MODE)
     if key in _INTEGER_KEYS:
         low, high = _INTEGER_KEYS[key]
         try:
@@ -258,10 +251,24 @@ class CreateOptions:
 
     slot_name: str | None
     enabled: bool
-    connect: bool
-    create_slot: bool
-    copy_data: bool
-    stored: dict[str, Any] = field(default_factory=dict)
+    options: SubscriptionOptions = field(default_factory=SubscriptionOptions)
+
+    @property
+    def connect(self) -> bool:
+        return self.options.connect
+
+    @property
+    def create_slot(self) -> bool:
+        return self.options.create_slot
+
+    @property
+    def copy_data(self) -> bool:
+        return self.options.copy_data
+
+    @property
+    def stored(self) -> dict[str, Any]:
+        """The ``options`` object stored in the catalog."""
+        return self.options.to_json()
 
     def get(self, key: str) -> Any:
         return self.stored[key]
@@ -299,17 +306,8 @@ def create_options(name: str, items: Iterable[str]) -> CreateOptions:
                     f"subscription with slot_name = NONE must also set {key} = false",
                     hint=f"add --with {key}=false",
                 )
-    stored = {key: values[key] for key in STORED_KEYS}
     return CreateOptions(
         slot_name=slot_name,
         enabled=bool(values["enabled"]),
-        connect=bool(values["connect"]),
-        create_slot=bool(values["create_slot"]),
-        copy_data=bool(values["copy_data"]),
-        stored=stored,
+        options=SubscriptionOptions.from_json(values),
     )
-
-
-def effective(options: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored ``options`` object with defaults for missing keys, in documented order."""
-    return {key: options.get(key, DEFAULTS[key]) for key in STORED_KEYS}

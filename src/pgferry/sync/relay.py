@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 from psycopg import errors, pq, sql
 
-from pgferry.protocol.speedups import SPEEDUPS
+from pgferry._cmodule import SPEEDUPS
 from pgferry.stream import libpq
 
 CHUNK = 65536  # as RELAY_CHUNK in _speedups.c

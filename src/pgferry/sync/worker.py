@@ -1,7 +1,7 @@
 """The table sync worker: initial copy of one table, then the handover.
 
 For one table of a subscription, as native's tablesync (see
-``shared/notes/native-algorithms.md`` and :mod:`pgferry.catalog.handover`):
+``docs/design.md`` and :mod:`pgferry.catalog.handover`):
 
 1. state ``d``;
 2. creates its own slot on the publisher, exporting a snapshot; the slot's
@@ -28,7 +28,6 @@ of copying again; it is dropped at the handover, and by ``subscription drop``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from typing import Any
@@ -36,18 +35,18 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgferry import connect
-from pgferry.apply.applier import Applier, commit_with_origin
-from pgferry.apply.conflicts import SYNC_ORIGIN_PREFIX, session_conflicts
-from pgferry.assembler import Assembler, Transaction, delivery_position
-from pgferry.catalog import handover, store
+from pgferry import connect, origins
+from pgferry.apply import session as apply_session
+from pgferry.apply.applier import Applier
+from pgferry.apply.conflicts import session_conflicts
+from pgferry.assembler import Assembler, Transaction
+from pgferry.catalog import TableState, handover, store
 from pgferry.errors import ApplyError, PgferryError
-from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
 from pgferry.protocol.lsn import Lsn
 from pgferry.protocol.messages import Relation
-from pgferry.protocol.pgoutput import PgoutputDecoder
 from pgferry.protocol.relations import RelationCache
 from pgferry.publisher import shape
+from pgferry.pump import Bound, Pump
 from pgferry.stream import PgoutputOptions, ReplicationConnection
 from pgferry.sync.relay import relay
 
@@ -104,12 +103,6 @@ def copy_in_binary(
     )
 
 
-def sync_slot_name(subscription: str, schema: str, name: str) -> str:
-    """The sync worker's slot (and origin) name: short, [a-z0-9_], stable per table."""
-    digest = hashlib.sha256(f"{subscription}\0{schema}\0{name}".encode()).hexdigest()[:16]
-    return f"{SYNC_ORIGIN_PREFIX}{digest}"
-
-
 class TableSyncWorker:
     def __init__(
         self,
@@ -125,7 +118,7 @@ class TableSyncWorker:
         self.schema = schema
         self.name = name
         self.status_interval = status_interval
-        self.slot = sync_slot_name(subscription, schema, name)
+        self.slot = origins.sync_origin(subscription, schema, name)
         self._stop = False
 
     @property
@@ -154,15 +147,17 @@ class TableSyncWorker:
     def _run(self, local: psycopg.Connection[Any]) -> None:
         sub = store.get_subscription(local, self.subscription)
         state = handover.table_state(local, self.subscription, self.schema, self.name)
-        if state is None or state.state in ("s", "r"):
+        if state is None or state.state in (TableState.SYNCDONE, TableState.READY):
             return
-        synchronous_commit = str(sub.option("synchronous_commit", "off"))
-        if state.state in ("i", "d"):
-            store.set_table_state(local, self.subscription, self.schema, self.name, "d", None)
+        synchronous_commit = sub.options.synchronous_commit
+        if state.state in (TableState.INIT, TableState.DATA):
+            store.set_table_state(
+                local, self.subscription, self.schema, self.name, TableState.DATA, None
+            )
             self._forget_previous_attempt(local, sub.conninfo)
             consistent = self._copy(local, sub.conninfo, sub.publications, synchronous_commit)
         else:
-            assert state.state == "f" and state.state_lsn is not None
+            assert state.state == TableState.FINISHED and state.state_lsn is not None
             consistent = state.state_lsn
         catchup = self._wait_for_catchup(local)
         if catchup is None:
@@ -170,7 +165,9 @@ class TableSyncWorker:
         if catchup > consistent:
             self._catch_up(local, sub, catchup, synchronous_commit)
         handover_lsn = max(consistent, catchup)
-        store.set_table_state(local, self.subscription, self.schema, self.name, "s", handover_lsn)
+        store.set_table_state(
+            local, self.subscription, self.schema, self.name, TableState.SYNCDONE, handover_lsn
+        )
         logger.info("table %s: synchronized, handed over at %s", self.display, handover_lsn)
         self._forget_previous_attempt(local, sub.conninfo)
 
@@ -179,11 +176,7 @@ class TableSyncWorker:
         with ReplicationConnection.connect(conninfo) as repl:
             if repl.slot_exists(self.slot):
                 repl.drop_slot(self.slot, wait=True)
-        local.execute(
-            "SELECT pg_catalog.pg_replication_origin_drop(roname)"
-            " FROM pg_catalog.pg_replication_origin WHERE roname = %s",
-            (self.slot,),
-        )
+        origins.drop(local, [self.slot])
 
     def _remote_shape(
         self, remote: psycopg.Connection[Any], publications: tuple[str, ...]
@@ -223,7 +216,9 @@ class TableSyncWorker:
             assert before_snapshot is not None
             slot = repl.create_slot(self.slot, snapshot="export")
             assert slot.snapshot_name is not None
-            remote = connect.session(conninfo, application_name=f"{self.subscription} sync")
+            remote = connect.session(
+                conninfo, side="publisher", application_name=f"{self.subscription} sync"
+            )
             try:
                 # The snapshot can be imported while the replication connection
                 # that exported it stays idle; then it is ours until commit.
@@ -254,7 +249,7 @@ class TableSyncWorker:
                     options,
                 )
                 target = sql.SQL("COPY {}{} FROM STDIN{}").format(table, into, options)
-                Applier.prepare_session(local, self.slot, synchronous_commit)
+                apply_session.prepare(local, self.slot, synchronous_commit)
                 local.execute("BEGIN")
                 try:
                     rows = relay(remote, local, source, target)
@@ -263,10 +258,12 @@ class TableSyncWorker:
                         self.subscription,
                         self.schema,
                         self.name,
-                        "f",
+                        TableState.FINISHED,
                         slot.consistent_point,
                     )
-                    local.execute(commit_with_origin(slot.consistent_point, before_snapshot))
+                    local.execute(
+                        origins.commit_with_origin(slot.consistent_point, before_snapshot)
+                    )
                 except psycopg.Error as exc:
                     local.execute("ROLLBACK")
                     raise ApplyError(
@@ -282,7 +279,7 @@ class TableSyncWorker:
                     ) from None
                 finally:
                     remote.execute("COMMIT")
-                    local.execute("SELECT pg_catalog.pg_replication_origin_session_reset()")
+                    origins.release(local)
             finally:
                 remote.close()
         logger.info(
@@ -317,7 +314,7 @@ class TableSyncWorker:
         """Step 5: this table's changes of the transactions that end up to ``until``
         (applied as the apply worker would: same conflict policies, same origin
         filter)."""
-        start = Applier.prepare_session(local, self.slot, synchronous_commit)
+        start = apply_session.prepare(local, self.slot, synchronous_commit)
         target = (self.schema, self.name)
 
         def applies(relation: Relation, tx: Transaction) -> bool:
@@ -347,31 +344,16 @@ class TableSyncWorker:
         except BaseException:
             repl.close()
             raise
-        decoder = PgoutputDecoder(stream.protocol_version)
         assembler = Assembler(applier, stream.protocol_version, relations=relations)
+        # The transactions that end before `until` are this worker's (see
+        # catalog.handover); the one delivered at `until` is the apply worker's.
+        pump = Pump(stream, assembler, bound=Bound(until, inclusive=False))
         done = start >= until
         try:
             while not done and not self._stop:
-                batch = stream.read_batch(timeout=0.1)
-                if not batch and assembler.between_transactions:
+                if not pump.pump(timeout=0.1).items and assembler.between_transactions:
                     stream.send_status(reply_requested=True)  # where is the walsender?
-                for item in batch:
-                    if isinstance(item, XLogData):
-                        msg = decoder.decode(item.payload)
-                        position = delivery_position(msg)
-                        if position is not None and position >= until:
-                            done = True  # that transaction ends after `until`
-                            break
-                        assembler.feed(msg, item.payload, item.data_start)
-                        applied = applier.applied_lsn
-                        if applied is not None and applied >= until:
-                            done = True
-                            break
-                    else:
-                        assert isinstance(item, PrimaryKeepalive)
-                        if assembler.between_transactions and item.wal_end >= until:
-                            done = True
-                            break
+                done = pump.finished
                 if stream.ended:
                     break
             if not done:
@@ -381,4 +363,4 @@ class TableSyncWorker:
             raise
         finally:
             stream.close()
-            local.execute("SELECT pg_catalog.pg_replication_origin_session_reset()")
+            origins.release(local)

