@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pgferry.catalog import conflicts, store
+from pgferry.catalog import conflict_log, store
 from pgferry.conflict import Resolution
 from pgferry.errors import ConflictError
 from pgferry.runner import Launcher
@@ -39,9 +39,9 @@ def table(pair: Pair) -> list[tuple[object, ...]]:
     return pair.rows("SELECT id, u, v FROM t ORDER BY id")
 
 
-def logged(pair: Pair) -> list[conflicts.LoggedConflict]:
+def logged(pair: Pair) -> list[conflict_log.LoggedConflict]:
     with pair.cluster.connect(pair.sub) as conn:
-        return conflicts.list_conflicts(conn, subscription="ferry")
+        return conflict_log.list_conflicts(conn, subscription="ferry")
 
 
 def counts(pair: Pair) -> dict[str, int]:
@@ -391,7 +391,7 @@ def test_a_table_setting_overrides_the_subscription(pair: Pair) -> None:
         conflict_resolution="skip",
     )
     with pair.cluster.connect(pair.sub) as conn:
-        conflicts.set_table_resolution(
+        conflict_log.set_table_resolution(
             conn, "ferry", "public", "w", Resolution.parse("apply_remote")
         )
     local(pair, "INSERT INTO t VALUES (1, 1, 'local'); INSERT INTO w VALUES (1, 'local')")
@@ -434,7 +434,7 @@ def test_rows_of_the_initial_copy_are_no_conflict(pair: Pair) -> None:
         wait_ready(cluster.dsn(pair.sub), "copied", timeout=60)
         assert table(pair) == cluster.sql("SELECT id, u, v FROM t ORDER BY id", dbname=pair.pub)
         with cluster.connect(pair.sub) as conn:
-            assert conflicts.list_conflicts(conn) == []
+            assert conflict_log.list_conflicts(conn) == []
     finally:
         launcher.request_stop()
         thread.join(timeout=60)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pgferry.catalog import conflicts
+from pgferry.catalog import conflict_log
 from pgferry.protocol import Lsn
 from pgferry.runner import Launcher
 from pgferry.subscription import create_subscription
@@ -76,9 +76,9 @@ class Node:
             thread.join(timeout=60)
         self.launchers.clear()
 
-    def logged(self) -> list[conflicts.LoggedConflict]:
+    def logged(self) -> list[conflict_log.LoggedConflict]:
         with self.cluster.connect(self.name) as conn:
-            return conflicts.list_conflicts(conn)
+            return conflict_log.list_conflicts(conn)
 
 
 def wait_for(node: Node, query: str, expected: tuple[object, ...]) -> None:

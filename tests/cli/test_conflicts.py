@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from pgferry.catalog import conflicts
+from pgferry.catalog import conflict_log
 from pgferry.conflict import Resolution
 from pgferry.subscription import create_subscription
 from tests.apply.pair import Pair
@@ -70,7 +70,7 @@ def test_table_resolution_is_set_checked_and_cleared(pair: Pair) -> None:
         ok.stdout
     )
     with pair.cluster.connect(pair.sub) as conn:
-        assert conflicts.table_resolutions(conn, "ferry") == {
+        assert conflict_log.table_resolutions(conn, "ferry") == {
             ("public", "t"): Resolution.parse("last_update_wins,delete_missing:error")
         }
     assert_clean_failure(
@@ -88,7 +88,7 @@ def test_table_resolution_is_set_checked_and_cleared(pair: Pair) -> None:
     cleared = pgferry(dsn, "subscription", "alter", "ferry", "--table-resolution", "t=default")
     assert cleared.returncode == 0 and "the subscription default" in cleared.stdout
     with pair.cluster.connect(pair.sub) as conn:
-        assert conflicts.table_resolutions(conn, "ferry") == {}
+        assert conflict_log.table_resolutions(conn, "ferry") == {}
     sub = pgferry(dsn, "subscription", "alter", "ferry", "--with", "conflict_resolution=SKIP")
     assert sub.returncode == 0 and "conflict_resolution set to skip" in sub.stdout, sub
     assert (

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import psycopg
 import pytest
 
-from pgferry.catalog import conflicts
+from pgferry.catalog import conflict_log
 from pgferry.protocol import Lsn
 from pgferry.runner import Launcher
 from pgferry.subscription import create_subscription
@@ -142,9 +142,9 @@ def quiet(nodes: list[Node], seconds: float = 3, settle: float = 90) -> None:
         assert grown < 256 * 1024, f"{node.name}: {grown} bytes of WAL in {seconds}s"
 
 
-def logged(node: Node) -> list[conflicts.LoggedConflict]:
+def logged(node: Node) -> list[conflict_log.LoggedConflict]:
     with node.cluster.connect("app") as conn:
-        return conflicts.list_conflicts(conn)
+        return conflict_log.list_conflicts(conn)
 
 
 @pytest.mark.parametrize("mesh", [("ab", "error")], indirect=True)

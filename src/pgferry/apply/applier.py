@@ -75,10 +75,11 @@ from pgferry.protocol.messages import (
 from pgferry.protocol.relations import RelationCache
 from pgferry.protocol.timestamps import now_pg_us, to_datetime
 
-from .conflicts import ConflictContext, LocalRow
+from .conflict_context import ConflictContext, LocalRow
 from .errors import apply_error, mapping_error
 from .mapping import MappingError, Stamps, TableMap, build_map, text_value
 from .pipeline import Pipeline
+from .routing import Routing, TableFilter, all_tables
 from .rowwise import Provisional, RowChanges
 from .staging import (
     Eligibility,
@@ -93,24 +94,6 @@ from .writer import WriterQueue
 logger = logging.getLogger("pgferry.apply")
 
 IDLE = TransactionStatus.IDLE
-
-
-class Applies(enum.IntEnum):
-    """What a :data:`TableFilter` may answer besides True and False."""
-
-    #: In this transaction and every later one, until :meth:`Applier.refilter`:
-    #: the applier does not ask again (it asks once per relation and transaction
-    #: otherwise, which costs as much as the change when transactions are small).
-    ALWAYS = 2
-
-
-#: Decides whether this worker applies a table's change in a given transaction
-#: (the table sync handover uses it); default: every table, always.
-TableFilter = Callable[[Relation, Transaction], bool | Applies]
-
-
-def _all_tables(relation: Relation, tx: Transaction) -> Applies:
-    return Applies.ALWAYS
 
 
 @dataclass(frozen=True)
@@ -187,7 +170,7 @@ class RetryExact(Exception):
         self.until = until
 
 
-class Applier(RowChanges):
+class Applier:
     def __init__(
         self,
         conn: psycopg.Connection[Any],
@@ -195,7 +178,7 @@ class Applier(RowChanges):
         origin: str,
         relations: RelationCache,
         *,
-        applies: TableFilter = _all_tables,
+        applies: TableFilter = all_tables,
         skip_lsn: Lsn | None = None,
         conflicts: ConflictContext | None = None,
         skip_origins: bool = False,
@@ -227,16 +210,21 @@ class Applier(RowChanges):
         self.subscription = subscription
         self.origin = origin
         self.relations = relations
-        self.applies = applies
         self.filter_changed = filter_changed
-        #: What the filter decided, by relation id: (relation, the transaction it
-        #: was asked for, or None when it always applies, table or None).
-        self._decided: dict[int, tuple[Relation, Transaction | None, TableMap | None]] = {}
+        self.routing = Routing(relations, applies)
         self.skip_lsn = skip_lsn
         #: End LSN and local commit order of the last applied remote transaction.
         self.applied_lsn: Lsn | None = None
         self.applied_count = 0
         self.conflicts = conflicts or ConflictContext.load(conn, subscription, origin)
+        #: Row-by-row apply with conflict handling, on this applier's connection.
+        self.rows = RowChanges(
+            subscription,
+            self.conflicts,
+            lambda: self.conn,
+            self._rollback,
+            provisional=provisional,
+        )
         self.skip_origins = skip_origins
         self.batching = batching
         #: Remote transactions ending up to here are applied exactly (see RetryExact).
@@ -244,7 +232,6 @@ class Applier(RowChanges):
         self._state = BatchState.IDLE
         self._mode = _IDLE_MODE
         self._pipeline = Pipeline()
-        self._maps: dict[int, TableMap] = {}
         #: Staged changes by relation id (None: the table is applied row by row).
         self._stages: dict[int, Stage | None] = {}
         # The local transaction holds ``_batched`` applied remote transactions,
@@ -313,7 +300,7 @@ class Applier(RowChanges):
                 # relation is the latest, its stage takes the change.
                 relation_id = change.relation_id
                 stage = self._stages.get(relation_id)
-                decided = self._decided.get(relation_id)
+                decided = self.routing.decided.get(relation_id)
                 if (
                     stage is not None
                     and decided is not None
@@ -369,12 +356,12 @@ class Applier(RowChanges):
             self._pipeline.close_strict()
         try:
             if isinstance(change, Insert):
-                self._insert(tx, table, change.new)
+                self.rows.insert(tx, table, change.new)
             elif isinstance(change, Update):
-                self._update(tx, table, change.old, change.new)
+                self.rows.update(tx, table, change.old, change.new)
             else:
                 assert isinstance(change, Delete)
-                self._delete(tx, table, change.old)
+                self.rows.delete(tx, table, change.old)
         except psycopg.Error as exc:
             column = None
             if (exc.sqlstate or "").startswith("22") and not isinstance(change, Delete):
@@ -533,7 +520,7 @@ class Applier(RowChanges):
                 found = bool(rows)
             if not found:
                 key = table.row_json(identity, key_only=True)
-                self._resolve(tx, table, ctype, [], key=key, remote=new)
+                self.rows.resolve(tx, table, ctype, [], key=key, remote=new)
             elif self.conflicts.origin_differs(self.conn, rows[0]):
                 key = table.row_json(identity, key_only=True)
                 differs = (
@@ -541,7 +528,7 @@ class Applier(RowChanges):
                     if ctype is ConflictType.UPDATE_MISSING
                     else ConflictType.DELETE_ORIGIN_DIFFERS
                 )
-                self._resolve(tx, table, differs, rows, key=key, remote=new)
+                self.rows.resolve(tx, table, differs, rows, key=key, remote=new)
 
         self._pipeline.defer(cur, seen)
 
@@ -741,39 +728,28 @@ class Applier(RowChanges):
         self, tx: Transaction, relation_id: int, op: str | Insert | Update | Delete
     ) -> TableMap | None:
         """The local table of a relation, None when this transaction does not apply
-        it (see :data:`TableFilter`); ``op`` names what is applied, for errors."""
-        relation = self.relations.relation(relation_id)
-        decided = self._decided.get(relation_id)
-        if (
-            decided is not None
-            and decided[0] is relation
-            and (decided[1] is None or decided[1] is tx)
-        ):
-            return decided[2]
-        applies = self.applies(relation, tx)
-        if not applies:
-            self._decided[relation_id] = (relation, tx, None)
-            return None
-        table = self._maps.get(relation_id)
-        if table is None or table.relation is not relation:
-            # The relation changed: what was staged in its old shape goes first.
-            old_stage = self._stages.pop(relation_id, None)
-            if old_stage is not None:
-                self._apply_stages(tx, [old_stage], keep=True)
+        it (see :mod:`.routing`); ``op`` names what is applied, for errors."""
+
+        def build(relation: Relation) -> TableMap:
             try:
-                table = build_map(
+                return build_map(
                     self.conn, relation, self.conflicts.stamps, self.conflicts.origin_id
                 )
             except MappingError as exc:
                 name = op if isinstance(op, str) else type(op).__name__.upper()
                 raise mapping_error(self.subscription, exc, tx, relation, name) from None
-            self._maps[relation_id] = table
-        self._decided[relation_id] = (relation, None if applies is Applies.ALWAYS else tx, table)
-        return table
+
+        def reshaped(relation_id: int) -> None:
+            # What was staged in the relation's old shape goes first.
+            old_stage = self._stages.pop(relation_id, None)
+            if old_stage is not None:
+                self._apply_stages(tx, [old_stage], keep=True)
+
+        return self.routing.table(tx, relation_id, build, reshaped)
 
     def refilter(self) -> None:
         """The table filter may answer otherwise now: ask it again."""
-        self._decided.clear()
+        self.routing.refilter()
 
     def _truncate(self, tx: Transaction, change: Truncate) -> None:
         targets = []

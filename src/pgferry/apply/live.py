@@ -63,7 +63,8 @@ from pgferry.protocol.messages import (
 from pgferry.protocol.relations import RelationCache
 
 from . import session as apply_session
-from .applier import IDLE, Applier, TableFilter
+from .applier import IDLE, Applier
+from .routing import TableFilter
 
 logger = logging.getLogger("pgferry.apply")
 

@@ -2,16 +2,19 @@
 when it is not staged (see :mod:`.staging`), as native does by default and as
 the conflict policies say (see :mod:`pgferry.conflict`).
 
-:class:`RowChanges` is the part of :class:`~pgferry.apply.applier.Applier` that
-detects each conflict type with the statements of :class:`~.mapping.TableMap`,
-decides it by policy, logs it in the same local transaction and applies the
-resolution; a conflict the policy stops on is rolled back, logged in a
-transaction of its own and raised as :class:`~pgferry.errors.ConflictError`.
+:class:`RowChanges` is the applier's component that detects each conflict type
+with the statements of :class:`~.mapping.TableMap`, decides it by policy, logs it
+in the same local transaction and applies the resolution; a conflict the policy
+stops on is rolled back, logged in a transaction of its own and raised as
+:class:`~pgferry.errors.ConflictError`. It works on the connection as the applier
+hands it out (:attr:`~pgferry.apply.applier.Applier.conn`: writers waited for,
+the batch begun) and rolls back through the applier (the whole batch).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -21,7 +24,7 @@ from pgferry.conflict import ConflictType, Outcome, Policy, decide
 from pgferry.errors import ConflictError
 from pgferry.protocol.messages import UNCHANGED_TOAST, Value
 
-from .conflicts import ConflictContext, LocalRow
+from .conflict_context import ConflictContext, LocalRow
 from .mapping import Stamps, TableMap
 
 
@@ -42,22 +45,32 @@ class Provisional(Exception):
 class RowChanges:
     """One change, one statement (or a few, to detect and resolve a conflict)."""
 
-    subscription: str
-    conflicts: ConflictContext
-    #: The transaction's commit is not known yet: a conflict raises Provisional.
-    provisional: bool = False
+    def __init__(
+        self,
+        subscription: str,
+        conflicts: ConflictContext,
+        connection: Callable[[], psycopg.Connection[Any]],
+        rollback: Callable[[], None],
+        *,
+        provisional: bool = False,
+    ) -> None:
+        """``connection()``: the connection, ready for a statement of the batch;
+        ``rollback()``: roll back the whole batch. ``provisional``: the
+        transactions' commits are not known yet: a conflict raises Provisional."""
+        self.subscription = subscription
+        self.conflicts = conflicts
+        self._connection = connection
+        self._rollback = rollback
+        self.provisional = provisional
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
-        raise NotImplementedError
-
-    def _rollback(self) -> None:
-        raise NotImplementedError
+        return self._connection()
 
     def _rows(self, query: Any, params: Any) -> list[LocalRow]:
         return [LocalRow.from_row(r) for r in self.conn.execute(query, params).fetchall()]
 
-    def _insert(self, tx: Transaction, table: TableMap, new: tuple[Value, ...]) -> None:
+    def insert(self, tx: Transaction, table: TableMap, new: tuple[Value, ...]) -> None:
         if not table.uniques or not table.on_conflict_ok:
             # Nothing to collide with, or collisions we cannot resolve (a deferrable
             # or expression index): they surface as errors, as in native.
@@ -73,7 +86,7 @@ class RowChanges:
             self.conn.execute(*table.insert(new))
             return
         ctype = _unique_conflict(rows, ConflictType.INSERT_EXISTS)
-        if not self._resolve(tx, table, ctype, rows, key=None, remote=new):
+        if not self.resolve(tx, table, ctype, rows, key=None, remote=new):
             return
         present = {i for i, v in enumerate(new) if v is not UNCHANGED_TOAST}
         if len(rows) == 1 and not table.identity_always.intersection(present):
@@ -85,7 +98,7 @@ class RowChanges:
             self.conn.execute(*table.delete_row(row.address))
         self.conn.execute(*table.insert(new))
 
-    def _update(
+    def update(
         self,
         tx: Transaction,
         table: TableMap,
@@ -120,7 +133,7 @@ class RowChanges:
             self._update_missing(tx, table, key, new)
             return
         row = located[0]
-        if conflicts.origin_differs(self.conn, row) and not self._resolve(
+        if conflicts.origin_differs(self.conn, row) and not self.resolve(
             tx, table, ConflictType.UPDATE_ORIGIN_DIFFERS, [row], key=key, remote=new
         ):
             return
@@ -129,7 +142,7 @@ class RowChanges:
             others = self._rows(*query) if query else []
             if others:
                 ctype = _unique_conflict(others, ConflictType.UPDATE_EXISTS)
-                if not self._resolve(tx, table, ctype, others, key=key, remote=new):
+                if not self.resolve(tx, table, ctype, others, key=key, remote=new):
                     return
                 for other in others:
                     self.conn.execute(*table.delete_row(other.address))
@@ -142,25 +155,25 @@ class RowChanges:
         key: dict[str, Any] | None,
         new: tuple[Value, ...],
     ) -> None:
-        if not self._resolve(tx, table, ConflictType.UPDATE_MISSING, [], key=key, remote=new):
+        if not self.resolve(tx, table, ConflictType.UPDATE_MISSING, [], key=key, remote=new):
             return
         # apply_remote: the new version is the row, if all of it was sent.
         if all(v is not UNCHANGED_TOAST for v in new):
-            self._insert(tx, table, new)
+            self.insert(tx, table, new)
 
-    def _delete(self, tx: Transaction, table: TableMap, old: tuple[Value, ...]) -> None:
+    def delete(self, tx: Transaction, table: TableMap, old: tuple[Value, ...]) -> None:
         conflicts = self.conflicts
         relation = table.relation
         key = table.row_json(old, key_only=True)
         policy = conflicts.policy(relation, ConflictType.DELETE_ORIGIN_DIFFERS)
         if table.stamps is Stamps.NONE:
             if self.conn.execute(*table.delete(old)).rowcount == 0:
-                self._resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
+                self.resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
             return
         if policy is Policy.APPLY_REMOTE:
             rows = self._rows(*table.delete_returning(old))
             if not rows:
-                self._resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
+                self.resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
             elif conflicts.origin_differs(self.conn, rows[0]):
                 self._applied(
                     tx, table, ConflictType.DELETE_ORIGIN_DIFFERS, rows, key=key, remote=None
@@ -168,10 +181,10 @@ class RowChanges:
             return
         located = self._rows(*table.locate_row(old))
         if not located:
-            self._resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
+            self.resolve(tx, table, ConflictType.DELETE_MISSING, [], key=key, remote=None)
             return
         row = located[0]
-        if conflicts.origin_differs(self.conn, row) and not self._resolve(
+        if conflicts.origin_differs(self.conn, row) and not self.resolve(
             tx, table, ConflictType.DELETE_ORIGIN_DIFFERS, [row], key=key, remote=None
         ):
             return
@@ -191,7 +204,7 @@ class RowChanges:
         already resolved by applying it (the policy is apply_remote, so the local
         row could not change the outcome).
 
-        Raises :class:`Provisional`, as :meth:`_resolve` does, when the
+        Raises :class:`Provisional`, as :meth:`resolve` does, when the
         transaction's commit is not known yet: its caller rolls the change back.
         """
         if self.provisional:
@@ -208,7 +221,7 @@ class RowChanges:
             remote_row=table.row_json(remote),
         )
 
-    def _resolve(
+    def resolve(
         self,
         tx: Transaction,
         table: TableMap,

@@ -51,11 +51,12 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg import sql
 
+from pgferry import origins
 from pgferry._cmodule import SPEEDUPS
 from pgferry.protocol.messages import UNCHANGED_TOAST, BinaryValue, Delete, Insert, Update, Value
 from pgferry.stream import libpq
 
-from .conflicts import SYNC_ORIGIN_PREFIX, LocalRow
+from .conflict_context import LocalRow
 from .mapping import Stamps, TableMap
 
 #: Staged rows (and bytes of values) after which a stage is applied, so a large
@@ -80,7 +81,7 @@ class Eligibility(enum.Enum):
 
 class Suspect(NamedTuple):
     """A local row a staged UPDATE or DELETE changes that another origin wrote last
-    (confirmed by :meth:`~pgferry.apply.conflicts.ConflictContext.origin_differs`)."""
+    (confirmed by :meth:`~pgferry.apply.conflict_context.ConflictContext.origin_differs`)."""
 
     #: The remote transaction and the new values (None: a DELETE) of the change
     #: that met it first.
@@ -566,7 +567,7 @@ class Stage:
                     join=join,
                     op=_OP,
                     ours=sql.Literal(t.origin_id),
-                    sync=sql.Literal(SYNC_ORIGIN_PREFIX),
+                    sync=sql.Literal(origins.SYNC_PREFIX),
                 )
             )
         if has_delete:

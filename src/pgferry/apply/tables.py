@@ -2,7 +2,7 @@
 
 :class:`SubscribedTables` holds the subscription's table states (see
 :mod:`pgferry.catalog.handover`) and answers the applier's
-:data:`~pgferry.apply.applier.TableFilter`:
+:data:`~pgferry.apply.routing.TableFilter`:
 
 * a ready table (``r``): always, until the states are read again;
 * a table just handed over by its sync worker (``s`` at LSN H): in the
@@ -24,7 +24,7 @@ from pgferry.catalog import TableState
 from pgferry.catalog.watch import CatalogWatch
 from pgferry.protocol.messages import Relation
 
-from .applier import Applies
+from .routing import Applies
 
 
 class SubscribedTables:

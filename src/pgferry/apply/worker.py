@@ -31,7 +31,7 @@ import psycopg
 
 from pgferry import connect, origins
 from pgferry.assembler import Assembler
-from pgferry.catalog import TableState, conflicts, store, workers
+from pgferry.catalog import TableState, conflict_log, store, workers
 from pgferry.catalog.watch import CatalogWatch
 from pgferry.errors import ApplyError, PgferryError
 from pgferry.protocol.lsn import Lsn
@@ -42,9 +42,10 @@ from pgferry.stream.commands import streaming_for
 
 from . import session as apply_session
 from .applier import Applier, Batching, RetryExact
-from .conflicts import session_conflicts
+from .conflict_context import session_context
 from .handover import HandoverServer
 from .live import LiveStreams, RetrySerial
+from .origin_filter import origin_filter
 from .progress import DurableProgress
 from .tables import SubscribedTables
 
@@ -64,7 +65,7 @@ def batching_of(local: psycopg.Connection[Any], sub: store.Subscription) -> Batc
     """
     if sub.options.apply_mode == "exact":
         return Batching(1)
-    if conflicts.timestamp_policies_in_use(local):
+    if conflict_log.timestamp_policies_in_use(local):
         logger.info("subscription %s: exact apply (commit-time conflict policies)", sub.name)
         return Batching(1)
     return Batching(
@@ -165,15 +166,16 @@ class ApplyWorker:
         relations = RelationCache()
         remote = ReplicationConnection.connect(sub.conninfo, application_name=self.name)
         try:
-            session = session_conflicts(local, sub, sub.origin_name, remote, record_node=True)
+            context = session_context(local, sub, sub.origin_name, remote, record_node=True)
+            origins_wanted = origin_filter(sub, remote.major)
             streaming = sub.options.streaming
             options = PgoutputOptions(
                 publication_names=sub.publications,
                 # Large transactions arrive while in progress: applied as they
                 # arrive (parallel, see .live) or spooled past a memory bound and
                 # applied at their commit (on).
-                streaming=session.streaming(streaming_for(streaming, remote.major)),
-                origin=session.origin_option,
+                streaming=origins_wanted.streaming(streaming_for(streaming, remote.major)),
+                origin=origins_wanted.origin_option,
             )
             stream = remote.start_replication(
                 sub.slot_name,
@@ -193,8 +195,8 @@ class ApplyWorker:
                 relations,
                 applies=tables.applies,
                 skip_lsn=sub.skip_lsn,
-                conflicts=session.context,
-                skip_origins=session.skip_origins,
+                conflicts=context,
+                skip_origins=origins_wanted.skip_origins,
                 batching=batching_of(local, sub),
                 exact_until=self._exact_until,
                 background=True,

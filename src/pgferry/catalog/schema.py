@@ -10,7 +10,7 @@ subscriber database, the way native keeps ``pg_subscription`` and
   (i/d/f/s/r as native's ``srsubstate``) and state LSN;
 * ``subscription_stats``: error and conflict counters (``pg_stat_subscription_stats``);
 * ``worker``: live worker statistics (``pg_stat_subscription``);
-* ``conflict``: the conflict log (see :mod:`pgferry.catalog.conflicts`).
+* ``conflict``: the conflict log (see :mod:`pgferry.catalog.conflict_log`).
 
 :func:`ensure_catalog` creates the schema on first use and applies the migrations
 not yet applied, in order, each in the same transaction as its version bump, under

@@ -25,7 +25,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from pgferry.catalog import conflicts as catalog
+from pgferry.catalog import conflict_log as catalog
 from pgferry.catalog.schema import current_version
 from pgferry.errors import InterfaceError
 from pgferry.sqltext import printable

@@ -1,7 +1,7 @@
 """Conflicts between remote changes and local rows: types, policies, decisions.
 
 See :mod:`.policy`. Detection and resolution happen in :mod:`pgferry.apply`; the
-conflict log and its counters live in the catalog (:mod:`pgferry.catalog.conflicts`).
+conflict log and its counters live in the catalog (:mod:`pgferry.catalog.conflict_log`).
 """
 
 from .policy import CONFLICT_TYPES, ConflictType, Outcome, Policy, Resolution, Stamp, decide

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import psycopg
 
-from pgferry.catalog import TableState, conflicts, ensure_catalog, handover, store
+from pgferry.catalog import TableState, conflict_log, ensure_catalog, handover, store
 from pgferry.catalog.schema import WAKE_CHANNEL
 from pgferry.runner.env import DSN_ENV, LAUNCHER_PID_ENV
 from pgferry.runner.kinds import WorkerKey
@@ -151,7 +151,8 @@ class Launcher:
                     sub.options,
                     sub.skip_lsn,
                     sorted(
-                        (k, str(v)) for k, v in conflicts.table_resolutions(conn, sub.name).items()
+                        (k, str(v))
+                        for k, v in conflict_log.table_resolutions(conn, sub.name).items()
                     ),
                 )
             )

@@ -82,7 +82,7 @@ from pgferry.catalog import (
     SubscriptionOptions,
     SubscriptionTable,
     TableState,
-    conflicts,
+    conflict_log,
     ensure_catalog,
     store,
 )
@@ -698,7 +698,7 @@ def alter_subscription(dsn: str, name: str, request: AlterRequest) -> AlterResul
                 _apply_skip(local, current, skip, changes)
             for item in request.table_resolutions:
                 schema, table, resolution = _parse_table_resolution(item)
-                conflicts.set_table_resolution(local, name, schema, table, resolution)
+                conflict_log.set_table_resolution(local, name, schema, table, resolution)
                 changes.append(
                     f"conflict_resolution of {qualified(schema, table)} set to"
                     f" {resolution if resolution is not None else 'the subscription default'}"

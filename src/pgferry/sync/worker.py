@@ -38,7 +38,8 @@ from psycopg import sql
 from pgferry import connect, origins
 from pgferry.apply import session as apply_session
 from pgferry.apply.applier import Applier
-from pgferry.apply.conflicts import session_conflicts
+from pgferry.apply.conflict_context import session_context
+from pgferry.apply.origin_filter import origin_filter
 from pgferry.assembler import Assembler, Transaction
 from pgferry.catalog import TableState, handover, store
 from pgferry.errors import ApplyError, PgferryError
@@ -325,19 +326,22 @@ class TableSyncWorker:
             sub.conninfo, application_name=f"{self.subscription} sync"
         )
         try:
-            session = session_conflicts(local, sub, self.slot, repl)
+            context = session_context(local, sub, self.slot, repl)
+            origins_wanted = origin_filter(sub, repl.major)
             applier = Applier(
                 local,
                 self.subscription,
                 self.slot,
                 relations,
                 applies=applies,
-                conflicts=session.context,
-                skip_origins=session.skip_origins,
+                conflicts=context,
+                skip_origins=origins_wanted.skip_origins,
             )
             stream = repl.start_replication(
                 self.slot,
-                PgoutputOptions(publication_names=sub.publications, origin=session.origin_option),
+                PgoutputOptions(
+                    publication_names=sub.publications, origin=origins_wanted.origin_option
+                ),
                 start_lsn=start,
                 status_interval=self.status_interval,
             )

@@ -19,24 +19,21 @@ import collections
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import psycopg
 
+from pgferry import origins
 from pgferry.assembler import Transaction
-from pgferry.catalog import conflicts as catalog
+from pgferry.catalog import conflict_log
 from pgferry.catalog.store import Subscription
 from pgferry.conflict import ConflictType, Policy, Resolution, Stamp
 from pgferry.errors import PgferryError
 from pgferry.protocol.messages import Relation
 from pgferry.protocol.timestamps import to_datetime
 from pgferry.stream import ReplicationConnection
-from pgferry.stream.commands import Streaming
 
 from .mapping import Stamps
-
-#: Table sync workers' replication origins are named so (pgferry.sync.sync_slot_name).
-SYNC_ORIGIN_PREFIX = "pgferry_sync_"
 
 #: Conflict records kept in memory before they are written (inside the transaction).
 RECORD_BUFFER = 1000
@@ -96,7 +93,7 @@ class ConflictContext:
     remote_node: str | None = None
     #: Replication origin name -> publisher node (pgferry subscriptions here).
     origin_nodes: Mapping[str, str] = field(default_factory=dict)
-    records: list[catalog.ConflictRecord] = field(default_factory=list)
+    records: list[conflict_log.ConflictRecord] = field(default_factory=list)
     counts: collections.Counter[ConflictType] = field(default_factory=collections.Counter)
     #: Replication origin id -> name (None: dropped).
     _origin_names: dict[int, str | None] = field(default_factory=dict)
@@ -115,7 +112,7 @@ class ConflictContext:
         row = conn.execute("SELECT pg_catalog.pg_replication_origin_oid(%s)", (origin,)).fetchone()
         origin_id = int(row[0]) if row and row[0] is not None else 0
         resolution = resolution or Resolution()
-        tables = catalog.table_resolutions(conn, subscription)
+        tables = conflict_log.table_resolutions(conn, subscription)
         stamps = detect_stamps(conn)
         needs_time = any(
             p.needs_commit_timestamps
@@ -136,7 +133,7 @@ class ConflictContext:
             tables,
             local_node_name(conn) if needs_time else None,
             remote_node,
-            catalog.origin_nodes(conn),
+            conflict_log.origin_nodes(conn),
         )
 
     # -- policies -------------------------------------------------------------------
@@ -160,7 +157,7 @@ class ConflictContext:
         if row.origin_id == 0:
             return True
         name = self._lookup_origin(conn, row.origin_id)
-        return name is not None and not name.startswith(SYNC_ORIGIN_PREFIX)
+        return name is not None and not origins.is_sync(name)
 
     def _lookup_origin(self, conn: psycopg.Connection[Any], origin_id: int) -> str | None:
         """The name of replication origin ``origin_id``; None once dropped (cached)."""
@@ -207,14 +204,14 @@ class ConflictContext:
         key: dict[str, Any] | None,
         local: list[LocalRow],
         remote_row: dict[str, Any] | None,
-    ) -> catalog.ConflictRecord:
+    ) -> conflict_log.ConflictRecord:
         first = local[0] if local else None
-        rows: catalog.JsonValue = None
+        rows: conflict_log.JsonValue = None
         if len(local) == 1:
             rows = local[0].row
         elif local:
             rows = [r.row for r in local if r.row is not None]
-        record = catalog.ConflictRecord(
+        record = conflict_log.ConflictRecord(
             self.subscription,
             relation.namespace,
             relation.name,
@@ -238,16 +235,18 @@ class ConflictContext:
         return record
 
     def flush_records(self, conn: psycopg.Connection[Any]) -> None:
-        catalog.insert(conn, self.records)
+        conflict_log.insert(conn, self.records)
         self.records.clear()
 
     def flush(self, conn: psycopg.Connection[Any]) -> None:
         """Write the transaction's records and counts (inside it)."""
         self.flush_records(conn)
-        catalog.add_counts(conn, self.subscription, self.counts)
+        conflict_log.add_counts(conn, self.subscription, self.counts)
         self.counts.clear()
 
-    def flush_only(self, conn: psycopg.Connection[Any], record: catalog.ConflictRecord) -> None:
+    def flush_only(
+        self, conn: psycopg.Connection[Any], record: conflict_log.ConflictRecord
+    ) -> None:
         """Write ``record`` and count it, forgetting the rest of the transaction's
         (rolled back: they happen again when it is retried)."""
         self.reset()
@@ -261,51 +260,24 @@ class ConflictContext:
         self.counts.clear()
 
 
-@dataclass(frozen=True)
-class SessionConflicts:
-    """What an apply session of a subscription needs from its publisher's side."""
-
-    context: ConflictContext
-    #: Drop transactions carrying an Origin message (origin = none before PG 16).
-    skip_origins: bool
-    #: The pgoutput ``origin`` option (the publisher filters from PG 16 on).
-    origin_option: Literal["none"] | None
-
-    def streaming(self, wanted: Streaming) -> Streaming:
-        """The pgoutput ``streaming`` option to ask for instead of ``wanted``:
-        ``off`` when the origins are filtered here (:attr:`skip_origins`). A
-        transaction streamed while in progress has the Origin message of its
-        first decoded change, none when that is not a row change (a batch that
-        creates its staging tables first), so it could not be told apart; one
-        sent whole, after its commit, has its commit record's origin."""
-        return "off" if self.skip_origins else wanted
-
-
-def session_conflicts(
+def session_context(
     local: psycopg.Connection[Any],
     sub: Subscription,
     origin: str,
     repl: ReplicationConnection,
     *,
     record_node: bool = False,
-) -> SessionConflicts:
+) -> ConflictContext:
     """The conflict context of a session applying ``sub`` with replication origin
-    ``origin``, and how ``origin = none`` is honoured by this publisher."""
+    ``origin`` from the publisher ``repl`` (its node name breaks ties)."""
     system = repl.identify_system()
     remote_node = node_name(system.system_id, system.dbname)
     if record_node:
-        catalog.set_remote_node(local, sub.name, remote_node)
-    context = ConflictContext.load(
+        conflict_log.set_remote_node(local, sub.name, remote_node)
+    return ConflictContext.load(
         local,
         sub.name,
         origin,
         resolution=sub.options.conflict_resolution,
         remote_node=remote_node,
-    )
-    origin_none = sub.options.origin == "none"
-    server_filters = repl.major >= 16
-    return SessionConflicts(
-        context,
-        origin_none and not server_filters,
-        "none" if origin_none and server_filters else None,
     )
