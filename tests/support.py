@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,14 @@ from pgferry.stream import PgoutputOptions, ReplicationConnection
 from pgferry.testing import Cluster
 
 PGFERRY = [sys.executable, "-m", "pgferry.cli"]
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Poll ``condition`` every 0.1 s until it holds; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.1)
 
 
 def current_lsn(cluster: Cluster, dbname: str = "postgres") -> Lsn:

@@ -7,8 +7,7 @@ in our own words, where pgferry once behaved otherwise than native."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,14 +19,7 @@ from pgferry.runner import Launcher
 from pgferry.subscription import AlterRequest, alter_subscription, create_subscription
 from pgferry.testing import Cluster
 from pgferry.testing.pytest_plugin import ClusterFactory
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.1)
+from tests.support import wait_for
 
 
 @dataclass

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from pgferry.testing import Cluster
-from tests.conformance.conftest import Ferry, wait_for
+from tests.conformance.conftest import Ferry
+from tests.support import wait_for
 
 SCHEMA = """
 CREATE DOMAIN label AS text;

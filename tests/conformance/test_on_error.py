@@ -3,7 +3,8 @@ that fails disables the subscription (as an apply error does), keeping the error
 
 from __future__ import annotations
 
-from tests.conformance.conftest import Ferry, wait_for
+from tests.conformance.conftest import Ferry
+from tests.support import wait_for
 
 
 def test_a_failed_initial_copy_disables_the_subscription(ferry: Ferry) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from psycopg.abc import Params, QueryNoTemplate
 
 from pgferry.subscription import CreateResult, create_subscription
 from pgferry.testing import Cluster
-from tests.support import PGFERRY
+from tests.support import PGFERRY, wait_for
 
 PASSWORD = "s3cret-Pa55"  # noqa: S105 - never a real password
 DDL = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY)"
@@ -29,10 +28,7 @@ _DROP_ORIGINS = (
 
 
 def until(condition: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    wait_for(condition, what, timeout)
 
 
 @dataclass

@@ -61,7 +61,6 @@ from pgferry import origins
 from pgferry.assembler import Transaction
 from pgferry.catalog import store
 from pgferry.conflict import CONFLICT_TYPES, ConflictType, Policy, Resolution
-from pgferry.errors import ApplyError
 from pgferry.protocol.lsn import Lsn
 from pgferry.protocol.messages import (
     Change,
@@ -369,8 +368,13 @@ class Applier:
                 # column, which PostgreSQL does not name for input conversions.
                 self._rollback()
                 column = table.failing_column(self.conn, change.new)
-            raise self._error(
-                exc, tx, table.display, type(change).__name__.upper(), column=column
+            raise apply_error(
+                self.subscription,
+                exc,
+                tx,
+                table.display,
+                type(change).__name__.upper(),
+                column=column,
             ) from None
 
     # -- staged changes (set-based apply) -------------------------------------------------
@@ -567,7 +571,7 @@ class Applier:
                 store.set_skip_lsn(self.conn, self.subscription, None)
                 self.skip_lsn = None
         except psycopg.Error as exc:
-            raise self._error(exc, tx, None, "COMMIT") from None
+            raise apply_error(self.subscription, exc, tx, None, "COMMIT") from None
         self._state = BatchState.HOLDING
         self._batched += 1
         self._last = (tx, end_lsn)
@@ -627,7 +631,7 @@ class Applier:
                 self._conn.execute("ROLLBACK")  # if the message stopped before COMMIT
             self._forget_batch()
             self._discard_stages()
-            raise self._error(exc, tx, None, "COMMIT") from None
+            raise apply_error(self.subscription, exc, tx, None, "COMMIT") from None
         self.applied_lsn = end_lsn
         self.applied_count += self._batched
         self._forget_batch()
@@ -688,7 +692,7 @@ class Applier:
         # What the writer did is rolled back, and so is whatever came after it.
         self._drop_batch()
         if isinstance(exc, psycopg.Error):
-            raise self._error(exc, writer.tx, None, "COMMIT") from None
+            raise apply_error(self.subscription, exc, writer.tx, None, "COMMIT") from None
         raise exc
 
     def _join_writer(self) -> None:
@@ -768,15 +772,4 @@ class Applier:
             self.conn.execute(query)
         except psycopg.Error as exc:
             names = ", ".join(t.display for t in targets)
-            raise self._error(exc, tx, names, "TRUNCATE") from None
-
-    def _error(
-        self,
-        exc: psycopg.Error,
-        tx: Transaction,
-        table: str | None,
-        op: str,
-        *,
-        column: str | None = None,
-    ) -> ApplyError:
-        return apply_error(self.subscription, exc, tx, table, op, column=column)
+            raise apply_error(self.subscription, exc, tx, names, "TRUNCATE") from None

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from pgferry.assembler import Transaction
+from pgferry.catalog.conflict_log import ConflictRecord
 from pgferry.conflict import ConflictType, Outcome, Policy, decide
 from pgferry.errors import ConflictError
 from pgferry.protocol.messages import UNCHANGED_TOAST, Value
@@ -209,13 +210,28 @@ class RowChanges:
         """
         if self.provisional:
             raise Provisional(f"{ctype} on {table.display}")
-        self.conflicts.record(
+        self._log(tx, table, ctype, Policy.APPLY_REMOTE, True, local, key=key, remote=remote)
+
+    def _log(
+        self,
+        tx: Transaction,
+        table: TableMap,
+        ctype: ConflictType,
+        policy: Policy,
+        applied: bool,
+        local: list[LocalRow],
+        *,
+        key: dict[str, Any] | None,
+        remote: tuple[Value, ...] | None,
+    ) -> ConflictRecord:
+        """Record the conflict in the transaction being applied; the record."""
+        return self.conflicts.record(
             self.conn,
             tx,
             table.relation,
             ctype,
-            Policy.APPLY_REMOTE,
-            True,
+            policy,
+            applied,
             key=key,
             local=local,
             remote_row=table.row_json(remote),
@@ -242,16 +258,10 @@ class RowChanges:
         policy = conflicts.policy(table.relation, ctype)
         stamps = [conflicts.local_stamp(self.conn, r) for r in local]
         outcome = decide(ctype, policy, conflicts.remote_stamp(tx), stamps)
-        record = conflicts.record(
-            self.conn,
-            tx,
-            table.relation,
-            ctype,
-            policy,
-            outcome is Outcome.APPLY,
-            key=key if key is not None else (table.row_json(remote, key_only=True)),
-            local=local,
-            remote_row=table.row_json(remote),
+        if key is None:
+            key = table.row_json(remote, key_only=True)
+        record = self._log(
+            tx, table, ctype, policy, outcome is Outcome.APPLY, local, key=key, remote=remote
         )
         if outcome is not Outcome.ERROR:
             return outcome is Outcome.APPLY
