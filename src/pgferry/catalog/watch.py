@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 
+from pgferry import connect
 from pgferry.catalog import handover
 from pgferry.catalog.schema import WAKE_CHANNEL
 
@@ -39,7 +40,7 @@ class CatalogWatch:
 
     @classmethod
     def connect(cls, dsn: str) -> CatalogWatch:
-        return cls(psycopg.connect(dsn, autocommit=True))
+        return cls(connect.subscriber(dsn))
 
     def changed(self) -> bool:
         """Whether a notification arrived since the last call (never waits)."""

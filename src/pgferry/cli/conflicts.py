@@ -25,6 +25,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
+from pgferry import connect
 from pgferry.catalog import conflict_log as catalog
 from pgferry.catalog.schema import current_version
 from pgferry.errors import InterfaceError
@@ -128,7 +129,7 @@ def conflicts(
     as_json: bool,
 ) -> None:
     """List logged conflicts (-d: subscriber)."""
-    with psycopg.connect(obj["dsn"], autocommit=True) as conn:
+    with connect.subscriber(obj["dsn"]) as conn:
         rows: list[catalog.LoggedConflict] = []
         if current_version(conn) >= 3:
             rows = catalog.list_conflicts(

@@ -42,8 +42,10 @@ from typing import Any, Protocol
 
 import psycopg
 
+from pgferry import connect
 from pgferry.catalog import TableState, conflict_log, ensure_catalog, handover, store
 from pgferry.catalog.schema import WAKE_CHANNEL
+from pgferry.errors import ConnectionFailed
 from pgferry.runner.env import DSN_ENV, LAUNCHER_PID_ENV
 from pgferry.runner.kinds import WorkerKey
 
@@ -271,13 +273,13 @@ class Launcher:
             while not self._stop:
                 try:
                     if conn is None or conn.closed:
-                        conn = psycopg.connect(self.dsn, autocommit=True)
+                        conn = connect.subscriber(self.dsn)
                         ensure_catalog(conn)
                         conn.execute(f"LISTEN {WAKE_CHANNEL}")
                         pause = 1.0
                     self.step(conn)
                     self._wait(self.poll_interval, conn)
-                except psycopg.OperationalError as exc:
+                except (psycopg.OperationalError, ConnectionFailed) as exc:
                     logger.error("catalog connection failed: %s; retrying in %.0f s", exc, pause)
                     if conn is not None:
                         conn.close()
