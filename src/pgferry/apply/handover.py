@@ -42,13 +42,17 @@ class HandoverServer:
         applier: Applier,
         tables: SubscribedTables,
         stream: ReplicationStream,
+        position: Callable[[], Lsn],
         stopping: Callable[[], bool],
     ) -> None:
+        """``position()``: the apply worker's position once everything applied so
+        far is committed (see :meth:`serve`)."""
         self.local = local
         self.subscription = subscription
         self.applier = applier
         self.tables = tables
         self.stream = stream
+        self.position = position
         self.stopping = stopping
 
     @property
@@ -56,10 +60,14 @@ class HandoverServer:
         """Seconds between two looks at the handovers: shorter while a table syncs."""
         return SYNCING_INTERVAL if self.tables.syncing else IDLE_INTERVAL
 
-    def serve(self, position: Lsn) -> None:
-        """Between transactions, at ``position`` (every remote transaction ending
-        up to it is processed, none after): serve the sync workers' handovers."""
-        self.applier.flush()  # the position given out must be committed
+    def serve(self) -> None:
+        """Between transactions: serve the sync workers' handovers."""
+        # The position given out must be committed: flush first, then ask. Every
+        # remote transaction ending up to it is processed (applied, or skipped for
+        # a table not ready), none after; a position taken before the flush would
+        # leave the flushed transactions' changes of a syncing table to nobody.
+        self.applier.flush()
+        position = self.position()
         local, name = self.local, self.subscription
         for key, state in handover.states(local, name).items():
             if state.state != TableState.FINISHED:

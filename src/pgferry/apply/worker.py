@@ -229,9 +229,17 @@ class ApplyWorker:
         assembler = Assembler(applier, stream.protocol_version, relations=relations, streams=live)
         pump = Pump(stream, assembler)
         progress = DurableProgress(local, self.name, applier, assembler, pump, synchronous_commit)
-        handovers = HandoverServer(local, self.name, applier, tables, stream, lambda: self._stop)
+        handovers = HandoverServer(
+            local,
+            self.name,
+            applier,
+            tables,
+            stream,
+            lambda: max(applier.applied_lsn or start, pump.idle_lsn),
+            lambda: self._stop,
+        )
         try:
-            self._loop(local, sub, start, pump, progress, handovers, live)
+            self._loop(local, sub, pump, progress, handovers, live)
         except ApplyError as exc:
             applier.abort()
             if live.current is not None and exc.sqlstate == "55P03":
@@ -255,7 +263,6 @@ class ApplyWorker:
         self,
         local: psycopg.Connection[Any],
         sub: store.Subscription,
-        start: Lsn,
         pump: Pump,
         progress: DurableProgress,
         handovers: HandoverServer,
@@ -297,7 +304,7 @@ class ApplyWorker:
             now = time.monotonic()
             # (During a live streamed transaction a sync worker could wait for its locks.)
             if now >= next_handover and between and live.current is None:
-                handovers.serve(max(applier.applied_lsn or start, pump.idle_lsn))
+                handovers.serve()
                 next_handover = time.monotonic() + handovers.interval
             if error_shown and applier.applied_count:
                 # Replication moves again: the stored error is history now.
