@@ -243,7 +243,6 @@ class Applier:
         self._last: tuple[Transaction, Lsn] | None = None
         self._batch_started = 0.0
         self.keepalive = keepalive
-        self.provisional = provisional
         self._changes = 0
 
     # -- TransactionConsumer --------------------------------------------------------
@@ -416,7 +415,7 @@ class Applier:
         native's, apply_remote)."""
         if not self.conflicts.origin_differs(self.conn, suspect.row):
             return
-        if self.provisional:
+        if self.rows.provisional:
             raise Provisional(f"origin differs on {table.display}")
         ctype = (
             ConflictType.UPDATE_ORIGIN_DIFFERS
@@ -539,7 +538,7 @@ class Applier:
     def _batch_failed(self, tx: Transaction, cause: BaseException | None = None) -> NoReturn:
         # A provisional transaction's caller says what becomes of it (see .live).
         logger.log(
-            logging.DEBUG if self.provisional else logging.INFO,
+            logging.DEBUG if self.rows.provisional else logging.INFO,
             "subscription %s: a pipelined or staged batch failed%s; applying up to %s exactly",
             self.subscription,
             f" ({cause})" if cause is not None else "",
