@@ -173,6 +173,11 @@ def test_create_with_defaults(published: Env) -> None:
         "apply_mode": "batch",
         "batch_transactions": 1000,
         "batch_latency_ms": 100,
+        "copy_schema": "false",
+        "schema_skip": "",
+        "sequences": "off",
+        "sequence_sync_interval": 5,
+        "sequence_headroom": 0,
     }
     assert published.tables() == {"public.t1": "i", "public.t2": "i"}
     assert "pgferry_ferry" in published.origins()
@@ -771,7 +776,8 @@ def test_option_rules() -> None:
     assert exc.value.hint == (
         "valid keys: copy_data, create_slot, enabled, connect, slot_name, binary, streaming,"
         " two_phase, disable_on_error, synchronous_commit, origin, password_required,"
-        " run_as_owner, conflict_resolution, apply_mode, batch_transactions, batch_latency_ms"
+        " run_as_owner, conflict_resolution, apply_mode, batch_transactions, batch_latency_ms,"
+        " copy_schema, schema_skip, sequences, sequence_sync_interval, sequence_headroom"
     )
     with pytest.raises(InterfaceError, match="given twice"):
         create_options("s", ["binary=true", "BINARY=false"])
@@ -797,3 +803,19 @@ def test_apply_mode_and_batch_options() -> None:
             create_options("s", [bad])
     with pytest.raises(InterfaceError, match="invalid value for apply_mode"):
         create_options("s", ["apply_mode=fast"])
+
+
+def test_schema_and_sequence_options() -> None:
+    """copy_schema takes a boolean or ``all``; sequences default to sync with it."""
+    plain = create_options("s", [])
+    assert plain.options.copy_schema == "false" and plain.options.sequences == "off"
+    copied = create_options("s", ["copy_schema=on"])
+    assert copied.options.copy_schema == "true" and copied.options.sequences == "sync"
+    whole = create_options("s", ["copy_schema=ALL", "sequences=off"])
+    assert whole.options.copy_schema == "all" and whole.options.sequences == "off"
+    skipped = create_options("s", ["schema_skip= EXTENSION - pg_trgm "])
+    assert skipped.options.schema_skip == "EXTENSION - pg_trgm"
+    with pytest.raises(InterfaceError, match="copy_schema"):
+        create_options("s", ["copy_schema=some"])
+    with pytest.raises(InterfaceError, match="sequence_sync_interval"):
+        create_options("s", ["sequence_sync_interval=-1"])

@@ -47,6 +47,8 @@ DEFAULT_ENABLED = True
 SynchronousCommit = Literal["on", "off", "local", "remote_write", "remote_apply"]
 Origin = Literal["any", "none"]
 ApplyMode = Literal["batch", "exact"]
+CopySchema = Literal["false", "true", "all"]
+SequenceSync = Literal["off", "sync"]
 
 #: The values of each option that is one of a few words.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -54,12 +56,18 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "synchronous_commit": get_args(SynchronousCommit),
     "origin": get_args(Origin),
     "apply_mode": get_args(ApplyMode),
+    "copy_schema": get_args(CopySchema),
+    "sequences": get_args(SequenceSync),
 }
 #: The (lowest, highest) value of each integer option.
 INTEGER_RANGES: dict[str, tuple[int, int]] = {
     "batch_transactions": (1, 100000),
     "batch_latency_ms": (0, 60000),
+    "sequence_sync_interval": (0, 86400),
+    "sequence_headroom": (0, 1_000_000_000),
 }
+#: The options that are free text.
+TEXT_KEYS = frozenset({"schema_skip"})
 
 
 def _default_resolution() -> Resolution:
@@ -89,6 +97,11 @@ class SubscriptionOptions:
     apply_mode: ApplyMode = "batch"
     batch_transactions: int = 1000
     batch_latency_ms: int = 100
+    copy_schema: CopySchema = "false"
+    schema_skip: str = ""
+    sequences: SequenceSync = "off"
+    sequence_sync_interval: int = 5
+    sequence_headroom: int = 0
 
     @classmethod
     def from_json(cls, stored: Mapping[str, Any]) -> SubscriptionOptions:
@@ -114,6 +127,9 @@ def _value(key: str, value: Any) -> Any:
             return Resolution.parse(value)
     elif key in CHOICES:
         if value in CHOICES[key]:
+            return value
+    elif key in TEXT_KEYS:
+        if isinstance(value, str):
             return value
     elif key in INTEGER_RANGES:
         low, high = INTEGER_RANGES[key]

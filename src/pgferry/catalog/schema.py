@@ -10,7 +10,11 @@ subscriber database, the way native keeps ``pg_subscription`` and
   (i/d/f/s/r as native's ``srsubstate``) and state LSN;
 * ``subscription_stats``: error and conflict counters (``pg_stat_subscription_stats``);
 * ``worker``: live worker statistics (``pg_stat_subscription``);
-* ``conflict``: the conflict log (see :mod:`pgferry.catalog.conflict_log`).
+* ``conflict``: the conflict log (see :mod:`pgferry.catalog.conflict_log`);
+* ``schema_step``: what the schema copy left to do after a table's data
+  (see :mod:`pgferry.schema`);
+* ``sequence_state``: each synced sequence's last values (see
+  :mod:`pgferry.sequences`).
 
 :func:`ensure_catalog` creates the schema on first use and applies the migrations
 not yet applied, in order, each in the same transaction as its version bump, under
@@ -149,6 +153,33 @@ MIGRATIONS: tuple[str, ...] = (
     # yet committed), so `subscription wait` need not wait for their commit.
     """
     ALTER TABLE pgferry.worker ADD COLUMN committed_lsn pg_lsn;
+    """,
+    # 6: the schema copy and sequence sync (pgferry.schema, pgferry.sequences):
+    # each table's size on the publisher (the largest is copied first); the schema
+    # steps left to run after a table's copy (table set) or once every table is
+    # ready (table NULL), in order, each deleted by the transaction that runs it;
+    # and each synced sequence's last values on both sides (status shows the drift).
+    """
+    ALTER TABLE pgferry.subscription_table ADD COLUMN size_bytes bigint;
+    CREATE TABLE pgferry.schema_step (
+        subscription text NOT NULL REFERENCES pgferry.subscription ON DELETE CASCADE,
+        step integer NOT NULL,
+        table_schema text,
+        table_name text,
+        phase smallint NOT NULL,
+        object text NOT NULL,
+        statement text NOT NULL,
+        PRIMARY KEY (subscription, step)
+    );
+    CREATE TABLE pgferry.sequence_state (
+        subscription text NOT NULL REFERENCES pgferry.subscription ON DELETE CASCADE,
+        sequence_schema text NOT NULL,
+        sequence_name text NOT NULL,
+        publisher_value bigint,
+        subscriber_value bigint,
+        synced_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (subscription, sequence_schema, sequence_name)
+    );
     """,
 )
 

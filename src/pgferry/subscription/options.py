@@ -30,6 +30,20 @@ apply_mode           batch     ``batch``: several remote transactions per local
 batch_transactions   1000      1 to 100000: most remote transactions per local
                                commit in batch mode
 batch_latency_ms     100       0 to 60000: longest a batch stays uncommitted
+copy_schema          false     false; true: create on the subscriber what the
+                               published tables need (pgferry's own, see
+                               :mod:`pgferry.schema`); all: the publisher
+                               database's whole schema
+schema_skip          (empty)   objects the schema copy leaves out, separated by
+                               ``;``, each as the copy's report names it
+                               (``EXTENSION - pg_trgm``, ``COMMENT - EXTENSION
+                               plpgsql``)
+sequences            off       sync: keep the subscriber's sequences of the
+                               published tables at least at the publisher's
+                               (default ``sync`` with copy_schema); off
+sequence_sync_interval 5       0 to 86400 seconds between sequence syncs (0:
+                               only at the end of the initial sync and on demand)
+sequence_headroom    0         0 to 1000000000: added to each synced value
 ===================  ========  ==================================================
 
 Booleans are spelled as PostgreSQL accepts them: ``true/false``, ``on/off``,
@@ -66,6 +80,7 @@ from pgferry.catalog.model import (
     DEFAULT_ENABLED,
     INTEGER_RANGES,
     OPTION_KEYS,
+    TEXT_KEYS,
     SubscriptionOptions,
 )
 from pgferry.conflict import Resolution
@@ -90,6 +105,11 @@ CREATE_KEYS = (
     "apply_mode",
     "batch_transactions",
     "batch_latency_ms",
+    "copy_schema",
+    "schema_skip",
+    "sequences",
+    "sequence_sync_interval",
+    "sequence_headroom",
 )
 #: Keys ``alter --with`` sets on an existing subscription (two_phase only while disabled).
 ALTER_KEYS = (
@@ -106,6 +126,11 @@ ALTER_KEYS = (
     "apply_mode",
     "batch_transactions",
     "batch_latency_ms",
+    "copy_schema",
+    "schema_skip",
+    "sequences",
+    "sequence_sync_interval",
+    "sequence_headroom",
 )
 #: Keys ``alter --with`` takes for a publication change or refresh.
 REFRESH_KEYS = ("refresh", "copy_data")
@@ -140,6 +165,8 @@ _SYNCHRONOUS_COMMIT = CHOICES["synchronous_commit"]
 _STREAMING = CHOICES["streaming"]
 _ORIGIN = CHOICES["origin"]
 _APPLY_MODE = CHOICES["apply_mode"]
+_COPY_SCHEMA = CHOICES["copy_schema"]
+_SEQUENCES = CHOICES["sequences"]
 # PostgreSQL's ReplicationSlotValidateName: lower case letters, digits, underscore;
 # at most NAMEDATALEN - 1 = 63 bytes.
 _SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}", re.ASCII)
@@ -212,6 +239,22 @@ def normalise(key: str, value: str) -> Any:
         return str(Resolution.parse(value)) or "error"
     if key == "apply_mode":
         return _choice(key, value, _APPLY_MODE)
+    if key == "copy_schema":
+        text = value.strip().lower()
+        if text in _TRUE:
+            return "true"
+        if text in _FALSE:
+            return "false"
+        return _choice(key, value, _COPY_SCHEMA)
+    if key == "sequences":
+        text = value.strip().lower()
+        if text in _FALSE:
+            return "off"
+        return _choice(key, value, _SEQUENCES)
+    if key in TEXT_KEYS:
+        if "\0" in value:
+            raise InterfaceError(f"{key} contains a NUL character")
+        return value.strip()
     if key in _INTEGER_KEYS:
         low, high = _INTEGER_KEYS[key]
         try:
@@ -278,6 +321,8 @@ def create_options(name: str, items: Iterable[str]) -> CreateOptions:
     """Parse ``create --with`` items for subscription ``name``, applying native's rules."""
     given = parse_pairs(items, CREATE_KEYS, what="create")
     values = {**DEFAULTS, **given}
+    if "sequences" not in given and values["copy_schema"] != "false":
+        values["sequences"] = "sync"
     if not values["connect"]:
         for key in ("enabled", "create_slot", "copy_data"):
             if given.get(key) is True:
