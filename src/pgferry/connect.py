@@ -6,7 +6,13 @@ the conninfo is parsed by libpq's rules (an empty one means the PG* variables),
 ``sslmode`` and every other key pass through untouched, ``application_name``
 defaults to pgferry's, and a failure is one :class:`~pgferry.errors.PgferryError`
 from :func:`connect_error` that names which side could not be reached, shows the
-conninfo with its password masked, and says what to do.
+conninfo with its password masked, and says in a ``hint`` what to check (the
+server down or the port wrong, an unknown host, the password or ``pg_hba.conf``,
+a database that does not exist, a server that does not answer).
+
+No connection attempt waits forever: ``connect_timeout`` is
+:data:`CONNECT_TIMEOUT` (10 s) unless the conninfo or ``PGCONNECT_TIMEOUT`` sets
+one, for every connection, replication ones included.
 
 Worker sessions (:func:`session`) speak UTF-8 (``client_encoding``), as the
 replication connection does: the publisher converts what it sends into UTF-8 and
@@ -18,6 +24,7 @@ encoding ..."), not a mangled value. Python's side of pgferry works in UTF-8 too
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import psycopg
@@ -28,6 +35,10 @@ from pgferry.errors import ConnectionFailed, PgferryError, ReplicationNotPermitt
 
 #: The encoding of every worker session.
 CLIENT_ENCODING = "UTF8"
+
+#: Seconds a connection attempt may take, unless the conninfo or
+#: ``PGCONNECT_TIMEOUT`` says otherwise (libpq's own default is to wait forever).
+CONNECT_TIMEOUT = 10
 
 #: Which server a connection is for, as messages name it.
 Side = Literal["subscriber", "publisher"]
@@ -50,11 +61,15 @@ def open_connection(
     ``defaults`` apply where it sets none."""
     merged = {**(defaults or {}), **ci.parse(dsn), **(params or {})}
     merged.setdefault("application_name", application_name)
+    if "connect_timeout" not in merged and not os.environ.get("PGCONNECT_TIMEOUT"):
+        merged["connect_timeout"] = str(CONNECT_TIMEOUT)
     try:
         return psycopg.connect(make_conninfo(**merged), autocommit=True)
     except psycopg.Error as exc:
         replication = merged.get("replication") is not None
-        raise connect_error(exc, dsn, side, replication=replication) from None
+        raise connect_error(
+            exc, dsn, side, replication=replication, timeout=merged.get("connect_timeout")
+        ) from None
 
 
 def session(
@@ -86,9 +101,15 @@ def publisher(
 
 
 def connect_error(
-    exc: psycopg.Error, dsn: str, side: Side, *, replication: bool = False
+    exc: psycopg.Error,
+    dsn: str,
+    side: Side,
+    *,
+    replication: bool = False,
+    timeout: str | None = None,
 ) -> PgferryError:
-    """What a failed connection attempt means, in one line with the next action.
+    """What a failed connection attempt means, in one line with a hint saying
+    what to check (``timeout``: the attempt's ``connect_timeout``).
 
     A connection refused during authentication carries no SQLSTATE through libpq
     (it reports the server's FATAL message as text), so the reason is read from
@@ -111,12 +132,36 @@ def connect_error(
             f"cannot open a replication connection ({masked}): {text}",
             hint="add a 'replication' line for this role/host to pg_hba.conf on the publisher",
         )
-    where = "" if replication else f" to the {side}"
-    if exc.sqlstate == "28P01" or "password" in lowered:
-        return ConnectionFailed(
-            f"cannot connect{where} ({masked}): {text}",
-            hint="check the password (password= in the conninfo, PGPASSWORD or ~/.pgpass)",
-        )
     return ConnectionFailed(
-        f"cannot connect{where} ({masked}): {text}", hint=None if replication else _HINTS[side]
+        f"cannot connect to the {side} ({masked}): {text}",
+        hint=_reason_hint(exc.sqlstate, lowered, side, timeout),
     )
+
+
+def _reason_hint(sqlstate: str | None, lowered: str, side: Side, timeout: str | None) -> str:
+    """What to check for a failed connection, from its SQLSTATE or libpq's text."""
+    where = f"on the {side}"
+    if sqlstate == "28P01" or "password" in lowered:
+        return "check the password (password= in the conninfo, PGPASSWORD or ~/.pgpass)"
+    if "pg_hba.conf" in lowered:
+        return f"add a line for this role, database and host to pg_hba.conf {where}"
+    if sqlstate == "3D000" or ("database" in lowered and "does not exist" in lowered):
+        return f"check dbname= in the conninfo: the database must exist {where}"
+    if sqlstate == "28000" or ("role" in lowered and "does not exist" in lowered):
+        return f"check user= in the conninfo: the role must exist {where}"
+    if "resolve host" in lowered or "translate host name" in lowered:
+        return "check the host name (host= in the conninfo): it is not known to DNS"
+    if "timeout expired" in lowered:
+        seconds = timeout or os.environ.get("PGCONNECT_TIMEOUT") or CONNECT_TIMEOUT
+        return (
+            f"the server did not answer within {seconds} s: check host= and"
+            " port= (a firewall, a stopped or overloaded server); connect_timeout= sets the wait"
+        )
+    if "connection refused" in lowered or "no such file or directory" in lowered:
+        return (
+            "is the server running? check host= and port= in the conninfo, and the server's"
+            " listen_addresses and port"
+        )
+    if sqlstate == "57P03" or "starting up" in lowered or "shutting down" in lowered:
+        return "the server is starting up or shutting down: try again in a moment"
+    return _HINTS[side]

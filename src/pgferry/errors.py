@@ -59,7 +59,13 @@ class ServerError(PgferryError):
 
 
 class ConnectionFailed(ServerError):
-    """The server could not be reached or refused the login."""
+    """The server could not be reached or refused the login, or the connection
+    was lost."""
+
+
+class ReceiverTimeout(ConnectionFailed):
+    """Nothing arrived from the publisher for the receiver timeout (native's
+    ``wal_receiver_timeout``), not even an answer to a keepalive request."""
 
 
 class ReplicationNotPermitted(ServerError):

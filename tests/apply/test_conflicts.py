@@ -438,3 +438,47 @@ def test_rows_of_the_initial_copy_are_no_conflict(pair: Pair) -> None:
     finally:
         launcher.request_stop()
         thread.join(timeout=60)
+
+
+# -- what a conflict reports, and how often -------------------------------------------------
+
+
+def test_a_unique_conflict_reports_the_index_and_key_it_is_about(pair: Pair) -> None:
+    pair.publish("CREATE TABLE t (id int PRIMARY KEY, email text UNIQUE, v text)", ["t"])
+    remote(pair, "INSERT INTO t VALUES (1, 'a@x', 'one')")
+    pair.sync()
+    local(pair, "INSERT INTO t VALUES (2, 'b@x', 'local')")
+    # Many rows in one batch with it: the staged batch fails, the exact retry reports.
+    remote(pair, "INSERT INTO t SELECT g, 'e' || g, 'x' FROM generate_series(10, 50) g")
+    remote(pair, "INSERT INTO t VALUES (3, 'b@x', 'remote')")
+    with pytest.raises(ConflictError) as exc:
+        pair.sync()
+    assert exc.value.conflict_type == "insert_exists"
+    assert 'Key (email)=(b@x) in unique index "t_email_key"' in exc.value.message
+    assert "(id)=(3)" not in exc.value.message
+    (entry,) = logged(pair)
+    assert entry.key == {"email": "b@x"}
+    # An UPDATE onto another row's email: that key, and the row's replica identity.
+    local(pair, "DELETE FROM t WHERE id = 2")
+    pair.sync()
+    local(pair, "INSERT INTO t VALUES (4, 'c@x', 'local')")
+    remote(pair, "UPDATE t SET email = 'c@x' WHERE id = 1")
+    with pytest.raises(ConflictError) as exc:
+        pair.sync()
+    assert exc.value.conflict_type == "update_exists"
+    assert 'Key (email)=(c@x) in unique index "t_email_key"' in exc.value.message
+    assert "replica identity (id)=(1)" in exc.value.message
+    assert logged(pair)[-1].key == {"email": "c@x"}
+
+
+def test_a_conflict_that_stops_the_worker_is_logged_and_counted_once(pair: Pair) -> None:
+    setup(pair, None, "(1, 10, 'one')")
+    local(pair, "INSERT INTO t VALUES (3, 30, 'local')")
+    remote(pair, "INSERT INTO t VALUES (2, 20, 'two'); UPDATE t SET u = 30 WHERE id = 1")
+    for _ in range(3):  # three attempts meet it: each a new worker from the origin
+        with pytest.raises(ConflictError):
+            pair.sync()
+    assert len(logged(pair)) == 1
+    assert counts(pair) == {"apply_error_count": 3, "confl_update_exists": 1}
+    with pair.cluster.connect(pair.sub) as conn:  # the failed transaction, for --skip
+        assert store.failed_lsn(conn, "ferry") == logged(pair)[0].remote_commit_lsn

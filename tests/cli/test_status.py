@@ -22,7 +22,7 @@ from tests.support import PGFERRY
 #: Every key of a ``status --json`` object (the documented, stable set).
 KEYS = {
     "name", "enabled", "publications", "slot_name", "conninfo", "worker", "lag",
-    "last_error", "last_error_time", "stats", "tables", "publisher",
+    "last_error", "last_error_time", "stats", "tables", "sequences", "publisher",
 }  # fmt: skip
 WORKER_KEYS = {
     "state", "pid", "started_at", "received_lsn", "applied_lsn", "last_msg_send_time",
@@ -105,6 +105,12 @@ def test_status_of_a_subscription_without_launcher(env: Env) -> None:
         "stats_reset": None,
     }
     assert set(doc["lag"]) == {"bytes", "seconds", "seconds_source"}
+    assert doc["sequences"] == {
+        "total": 0,
+        "largest_drift": None,
+        "oldest_sync": None,
+        "items": [],
+    }
     human = pgferry(env.sub_dsn, "status")
     assert human.returncode == 0 and human.stderr == "", human
     assert "ferry" in human.stdout and "stopped" in human.stdout

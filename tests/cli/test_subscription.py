@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from pgferry.catalog import store
 from pgferry.testing import Cluster
 from tests.support import Run, pgferry
 
@@ -94,6 +95,8 @@ def test_create_list_alter_drop(env: Env) -> None:
         "ferry",
         {"i": 2},
     )
+    with env.cluster.connect(env.sub) as conn:  # an apply error about 0/AB, to skip
+        store.record_error(conn, "ferry", "boom", finish_lsn="0/AB")
     altered = run(env.dsn, "alter", "ferry", "--disable", "--with", "binary=on", "--skip", "0/AB")
     assert (altered.returncode, altered.stdout, altered.stderr) == (
         0,

@@ -43,6 +43,7 @@ from pgferry.subscription import (
     list_subscriptions,
     to_json,
 )
+from pgferry.subscription.manage import PublisherCannotRead
 from pgferry.subscription.options import create_options
 from pgferry.testing import Cluster
 from pgferry.testing.pytest_plugin import ClusterFactory
@@ -367,6 +368,38 @@ def test_a_role_without_replication_is_refused(published: Env) -> None:
         published.cluster.sql("DROP ROLE ferry_norepl")
 
 
+def test_a_role_that_cannot_read_a_published_table_is_refused(published: Env) -> None:
+    role = "ferry_reader"
+    published.cluster.sql(f"CREATE ROLE {role} LOGIN REPLICATION")
+    try:
+        published.on_pub(f"GRANT SELECT ON t1 TO {role}")
+        conninfo = make_conninfo(published.pub_dsn, user=role)
+        with pytest.raises(PublisherCannotRead) as exc:
+            create_subscription(published.sub_dsn, "ferry", conninfo, ("pub",))
+        assert exc.value.message == (
+            f"the publisher's role {role} cannot read published table public.t2:"
+            " the initial copy needs SELECT"
+        )
+        assert f"GRANT SELECT ON public.t2 TO {role}" in (exc.value.hint or "")
+        assert published.slots() == {} and published.catalog_rows() == 0
+        # Without the copy, SELECT is not needed.
+        create_subscription(published.sub_dsn, "ferry", conninfo, ("pub",), ["copy_data=false"])
+        # A refresh checks the tables it adds for copying.
+        published.both("CREATE TABLE t3 (id int PRIMARY KEY); CREATE TABLE t4 (id int)")
+        published.on_pub(f"ALTER PUBLICATION pub ADD TABLE t3, t4; GRANT SELECT ON t2 TO {role}")
+        with pytest.raises(PublisherCannotRead, match=r"tables public\.t3, public\.t4:"):
+            published.alter(refresh_publication=True)
+        assert set(published.tables()) == {"public.t1", "public.t2"}
+        published.on_pub(f"GRANT SELECT (id) ON t3 TO {role}; GRANT SELECT ON t4 TO {role}")
+        published.alter(refresh_publication=True)  # every published column is enough
+        assert published.tables() == {
+            "public.t1": "r", "public.t2": "r", "public.t3": "i", "public.t4": "i",
+        }  # fmt: skip
+    finally:
+        published.on_pub(f"DROP OWNED BY {role}")
+        published.cluster.sql(f"DROP ROLE {role}")
+
+
 def test_origin_none_and_parallel_streaming_need_no_16(published: Env) -> None:
     # Before 16 too: pgferry filters the Origin messages itself, and applies a
     # streamed transaction as it arrives by itself (the publisher streams "on").
@@ -633,8 +666,15 @@ def test_refresh_publication_adds_and_removes_tables(published: Env) -> None:
     assert set(published.tables()) == {"public.t2", "public.t3", "public.t4"}
 
 
+def _failed(env: Env, lsn: str, name: str = "ferry") -> None:
+    """Record an apply error about the remote transaction finished at ``lsn``."""
+    with env.cluster.connect(env.sub) as conn:
+        store.record_error(conn, name, "boom", finish_lsn=lsn)
+
+
 def test_skip(published: Env) -> None:
     published.create()
+    _failed(published, "0/ABC0")
     assert published.alter(skip="0/ABC0") == ("skip LSN set to 0/ABC0",)
     assert published.row().skip_lsn == Lsn.parse("0/ABC0")
     assert published.alter(skip="NONE") == ("skip LSN cleared",)
@@ -645,9 +685,31 @@ def test_skip(published: Env) -> None:
         published.alter(skip="0/0")
     # Not at or before what is already applied.
     published.on_sub("SELECT pg_replication_origin_advance('pgferry_ferry', '0/5000000')")
+    _failed(published, "0/5000000")
     with pytest.raises(InterfaceError, match="must be greater than origin LSN 0/5000000"):
         published.alter(skip="0/5000000")
     assert published.row().skip_lsn is None
+
+
+def test_skip_takes_only_the_failed_transaction(published: Env) -> None:
+    published.create()
+    # No error recorded: nothing to skip.
+    with pytest.raises(InterfaceError, match="no failed transaction to skip") as exc:
+        published.alter(skip="0/DEADBEEF")
+    assert "nothing needs skipping" in (exc.value.hint or "")
+    # An error about the transaction finished at 0/ABC0: only that LSN is taken.
+    _failed(published, "0/ABC0")
+    with pytest.raises(InterfaceError, match=r"LSN 0/DEADBEEF\) is not the finish LSN") as exc:
+        published.alter(skip="0/DEADBEEF")
+    assert exc.value.hint is not None and "--skip 0/ABC0" in exc.value.hint
+    assert published.row().skip_lsn is None
+    assert published.alter(skip="0/ABC0") == ("skip LSN set to 0/ABC0",)
+    # Replication moved on (the error cleared): the LSN is no longer a failed one.
+    with published.cluster.connect(published.sub) as conn:
+        store.record_error(conn, "ferry", None)
+        assert store.failed_lsn(conn, "ferry") is None
+    with pytest.raises(InterfaceError, match="no failed transaction to skip"):
+        published.alter(skip="0/ABC0")
 
 
 def test_several_changes_in_one_alter_are_atomic(published: Env) -> None:
@@ -657,6 +719,7 @@ def test_several_changes_in_one_alter_are_atomic(published: Env) -> None:
     with pytest.raises(InterfaceError, match="two_phase"):
         published.alter(connection="host=elsewhere", skip="0/10", with_options=("two_phase=on",))
     assert published.row() == before
+    _failed(published, "0/10")
     changes = published.alter(disable=True, skip="0/10", with_options=("binary=true",))
     assert changes == ("disabled", "binary set to true", "skip LSN set to 0/10")
 

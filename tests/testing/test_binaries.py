@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from pgferry.pginstall import embedded_bindir, system_bindirs
 from pgferry.testing import Cluster, PgInstall, PostgresNotFound, find_install, install_for_major
-from pgferry.testing.binaries import ENV_BINDIR, embedded_bindir, major_env_var, system_bindirs
+from pgferry.testing.binaries import ENV_BINDIR, major_env_var
 
 
 @pytest.fixture(autouse=True)

@@ -536,12 +536,18 @@ class Applier:
         self._pipeline.defer(cur, seen)
 
     def _batch_failed(self, tx: Transaction, cause: BaseException | None = None) -> NoReturn:
+        if self._conn.closed or self._conn.broken:
+            # The subscriber went away: no batch to apply exactly on this session
+            # (the worker ends, see .worker).
+            self._drop_batch()
+            why = f": {' '.join(str(cause).split())}" if cause is not None else ""
+            raise psycopg.OperationalError(f"the subscriber's connection is closed{why}") from cause
         # A provisional transaction's caller says what becomes of it (see .live).
         logger.log(
             logging.DEBUG if self.rows.provisional else logging.INFO,
             "subscription %s: a pipelined or staged batch failed%s; applying up to %s exactly",
             self.subscription,
-            f" ({cause})" if cause is not None else "",
+            f" ({' '.join(str(cause).split())})" if cause is not None else "",
             tx.commit_lsn,
         )
         self._drop_batch()
@@ -616,7 +622,7 @@ class Applier:
                 self._pipeline.close_strict()
             except psycopg.Error:
                 self._batch_failed(tx)
-        commit = origins.commit_with_origin(end_lsn, to_datetime(tx.commit_time))
+        commit = origins.commit_with_origin(end_lsn, to_datetime(tx.commit_time), self.origin)
         if background and self.background:
             staged = [(stage, stage.prepare(keep=False)) for stage in self._pending_stages(None)]
             if self._run_staged(tx, staged, (commit, end_lsn, self._batched)):

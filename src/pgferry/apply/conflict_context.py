@@ -248,8 +248,12 @@ class ConflictContext:
         self, conn: psycopg.Connection[Any], record: conflict_log.ConflictRecord
     ) -> None:
         """Write ``record`` and count it, forgetting the rest of the transaction's
-        (rolled back: they happen again when it is retried)."""
+        (rolled back: they happen again when it is retried); nothing when an
+        earlier attempt logged that conflict already (see
+        :func:`~pgferry.catalog.conflict_log.already_logged`)."""
         self.reset()
+        if conflict_log.already_logged(conn, record):
+            return
         self.records.append(record)
         self.counts[record.conflict_type] = 1
         self.flush(conn)

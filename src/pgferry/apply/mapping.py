@@ -26,6 +26,7 @@ rows a new version would collide with, and change one row by its address
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -423,6 +424,19 @@ class TableMap:
             for i in positions
             if values[i] is not UNCHANGED_TOAST
         }
+
+    def index_keys(
+        self, names: Iterable[str], values: tuple[Value, ...]
+    ) -> list[tuple[str, dict[str, str | None]]]:
+        """For each of the unique indexes ``names`` (in the table's order), its
+        name and its key columns with ``values``: what a collision on it is about,
+        as PostgreSQL's ``Key (col)=(value)`` reports it."""
+        wanted = set(names)
+        return [
+            (ix.name, {self.names[i]: text_value(values[i]) for i in ix.positions})
+            for ix in self.uniques
+            if ix.name in wanted
+        ]
 
     def failing_column(
         self, conn: psycopg.Connection[Any], values: tuple[Value, ...]

@@ -24,6 +24,7 @@ from pgferry.catalog.conflict_log import ConflictRecord
 from pgferry.conflict import ConflictType, Outcome, Policy, decide
 from pgferry.errors import ConflictError
 from pgferry.protocol.messages import UNCHANGED_TOAST, Value
+from pgferry.sqltext import ident
 
 from .conflict_context import ConflictContext, LocalRow
 from .mapping import Stamps, TableMap
@@ -34,6 +35,26 @@ def _unique_conflict(rows: list[LocalRow], single: ConflictType) -> ConflictType
     them) make multiple_unique_conflicts."""
     collisions = sum(len(r.indexes) for r in rows)
     return ConflictType.MULTIPLE_UNIQUE_CONFLICTS if collisions > 1 else single
+
+
+def _collision_key(
+    table: TableMap, rows: list[LocalRow], values: tuple[Value, ...]
+) -> dict[str, Any] | None:
+    """What a unique conflict is about: the key columns, with the remote values, of
+    the indexes the local ``rows`` collide on (not the replica identity: a row may
+    collide on another unique index)."""
+    key: dict[str, Any] = {}
+    for _, columns in table.index_keys({n for r in rows for n in r.indexes}, values):
+        key.update(columns)
+    return key or None
+
+
+def _pg_key(key: dict[str, Any]) -> str:
+    """``(a, b)=(1, x)``, as PostgreSQL writes a key in its messages."""
+    names = ", ".join(ident(name) for name in key)
+    values = ", ".join("null" if v is None else str(v) for v in key.values())
+    text = f"({names})=({values})"
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class Provisional(Exception):
@@ -87,7 +108,8 @@ class RowChanges:
             self.conn.execute(*table.insert(new))
             return
         ctype = _unique_conflict(rows, ConflictType.INSERT_EXISTS)
-        if not self.resolve(tx, table, ctype, rows, key=None, remote=new):
+        key = _collision_key(table, rows, new)
+        if not self.resolve(tx, table, ctype, rows, key=key, remote=new):
             return
         present = {i for i, v in enumerate(new) if v is not UNCHANGED_TOAST}
         if len(rows) == 1 and not table.identity_always.intersection(present):
@@ -143,7 +165,10 @@ class RowChanges:
             others = self._rows(*query) if query else []
             if others:
                 ctype = _unique_conflict(others, ConflictType.UPDATE_EXISTS)
-                if not self.resolve(tx, table, ctype, others, key=key, remote=new):
+                collision = _collision_key(table, others, new)
+                if not self.resolve(
+                    tx, table, ctype, others, key=collision, remote=new, identity=key
+                ):
                     return
                 for other in others:
                     self.conn.execute(*table.delete_row(other.address))
@@ -246,11 +271,17 @@ class RowChanges:
         *,
         key: dict[str, Any] | None,
         remote: tuple[Value, ...] | None,
+        identity: dict[str, Any] | None = None,
     ) -> bool:
         """Decide a conflict and log it; True when the remote change is to be applied.
 
+        ``key``: what the conflict is about, as logged (the colliding indexes' key
+        for a unique conflict, else the replica identity); ``identity``: the
+        replica identity of an UPDATE whose ``key`` is another index's.
+
         Raises :class:`ConflictError` (after rolling back and logging the conflict
-        in a transaction of its own) when the policy says stop.
+        in a transaction of its own, unless an attempt before logged it) when the
+        policy says stop.
         """
         if self.provisional:
             raise Provisional(f"{ctype} on {table.display}")
@@ -268,7 +299,7 @@ class RowChanges:
         self._rollback()
         with self.conn.transaction():
             conflicts.flush_only(self.conn, record)
-        raise self._conflict_error(tx, table, ctype, record, local)
+        raise self._conflict_error(tx, table, ctype, record, local, remote, identity)
 
     def _conflict_error(
         self,
@@ -277,18 +308,24 @@ class RowChanges:
         ctype: ConflictType,
         record: Any,
         local: list[LocalRow],
+        remote: tuple[Value, ...] | None,
+        identity: dict[str, Any] | None,
     ) -> ConflictError:
         def show(value: Any) -> str:
             text = json.dumps(value, default=str)
             return text if len(text) <= 200 else text[:197] + "..."
 
         parts = []
-        indexes = sorted({name for row in local for name in row.indexes})
-        if indexes:
-            listed = ", ".join(f'"{name}"' for name in indexes)
-            parts.append(f"unique index{'es' if len(indexes) > 1 else ''} {listed}")
-        if record.key:
-            parts.append(f"key {show(record.key)}")
+        indexes = {name for row in local for name in row.indexes}
+        if indexes and remote is not None:
+            # Each index the remote row collides on, with its key (as PostgreSQL
+            # reports a unique violation: Key (email)=(...)).
+            for name, key in table.index_keys(indexes, remote):
+                parts.append(f'Key {_pg_key(key)} in unique index "{name}"')
+            if identity:
+                parts.append(f"replica identity {_pg_key(identity)}")
+        elif record.key:
+            parts.append(f"replica identity {_pg_key(record.key)}")
         if record.local_row is not None:
             who = (
                 f"origin {record.local_origin!r}"

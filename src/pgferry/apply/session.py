@@ -6,7 +6,8 @@ may arrive in any order across tables), ``search_path = ''`` (every name in the
 statements is qualified; no user function shadows a built-in), the
 subscription's ``synchronous_commit``, and the session bound to the replication
 origin whose progress commits with each applied remote transaction (see
-:mod:`pgferry.origins`).
+:mod:`pgferry.origins`); an origin moved by a commit that aborted is put back
+before it is bound (:func:`~pgferry.origins.rewind_aborted`).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ def prepare(
     """Set up the apply session; returns the origin's flushed progress.
 
     Creates the replication origin if missing and (unless not ``bind``) binds the
-    session to it.
+    session to it, after putting it back where its last commit left it.
     """
     conn.execute("SET session_replication_role = replica")
     conn.execute("SET search_path = ''")
     conn.execute(sql.SQL("SET synchronous_commit = {}").format(sql.Literal(synchronous_commit)))
     origins.ensure(conn, origin)
-    if bind:
-        origins.bind(conn, origin)
-    return origins.progress(conn, origin)
+    if not bind:
+        return origins.progress(conn, origin)
+    start = origins.rewind_aborted(conn, origin)
+    origins.bind(conn, origin)
+    return start

@@ -17,8 +17,15 @@ Contract:
   and applied at its commit;
 * tells the publisher "flushed" only for remote transactions whose local commit is
   durable (see :mod:`.progress`), and confirms as soon as the stream pauses;
-* on an apply error: rolls back, records the error in the catalog, disables the
-  subscription if ``disable_on_error``, and raises; retrying is the launcher's job.
+* on an apply error: rolls back, records the error in the catalog (with the
+  failed transaction's finish LSN, the one ``--skip`` takes), disables the
+  subscription if ``disable_on_error``, and raises; retrying is the launcher's job;
+* when the subscriber goes away (a restart, a crash: its connection closed or
+  the server shutting down), whatever was being applied is no failed batch: the
+  worker ends with one :class:`~pgferry.errors.ConnectionFailed` naming the
+  subscription, records nothing, and the launcher starts it again; so too when
+  the publisher's stream fails or goes silent for the receiver timeout (see
+  :mod:`pgferry.stream.connection`).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from pgferry import connect, origins
 from pgferry.assembler import Assembler
 from pgferry.catalog import TableState, conflict_log, store, workers
 from pgferry.catalog.watch import CatalogWatch
-from pgferry.errors import ApplyError, PgferryError
+from pgferry.errors import ApplyError, ConnectionFailed, PgferryError
 from pgferry.protocol.lsn import Lsn
 from pgferry.protocol.relations import RelationCache
 from pgferry.pump import READ_BATCH, Pump
@@ -54,6 +61,25 @@ logger = logging.getLogger("pgferry.apply")
 #: How long a restarted run asks again for a slot still held by the walsender of
 #: the run before (it exits when it notices the closed connection).
 _RESTART_WAIT = 10.0
+
+#: SQLSTATEs of a server going away: admin_shutdown, crash_shutdown, cannot_connect_now.
+_SHUTDOWN_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def connection_lost(local: psycopg.Connection[Any], exc: BaseException) -> bool:
+    """Whether ``exc`` means the subscriber went away rather than that applying
+    failed: the session is closed or broken, or the error is a connection
+    failure (SQLSTATE class 08, a shutdown, or libpq's error without SQLSTATE)."""
+    if local.closed or local.broken:
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate is not None:
+        return bool(sqlstate.startswith("08") or sqlstate in _SHUTDOWN_STATES)
+    return isinstance(exc, psycopg.OperationalError)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def batching_of(local: psycopg.Connection[Any], sub: store.Subscription) -> Batching:
@@ -82,11 +108,16 @@ class ApplyWorker:
         *,
         status_interval: float = 10.0,
         confirm_interval: float = 1.0,
+        receiver_timeout: float | None = None,
     ) -> None:
+        """``receiver_timeout``: seconds without any message from the publisher
+        before the worker gives up (None: ``$PGFERRY_RECEIVER_TIMEOUT`` or 60 s;
+        0: never; see :mod:`pgferry.stream.connection`)."""
         self.subscriber_dsn = subscriber_dsn
         self.name = subscription
         self.status_interval = status_interval
         self.confirm_interval = confirm_interval
+        self.receiver_timeout = receiver_timeout
         self._stop = False
         self._exact_until: Lsn | None = None
         #: Streamed transactions to apply at their commit, not as they arrive.
@@ -114,23 +145,46 @@ class ApplyWorker:
                     # Start again from the origin; the publisher streams that
                     # transaction again, and it is spooled this time.
                     self._serial.add(retry.xid)
+                if local.closed or local.broken:
+                    # The batch failed because the subscriber went away: nothing
+                    # to apply exactly on this session.
+                    raise self._lost(None)
                 # As the session was: the origin unbound, no lock wait limit (a
                 # batch that failed may have rolled back the RESET of .live).
                 local.execute("RESET lock_timeout")
                 origins.release(local)
         except ApplyError as exc:
+            if connection_lost(local, exc):
+                raise self._lost(exc) from None
             self._record_failure(local, exc)
+            raise
+        except ConnectionFailed as exc:
+            if not exc.message.startswith("subscription "):
+                exc.message = f"subscription {self.name!r}: {exc.message}"
+            raise
+        except psycopg.Error as exc:
+            if connection_lost(local, exc):
+                raise self._lost(exc) from None
             raise
         finally:
             local.close()
 
+    def _lost(self, exc: BaseException | None) -> ConnectionFailed:
+        """The subscriber went away (restart, crash): one line, nothing recorded."""
+        why = f" ({_one_line(exc)})" if exc is not None else ""
+        return ConnectionFailed(
+            f"subscription {self.name!r}: lost the connection to the subscriber{why};"
+            " the apply worker ends, nothing applied is lost",
+            hint="pgferry run starts it again once the subscriber accepts connections",
+        )
+
     def _record_failure(self, local: psycopg.Connection[Any], exc: ApplyError) -> None:
-        logger.error("%s", exc)
+        """Store the error (the caller raises it: the worker process logs it, once)."""
         if local.closed:
             return
         try:
             local.execute("ROLLBACK")
-            if store.record_failure(local, self.name, exc.message):
+            if store.record_failure(local, self.name, exc.message, finish_lsn=exc.finish_lsn):
                 logger.error("subscription %s disabled because of the error", self.name)
         except psycopg.Error as inner:
             logger.error("could not record the error in the catalog: %s", inner)
@@ -187,6 +241,7 @@ class ApplyWorker:
                 wait_in_use=(
                     _RESTART_WAIT if self._exact_until is not None or self._serial else 0.0
                 ),
+                receiver_timeout=self.receiver_timeout,
             )
             applier = Applier(
                 local,

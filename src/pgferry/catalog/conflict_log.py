@@ -3,7 +3,9 @@
 * ``pgferry.conflict``: one row per conflict, written in the same local transaction
   as its resolution (so a resolved conflict is logged exactly when its effect
   commits), or, when the policy stops the worker, in a transaction of its own after
-  the rollback (like native's counters, which count every attempt);
+  the rollback, once: a retry that meets the same conflict again (same remote
+  transaction, table, type and key: :func:`already_logged`) logs and counts
+  nothing more (native's counters count every attempt);
 * ``pgferry.subscription_stats.confl_*``: counters per type, PostgreSQL 18's
   ``pg_stat_subscription_stats`` columns;
 * ``pgferry.subscription_table.conflict_resolution``: a table's own resolution
@@ -93,6 +95,28 @@ def insert(conn: psycopg.Connection[Any], records: Iterable[ConflictRecord]) -> 
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s::pg_lsn, %s, %s, %s, %s, %s, %s, %s)",
             rows,
         )
+
+
+def already_logged(conn: psycopg.Connection[Any], record: ConflictRecord) -> bool:
+    """Whether the conflict that stopped the worker was logged by an attempt
+    before: a conflict of the same remote transaction, table, type and key, not
+    applied."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pgferry.conflict WHERE subscription = %s"
+        " AND remote_commit_lsn = %s::pg_lsn AND remote_xid IS NOT DISTINCT FROM %s"
+        " AND table_schema = %s AND table_name = %s AND conflict_type = %s AND NOT applied"
+        " AND key IS NOT DISTINCT FROM %s)",
+        (
+            record.subscription,
+            None if record.remote_commit_lsn is None else str(record.remote_commit_lsn),
+            record.remote_xid,
+            record.table_schema,
+            record.table_name,
+            str(record.conflict_type),
+            _json(record.key),
+        ),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def add_counts(

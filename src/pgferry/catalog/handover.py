@@ -40,6 +40,8 @@ class TableState:
     state: model.TableState
     state_lsn: Lsn | None
     catchup_lsn: Lsn | None
+    #: The table's size on the publisher when it was added (the largest is copied first).
+    size_bytes: int | None = None
 
 
 def _lsn(text: str | None) -> Lsn | None:
@@ -48,13 +50,19 @@ def _lsn(text: str | None) -> Lsn | None:
 
 def states(conn: psycopg.Connection[Any], subscription: str) -> dict[tuple[str, str], TableState]:
     rows = conn.execute(
-        "SELECT remote_schema, remote_name, state, state_lsn::text, catchup_lsn::text"
+        "SELECT remote_schema, remote_name, state, state_lsn::text, catchup_lsn::text,"
+        " size_bytes"
         " FROM pgferry.subscription_table WHERE subscription = %s",
         (subscription,),
     ).fetchall()
     return {
         (r[0], r[1]): TableState(
-            r[0], r[1], model.TableState.parse(str(r[2])), _lsn(r[3]), _lsn(r[4])
+            r[0],
+            r[1],
+            model.TableState.parse(str(r[2])),
+            _lsn(r[3]),
+            _lsn(r[4]),
+            None if r[5] is None else int(r[5]),
         )
         for r in rows
     }

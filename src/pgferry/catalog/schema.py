@@ -14,7 +14,11 @@ subscriber database, the way native keeps ``pg_subscription`` and
 * ``schema_step``: what the schema copy left to do after a table's data
   (see :mod:`pgferry.schema`);
 * ``sequence_state``: each synced sequence's last values (see
-  :mod:`pgferry.sequences`).
+  :mod:`pgferry.sequences`);
+* ``worker_retry``: each failed worker the launcher will start again, with the
+  attempt number and when (see :mod:`pgferry.catalog.workers`);
+* ``origin_commit``: each replication origin's position as its last commit set
+  it, transactionally (see :mod:`pgferry.origins`).
 
 :func:`ensure_catalog` creates the schema on first use and applies the migrations
 not yet applied, in order, each in the same transaction as its version bump, under
@@ -179,6 +183,32 @@ MIGRATIONS: tuple[str, ...] = (
         subscriber_value bigint,
         synced_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (subscription, sequence_schema, sequence_name)
+    );
+    """,
+    # 7: what an operator needs after a failure: the finish LSN of the remote
+    # transaction the last error is about (``--skip`` must name it), and each
+    # failed worker's retry as the launcher plans it (the attempt it will start
+    # and when), so that ``status`` shows "retrying (attempt N, next in S s)";
+    # conflicts by remote transaction (a retry does not log one twice); and each
+    # replication origin's position as its last commit wrote it (see
+    # pgferry.origins: an abort can move an origin too).
+    """
+    ALTER TABLE pgferry.subscription ADD COLUMN last_error_lsn pg_lsn;
+    CREATE TABLE pgferry.worker_retry (
+        subscription text NOT NULL REFERENCES pgferry.subscription ON DELETE CASCADE,
+        kind text NOT NULL,
+        table_schema text NOT NULL DEFAULT '',
+        table_name text NOT NULL DEFAULT '',
+        attempt integer NOT NULL,
+        next_retry_at timestamptz NOT NULL,
+        exit_code integer,
+        failed_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (subscription, kind, table_schema, table_name)
+    );
+    CREATE INDEX conflict_subscription_lsn ON pgferry.conflict (subscription, remote_commit_lsn);
+    CREATE TABLE pgferry.origin_commit (
+        origin text PRIMARY KEY,
+        remote_lsn pg_lsn NOT NULL
     );
     """,
 )

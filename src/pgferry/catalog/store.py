@@ -129,14 +129,22 @@ def set_skip_lsn(conn: psycopg.Connection[Any], name: str, lsn: Lsn | None) -> N
 
 
 def record_error(
-    conn: psycopg.Connection[Any], name: str, message: str | None, *, sync: bool = False
+    conn: psycopg.Connection[Any],
+    name: str,
+    message: str | None,
+    *,
+    sync: bool = False,
+    finish_lsn: Lsn | str | None = None,
 ) -> None:
-    """Store the last error (None clears it) and count it, as pg_stat_subscription_stats."""
+    """Store the last error (None clears it) and count it, as pg_stat_subscription_stats;
+    ``finish_lsn``: the finish LSN of the remote transaction it is about, the one
+    ``--skip`` takes (see :func:`failed_lsn`)."""
     conn.execute(
         "UPDATE pgferry.subscription SET last_error = %s,"
-        " last_error_time = CASE WHEN %s::text IS NULL THEN NULL ELSE now() END"
+        " last_error_time = CASE WHEN %s::text IS NULL THEN NULL ELSE now() END,"
+        " last_error_lsn = %s::pg_lsn"
         " WHERE name = %s",
-        (message, message, name),
+        (message, message, None if finish_lsn is None else str(finish_lsn), name),
     )
     if message is not None:
         column = "sync_error_count" if sync else "apply_error_count"
@@ -148,13 +156,18 @@ def record_error(
 
 
 def record_failure(
-    conn: psycopg.Connection[Any], name: str, message: str, *, sync: bool = False
+    conn: psycopg.Connection[Any],
+    name: str,
+    message: str,
+    *,
+    sync: bool = False,
+    finish_lsn: Lsn | str | None = None,
 ) -> bool:
     """A worker's error: stored and counted (see :func:`record_error`) and, with
     ``disable_on_error``, the subscription disabled, in one transaction; whether
     it was disabled. Apply and table sync errors alike, as native."""
     with conn.transaction():
-        record_error(conn, name, message, sync=sync)
+        record_error(conn, name, message, sync=sync, finish_lsn=finish_lsn)
         row = conn.execute(
             "UPDATE pgferry.subscription SET enabled = false"
             " WHERE name = %s AND enabled AND (options ->> 'disable_on_error')::bool"
@@ -162,6 +175,15 @@ def record_failure(
             (name,),
         ).fetchone()
     return row is not None
+
+
+def failed_lsn(conn: psycopg.Connection[Any], name: str) -> Lsn | None:
+    """The finish LSN of the remote transaction the last error is about (None: no
+    error, or one about no particular transaction)."""
+    row = conn.execute(
+        "SELECT last_error_lsn::text FROM pgferry.subscription WHERE name = %s", (name,)
+    ).fetchone()
+    return Lsn.parse(row[0]) if row and row[0] else None
 
 
 #: The counters of ``pgferry.subscription_stats``, in pg_stat_subscription_stats order.
@@ -331,3 +353,21 @@ def table_state_counts(conn: psycopg.Connection[Any]) -> dict[str, dict[TableSta
     for subscription, state, number in rows:
         counts.setdefault(subscription, {})[TableState.parse(state)] = int(number)
     return counts
+
+
+def set_table_sizes(
+    conn: psycopg.Connection[Any], subscription: str, sizes: dict[tuple[str, str], int]
+) -> None:
+    """Record each table's size on the publisher (the launcher copies the largest first)."""
+    if sizes:
+        conn.execute(
+            "UPDATE pgferry.subscription_table t SET size_bytes = v.size"
+            " FROM unnest(%s::text[], %s::text[], %s::int8[]) AS v(s, n, size)"
+            " WHERE t.subscription = %s AND t.remote_schema = v.s AND t.remote_name = v.n",
+            (
+                [s for s, _ in sizes],
+                [n for _, n in sizes],
+                list(sizes.values()),
+                subscription,
+            ),
+        )

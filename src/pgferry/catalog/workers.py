@@ -1,9 +1,20 @@
-"""The workers' live statistics in the catalog (``pgferry.worker``, one row per
-running worker, like ``pg_stat_subscription``): written by the workers, read by
-``pgferry status`` and ``subscription wait``."""
+"""The workers in the catalog, read by ``pgferry status`` and ``subscription wait``.
+
+* ``pgferry.worker``: live statistics, one row per running apply worker (like
+  ``pg_stat_subscription``), written by the workers;
+* ``pgferry.worker_retry``: one row per worker that failed and has not run
+  healthy since, written by the launcher: ``attempt`` (its failures in a row,
+  so the number of the retry to come), ``next_retry_at`` (when the launcher
+  starts it again; in the past once started), ``exit_code`` and ``failed_at``.
+  ``kind`` is the launcher's worker kind (``apply``, ``sync``, ``sequences``,
+  ``schema``), ``table_schema`` and ``table_name`` name a sync worker's table
+  (empty for the others).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -51,3 +62,79 @@ def forget_worker(conn: psycopg.Connection[Any], subscription: str, relation: st
         "DELETE FROM pgferry.worker WHERE subscription = %s AND relation = %s",
         (subscription, relation),
     )
+
+
+# -- retries (``pgferry.worker_retry``, written by the launcher) ------------------------
+
+
+def record_retry(
+    conn: psycopg.Connection[Any],
+    subscription: str,
+    kind: str,
+    table: tuple[str, str] | None,
+    attempt: int,
+    delay: float,
+    exit_code: int,
+) -> None:
+    """A worker failed: the launcher starts it again in ``delay`` seconds, as retry
+    number ``attempt`` (its failures in a row). Nothing for a subscription gone."""
+    schema, name = table or ("", "")
+    conn.execute(
+        "INSERT INTO pgferry.worker_retry AS r (subscription, kind, table_schema, table_name,"
+        " attempt, next_retry_at, exit_code)"
+        " SELECT s.name, %s, %s, %s, %s, now() + %s * interval '1 second', %s"
+        " FROM pgferry.subscription s WHERE s.name = %s"
+        " ON CONFLICT (subscription, kind, table_schema, table_name) DO UPDATE SET"
+        " attempt = excluded.attempt, next_retry_at = excluded.next_retry_at,"
+        " exit_code = excluded.exit_code, failed_at = excluded.failed_at",
+        (kind, schema, name, attempt, delay, exit_code, subscription),
+    )
+
+
+def forget_retry(
+    conn: psycopg.Connection[Any], subscription: str, kind: str, table: tuple[str, str] | None
+) -> None:
+    """The worker ran healthy, ended cleanly or is no longer wanted."""
+    schema, name = table or ("", "")
+    conn.execute(
+        "DELETE FROM pgferry.worker_retry"
+        " WHERE subscription = %s AND kind = %s AND table_schema = %s AND table_name = %s",
+        (subscription, kind, schema, name),
+    )
+
+
+def forget_all_retries(conn: psycopg.Connection[Any]) -> None:
+    """A launcher starts: the retries of one before it are no longer planned."""
+    conn.execute("DELETE FROM pgferry.worker_retry")
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A failed worker the launcher starts again (a ``pgferry.worker_retry`` row)."""
+
+    subscription: str
+    #: The launcher's worker kind: apply, sync, sequences, schema.
+    kind: str
+    #: A sync worker's table (schema, name); None for the other kinds.
+    table: tuple[str, str] | None
+    #: Its failures in a row: the number of the retry to come (or just made).
+    attempt: int
+    #: Seconds until the retry, by the subscriber's clock; 0 or less: made already.
+    next_in: float
+    exit_code: int | None
+    failed_at: datetime
+
+
+def retries(conn: psycopg.Connection[Any]) -> list[Retry]:
+    """Every planned retry, by subscription, kind and table. ``status`` shows one
+    as "retrying (attempt N, next in S s)" while ``next_in`` is positive."""
+    rows = conn.execute(
+        "SELECT subscription, kind, table_schema, table_name, attempt,"
+        " extract(epoch FROM next_retry_at - now())::float8, exit_code, failed_at"
+        " FROM pgferry.worker_retry ORDER BY 1, 2, 3, 4"
+    ).fetchall()
+    return [
+        Retry(str(r[0]), str(r[1]), (str(r[2]), str(r[3])) if r[2] else None, int(r[4]),
+              float(r[5]), r[6], r[7])
+        for r in rows
+    ]  # fmt: skip

@@ -71,6 +71,8 @@ def _register() -> None:
     from pgferry.cli.demo import demo
     from pgferry.cli.publication import publication
     from pgferry.cli.run import run
+    from pgferry.cli.schema import schema
+    from pgferry.cli.sequences import sequences
     from pgferry.cli.status import status
     from pgferry.cli.stream import stream
     from pgferry.cli.subscription import subscription
@@ -82,6 +84,8 @@ def _register() -> None:
     main.add_command(subscription)
     main.add_command(status)
     main.add_command(conflicts)
+    main.add_command(schema)
+    main.add_command(sequences)
 
 
 _register()

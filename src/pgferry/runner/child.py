@@ -2,6 +2,7 @@
 
     python -m pgferry.runner.child apply SUBSCRIPTION
     python -m pgferry.runner.child sync SUBSCRIPTION SCHEMA TABLE
+    python -m pgferry.runner.child sequences SUBSCRIPTION
 
 (one line per kind of :mod:`.kinds`)
 or, without a new interpreter, :func:`run_forked` in a process forked from the
@@ -11,7 +12,9 @@ The subscriber DSN comes in the environment (``PGFERRY_SUBSCRIBER_DSN``), not on
 the command line, so that no password shows in ``ps``. SIGTERM and SIGINT stop the
 worker cleanly (it finishes the transaction in hand, confirms, and exits 0). Exit
 status 1 means the worker failed (the error is logged and stored in the catalog);
-the launcher restarts it after a pause.
+the launcher restarts it after a pause. A pgferry error, or a connection lost
+(the subscriber or publisher restarting), is one log line; only what pgferry did
+not expect is logged with its traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import sys
 import traceback
 from types import FrameType
 from typing import NoReturn
+
+import psycopg
 
 from pgferry.errors import PgferryError
 from pgferry.runner import kinds
@@ -85,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         worker.run()
     except PgferryError as exc:
         logging.getLogger("pgferry").error("%s", exc.message)
+        return 1
+    except psycopg.OperationalError as exc:  # a connection lost: no traceback to show
+        logging.getLogger("pgferry").error(
+            "%s worker for %s: %s", args[0], " ".join(args[1:]), " ".join(str(exc).split())
+        )
         return 1
     except Exception as exc:  # a worker must not die silently
         logging.getLogger("pgferry").exception("worker failed: %s", exc)

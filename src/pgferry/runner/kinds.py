@@ -1,11 +1,11 @@
 """The kinds of worker the launcher runs: one registry entry each.
 
 A worker is named by a key, ``(kind, *arguments)`` (``("apply", SUB)``,
-``("sync", SUB, SCHEMA, TABLE)``), which is also its command line after
-``python -m pgferry.runner.child``. :data:`KINDS` maps each kind to its arguments
-and to the function that builds the worker; a new kind of worker (sequence sync,
-verify) is one more entry here and a rule in the launcher saying when it is
-wanted. Building imports the worker's package only then, so a forked worker
+``("sync", SUB, SCHEMA, TABLE)``, ``("sequences", SUB)``), which is also its
+command line after ``python -m pgferry.runner.child``. :data:`KINDS` maps each
+kind to its arguments and to the function that builds the worker; a new kind of
+worker (verify) is one more entry here and a rule in the launcher saying when it
+is wanted. Building imports the worker's package only then, so a forked worker
 loads what it needs and the launcher stays light.
 """
 
@@ -46,11 +46,25 @@ def _sync(dsn: str, args: Sequence[str]) -> Worker:
     return TableSyncWorker(dsn, args[0], args[1], args[2])
 
 
+def _schema(dsn: str, args: Sequence[str]) -> Worker:
+    from pgferry.schema.steps import FinalStepsWorker
+
+    return FinalStepsWorker(dsn, args[0])
+
+
+def _sequences(dsn: str, args: Sequence[str]) -> Worker:
+    from pgferry.sequences import SequenceSyncWorker
+
+    return SequenceSyncWorker(dsn, args[0])
+
+
 KINDS: dict[str, WorkerKind] = {
     kind.name: kind
     for kind in (
         WorkerKind("apply", ("SUBSCRIPTION",), _apply),
         WorkerKind("sync", ("SUBSCRIPTION", "SCHEMA", "TABLE"), _sync),
+        WorkerKind("sequences", ("SUBSCRIPTION",), _sequences),
+        WorkerKind("schema", ("SUBSCRIPTION",), _schema),
     )
 }
 

@@ -9,7 +9,9 @@ exits, restart pauses). It wants:
 * one apply worker per enabled subscription that has a slot;
 * one table sync worker per table not yet synchronised (state i, d or f), at most
   ``max_sync_workers_per_subscription`` (default 2, as native) per subscription,
-  tables already copied (f) first.
+  tables already copied (f) first;
+* one sequence sync worker per enabled subscription that has a slot and the
+  option ``sequences = sync`` (see :mod:`pgferry.sequences`).
 
 Workers are separate processes (:mod:`pgferry.runner.child`), so they use separate
 cores and a crash of one does not touch the others. A launcher with no other
@@ -21,17 +23,26 @@ lock some other thread holds. A worker that is no longer
 wanted (subscription disabled or dropped) gets SIGTERM; so does one whose
 subscription was altered (connection, publications, slot, options, skip LSN), and
 the next round starts it again with the new settings. A worker that exits with
-an error is started again after a pause that doubles from 1 s up to
-``retry_interval`` (5 s, native's ``wal_retrieve_retry_interval``). SIGTERM or
+an error is started again after a pause (:func:`backoff`) that starts under half
+a second and doubles, with jitter, up to ``retry_interval`` (5 s, native's
+``wal_retrieve_retry_interval``); its failures in a row are forgotten once it has
+run for ``healthy_after`` seconds (10), so a fault now and then costs a short
+pause, not the cap. Each planned retry is in ``pgferry.worker_retry`` (attempt,
+next start: see :mod:`pgferry.catalog.workers`) for ``status``. SIGTERM or
 SIGINT to the launcher stop every worker cleanly and then the launcher; a worker
 still running after ``stop_timeout`` seconds is killed (it loses nothing: its
 transaction in progress rolls back and is received again).
+
+The launcher survives its subscriber going away (a restart, a failover): a
+failed catalog connection is one log line, and it connects again with the same
+backoff; its workers meanwhile fail and are started again like any others.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -43,13 +54,28 @@ from typing import Any, Protocol
 import psycopg
 
 from pgferry import connect
-from pgferry.catalog import TableState, conflict_log, ensure_catalog, handover, store
+from pgferry.catalog import TableState, conflict_log, ensure_catalog, handover, store, workers
 from pgferry.catalog.schema import WAKE_CHANNEL
-from pgferry.errors import ConnectionFailed
+from pgferry.catalog.steps import pending_final
+from pgferry.errors import InterfaceError, PgferryError
 from pgferry.runner.env import DSN_ENV, LAUNCHER_PID_ENV
 from pgferry.runner.kinds import WorkerKey
 
 logger = logging.getLogger("pgferry.runner")
+
+#: The pause before the first retry of a failed worker, at most (seconds).
+RETRY_BASE = 0.5
+#: A worker that ran this long (seconds) before it failed was healthy: its
+#: failures in a row start again from one.
+HEALTHY_AFTER = 10.0
+
+
+def backoff(failures: int, cap: float, base: float = RETRY_BASE) -> float:
+    """The pause before retry number ``failures``: ``base`` doubling with each
+    failure up to ``cap``, of which a random half to whole (so workers that failed
+    together do not all come back at once): 0.25-0.5 s, 0.5-1 s, ... by default."""
+    ceiling = min(cap, base * 2.0 ** (max(failures, 1) - 1))
+    return ceiling * random.uniform(0.5, 1.0)
 
 
 class _Process(Protocol):
@@ -118,12 +144,14 @@ class Launcher:
         poll_interval: float = 0.25,
         retry_interval: float = 5.0,
         stop_timeout: float = 30.0,
+        healthy_after: float = HEALTHY_AFTER,
     ) -> None:
         self.dsn = dsn
         self.max_sync = max_sync_workers_per_subscription
         self.poll_interval = poll_interval
         self.retry_interval = retry_interval
         self.stop_timeout = stop_timeout
+        self.healthy_after = healthy_after
         self.children: dict[WorkerKey, _Child] = {}
         self._failures: dict[WorkerKey, int] = {}
         self._retry_at: dict[WorkerKey, float] = {}
@@ -138,10 +166,13 @@ class Launcher:
     def wanted(self, conn: psycopg.Connection[Any]) -> set[WorkerKey]:
         keys: set[WorkerKey] = set()
         self._settings = {}
+        finishing = pending_final(conn)
         for sub in store.list_subscriptions(conn):
             if not sub.enabled or sub.slot_name is None:
                 continue
             keys.add(("apply", sub.name))
+            if sub.options.sequences == "sync":
+                keys.add(("sequences", sub.name))
             # What a running worker read at its start: when it changes (ALTER
             # SUBSCRIPTION ... CONNECTION/PUBLICATION/SKIP/SET), restart it, as
             # native's apply worker exits when its subscription changes.
@@ -163,9 +194,15 @@ class Launcher:
                 for s in handover.states(conn, sub.name).values()
                 if s.state in (TableState.INIT, TableState.DATA, TableState.FINISHED)
             ]
-            # Copied tables first (they only need their catch-up), then by name.
+            # Copied tables first (they only need their catch-up), then the
+            # largest (the copy ends sooner when it starts first), then by name.
             pending.sort(
-                key=lambda s: (s.state != TableState.FINISHED, s.remote_schema, s.remote_name)
+                key=lambda s: (
+                    s.state != TableState.FINISHED,
+                    -(s.size_bytes or 0),
+                    s.remote_schema,
+                    s.remote_name,
+                )
             )
             running = [k for k in self.children if k[0] == "sync" and k[1] == sub.name]
             chosen: list[WorkerKey] = [
@@ -180,6 +217,15 @@ class Launcher:
                 if key not in chosen:
                     chosen.append(key)
             keys.update(chosen)
+            # The schema copy's last steps, once every table is ready.
+            if (
+                sub.name in finishing
+                and not pending
+                and all(
+                    s.state == TableState.READY for s in handover.states(conn, sub.name).values()
+                )
+            ):
+                keys.add(("schema", sub.name))
         return keys
 
     # -- processes -----------------------------------------------------------------------
@@ -210,28 +256,40 @@ class Launcher:
         self.children[key] = _Child(key, process, time.monotonic(), self._settings.get(key[1]))
         logger.info("started %s worker (pid %d) for %s", key[0], process.pid, " ".join(key[1:]))
 
-    def _reap(self) -> None:
+    def _reap(self, conn: psycopg.Connection[Any]) -> None:
+        """Collect the workers that exited; plan (and record) the retry of those
+        that failed, forget the failures of those that ran healthy."""
         now = time.monotonic()
         for key, child in list(self.children.items()):
             code = child.process.poll()
             if code is None:
+                if key in self._failures and now - child.started >= self.healthy_after:
+                    self._forget(conn, key)
                 continue
             del self.children[key]
             if code == 0:
-                self._failures.pop(key, None)
-                self._retry_at.pop(key, None)
+                self._forget(conn, key)
                 continue
-            failures = self._failures.get(key, 0) + 1
+            healthy = now - child.started >= self.healthy_after
+            failures = 1 if healthy else self._failures.get(key, 0) + 1
             self._failures[key] = failures
-            pause = min(self.retry_interval, 2.0 ** (failures - 1))
+            pause = backoff(failures, self.retry_interval)
             self._retry_at[key] = now + pause
             logger.warning(
-                "%s worker for %s exited with status %d; restarting in %.0f s",
+                "%s worker for %s exited with status %d; restarting in %.1f s (attempt %d)",
                 key[0],
                 " ".join(key[1:]),
                 code,
                 pause,
+                failures,
             )
+            workers.record_retry(conn, key[1], key[0], _table(key), failures, pause, code)
+
+    def _forget(self, conn: psycopg.Connection[Any], key: WorkerKey) -> None:
+        """The worker's failures in a row are over."""
+        self._retry_at.pop(key, None)
+        if self._failures.pop(key, None) is not None:
+            workers.forget_retry(conn, key[1], key[0], _table(key))
 
     def _terminate(self, keys: list[WorkerKey]) -> None:
         for key in keys:
@@ -252,8 +310,10 @@ class Launcher:
 
     def step(self, conn: psycopg.Connection[Any]) -> None:
         """One round: reap, stop the unwanted or outdated, start the missing."""
-        self._reap()
+        self._reap(conn)
         wanted = self.wanted(conn)
+        for key in [k for k in self._failures if k not in wanted]:
+            self._forget(conn, key)
         unwanted = [
             k
             for k, child in self.children.items()
@@ -268,24 +328,41 @@ class Launcher:
 
     def run(self) -> None:
         conn: psycopg.Connection[Any] | None = None
-        pause = 1.0
+        failures = 0
+        first = True
         try:
             while not self._stop:
                 try:
                     if conn is None or conn.closed:
                         conn = connect.subscriber(self.dsn)
                         ensure_catalog(conn)
+                        if first:
+                            workers.forget_all_retries(conn)
+                            first = False
                         conn.execute(f"LISTEN {WAKE_CHANNEL}")
-                        pause = 1.0
+                        if failures:
+                            logger.info("catalog connection open again")
                     self.step(conn)
+                    failures = 0
                     self._wait(self.poll_interval, conn)
-                except (psycopg.OperationalError, ConnectionFailed) as exc:
-                    logger.error("catalog connection failed: %s; retrying in %.0f s", exc, pause)
+                except (psycopg.Error, PgferryError) as exc:
+                    if first and isinstance(exc, InterfaceError):
+                        raise  # a malformed DSN: retrying changes nothing
+                    # The subscriber restarts, fails over or refuses for a while:
+                    # one line, and again after a pause (the workers fail meanwhile,
+                    # and are started again as usual).
+                    failures += 1
+                    pause = backoff(failures, self.retry_interval)
+                    text = exc.message if isinstance(exc, PgferryError) else str(exc)
+                    logger.error(
+                        "catalog connection failed: %s; retrying in %.1f s",
+                        " ".join(text.split()),
+                        pause,
+                    )
                     if conn is not None:
                         conn.close()
                     conn = None
                     self._wait(pause)
-                    pause = min(pause * 2, 30.0)
         finally:
             self._terminate(list(self.children))
             if conn is not None:
@@ -308,3 +385,8 @@ class Launcher:
                 time.sleep(min(0.1, remaining))
             elif list(conn.notifies(timeout=min(0.1, remaining), stop_after=1)):
                 return
+
+
+def _table(key: WorkerKey) -> tuple[str, str] | None:
+    """The table of a sync worker's key, None for the other kinds."""
+    return (key[2], key[3]) if key[0] == "sync" and len(key) == 4 else None

@@ -64,6 +64,26 @@ def _publisher_json(publisher: PublisherStatus) -> dict[str, Any]:
     }
 
 
+def _sequences_json(status: SubscriptionStatus) -> dict[str, Any]:
+    oldest = status.oldest_sequence_sync
+    return {
+        "total": len(status.sequences),
+        "largest_drift": status.largest_sequence_drift,
+        "oldest_sync": None if oldest is None else _time(oldest.synced_at),
+        "items": [
+            {
+                "schema": s.schema,
+                "name": s.name,
+                "publisher_value": s.publisher_value,
+                "subscriber_value": s.subscriber_value,
+                "drift": s.drift,
+                "synced_at": _time(s.synced_at),
+            }
+            for s in status.sequences
+        ],
+    }
+
+
 def to_document(status: SubscriptionStatus) -> dict[str, Any]:
     """One subscription as the JSON object of ``status --json``."""
     return {
@@ -94,6 +114,7 @@ def to_document(status: SubscriptionStatus) -> dict[str, Any]:
                 for t in status.not_ready
             ],
         },
+        "sequences": _sequences_json(status),
         "publisher": _publisher_json(status.publisher),
     }
 
@@ -155,6 +176,15 @@ def _lag_cell(status: SubscriptionStatus) -> Text:
 
 
 def _tables_cell(status: SubscriptionStatus) -> Text:
+    text = _tables_text(status)
+    sequences = _sequences_line(status)
+    if sequences is not None:
+        text.append("\n")
+        text.append_text(sequences)
+    return text
+
+
+def _tables_text(status: SubscriptionStatus) -> Text:
     if not status.tables:
         return Text("none")
     summary = " ".join(f"{s}:{n}" for s, n in status.table_states.items())
@@ -166,6 +196,20 @@ def _tables_cell(status: SubscriptionStatus) -> Text:
     more = len(names) - len(shown)
     tail = f" and {more} more" if more else ""
     return Text(f"{summary}\nnot ready: {', '.join(shown)}{tail}", style="yellow")
+
+
+def _sequences_line(status: SubscriptionStatus) -> Text | None:
+    """``sequences: N, largest drift D, synced S ago`` (none: no sequence synced)."""
+    oldest = status.oldest_sequence_sync
+    if oldest is None:
+        return None
+    drift = status.largest_sequence_drift
+    return Text(
+        f"sequences: {len(status.sequences)},"
+        f" largest drift {'-' if drift is None else drift},"
+        f" synced {_seconds(oldest.seconds_since_sync)} ago",
+        style="yellow" if drift is not None and drift > 0 else "",
+    )
 
 
 def _slot_cell(status: SubscriptionStatus) -> Text:

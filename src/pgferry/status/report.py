@@ -57,6 +57,15 @@ are ``"X/Y"`` strings, times ISO 8601 in UTC, absent values ``null``:
 * ``tables``: ``total``, ``states`` (state letter -> number of tables, in the
   order r s f d i, states with no table left out), ``not_ready`` (array of
   ``{"schema", "name", "state", "state_lsn"}`` for tables not in state ``r``);
+* ``sequences`` (from ``pgferry.sequence_state``, written by each sequence sync,
+  see :mod:`pgferry.sequences`): ``total``, ``largest_drift``, ``oldest_sync``
+  (the time of the least recent sync), ``items`` (array of ``{"schema", "name",
+  "publisher_value", "subscriber_value", "drift", "synced_at"}``: the last values
+  as the last sync left them, null when never called). A ``drift`` is how far
+  the subscriber's value is behind the publisher's: publisher minus subscriber
+  value (the other way round for a descending sequence), so 0 or below right
+  after a sync (minus ``sequence_headroom`` when one is set), null unless both
+  values are known; ``largest_drift`` is the largest of them (null: none);
 * ``publisher``: ``conninfo`` (masked), ``reachable`` (bool), ``error`` (why it
   could not be reached or queried: the server's or libpq's message; or null),
   ``wal_lsn`` (its current WAL position; the replay position on a standby),
@@ -81,6 +90,7 @@ from pgferry.catalog import TableState, store
 from pgferry.catalog.schema import current_version
 from pgferry.errors import PgferryError
 from pgferry.protocol.lsn import Lsn
+from pgferry.sequences import drift
 from pgferry.subscription.manage import STATE_ORDER
 
 #: A worker row older than this (seconds) is ``stale``: 3 x the status interval.
@@ -121,6 +131,31 @@ class TableStatus:
     name: str
     state: TableState
     state_lsn: Lsn | None
+
+
+@dataclass(frozen=True)
+class SequenceStatus:
+    """One sequence as its last sync left it (``pgferry.sequence_state``)."""
+
+    schema: str
+    name: str
+    #: The publisher's last value read by the sync; None: never called.
+    publisher_value: int | None
+    #: The subscriber's last value after the sync; None: never called.
+    subscriber_value: int | None
+    synced_at: datetime
+    #: Seconds since the sync, on the subscriber's clock.
+    seconds_since_sync: float
+    #: Whether the subscriber's sequence counts down (its increment is negative).
+    descending: bool = False
+
+    @property
+    def drift(self) -> int | None:
+        """How far the subscriber is behind: publisher minus subscriber value, the
+        other way round when descending (None unless both are known)."""
+        if self.publisher_value is None or self.subscriber_value is None:
+            return None
+        return drift(self.publisher_value, self.subscriber_value, descending=self.descending)
 
 
 @dataclass(frozen=True)
@@ -165,6 +200,19 @@ class SubscriptionStatus:
     lag_bytes: int | None
     lag_seconds: float | None
     lag_seconds_source: str | None
+    #: The sequences of its tables as the last sequence sync left them.
+    sequences: tuple[SequenceStatus, ...] = ()
+
+    @property
+    def largest_sequence_drift(self) -> int | None:
+        """The largest drift of its sequences (the one furthest behind), if any."""
+        drifts = [d for d in (s.drift for s in self.sequences) if d is not None]
+        return max(drifts) if drifts else None
+
+    @property
+    def oldest_sequence_sync(self) -> SequenceStatus | None:
+        """The sequence synced least recently, if any."""
+        return min(self.sequences, key=lambda s: s.synced_at) if self.sequences else None
 
     @property
     def table_states(self) -> dict[TableState, int]:
@@ -189,7 +237,7 @@ def _float(value: Any) -> float | None:
 
 
 @dataclass(frozen=True)
-class _Local:
+class CatalogSubscription:
     name: str
     conninfo: str
     enabled: bool
@@ -201,12 +249,34 @@ class _Local:
     stats_reset: datetime | None
     worker: WorkerStatus
     tables: tuple[TableStatus, ...]
+    sequences: tuple[SequenceStatus, ...]
 
 
 _STATS_KEYS = store.STATS_KEYS
+#: The catalog version that has ``pgferry.sequence_state``.
+SEQUENCE_STATE_VERSION = 6
 
 
-def _read_catalog(local: Conn, stale_after: float) -> list[_Local]:
+def _read_sequences(local: Conn) -> dict[str, list[SequenceStatus]]:
+    found: dict[str, list[SequenceStatus]] = {}
+    for sub, schema, name, published, subscribed, synced_at, age, down in local.execute(
+        "SELECT st.subscription, st.sequence_schema, st.sequence_name, st.publisher_value,"
+        " st.subscriber_value, st.synced_at, extract(epoch FROM now() - st.synced_at),"
+        # (Looked up row by row, through indexes: see pgferry.sequences.)
+        " coalesce((SELECT s.seqincrement < 0 FROM pg_catalog.pg_sequence s"
+        "  WHERE s.seqrelid = (SELECT c.oid FROM pg_catalog.pg_class c"
+        "   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        "   WHERE n.nspname = st.sequence_schema AND c.relname = st.sequence_name)), false)"
+        " FROM pgferry.sequence_state st"
+        " ORDER BY st.subscription, st.sequence_schema, st.sequence_name"
+    ).fetchall():
+        found.setdefault(sub, []).append(
+            SequenceStatus(schema, name, published, subscribed, synced_at, float(age), down)
+        )
+    return found
+
+
+def read_catalog(local: Conn, stale_after: float, version: int) -> list[CatalogSubscription]:
     """Every subscription's local part, from one snapshot of the catalog."""
     with local.transaction():
         local.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -235,12 +305,13 @@ def _read_catalog(local: Conn, stale_after: float) -> list[_Local]:
             tables.setdefault(sub, []).append(
                 TableStatus(schema, name, TableState.parse(state), _lsn(state_lsn))
             )
+        sequences = _read_sequences(local) if version >= SEQUENCE_STATE_VERSION else {}
     result = []
     for row in subs:
         name, conninfo, enabled, pubs, slot, error, error_time = row[:7]
         counts, stats_reset = row[7 : 7 + len(_STATS_KEYS)], row[7 + len(_STATS_KEYS)]
         result.append(
-            _Local(
+            CatalogSubscription(
                 name=name,
                 conninfo=conninfo,
                 enabled=bool(enabled),
@@ -252,6 +323,7 @@ def _read_catalog(local: Conn, stale_after: float) -> list[_Local]:
                 stats_reset=stats_reset,
                 worker=_worker(workers.get(name), stale_after),
                 tables=tuple(tables.get(name, ())),
+                sequences=tuple(sequences.get(name, ())),
             )
         )
     return result
@@ -299,7 +371,7 @@ def connect_publisher(conninfo: str) -> Conn:
     return connect.publisher(conninfo, application_name="pgferry status", timeout=CONNECT_TIMEOUT)
 
 
-def _publisher(remote: Conn, conninfo: str, slot_name: str | None) -> PublisherStatus:
+def read_publisher(remote: Conn, conninfo: str, slot_name: str | None) -> PublisherStatus:
     row = remote.execute(
         f"SELECT ({WAL_POSITION_SQL})::text, s.slot_name IS NOT NULL, s.active, s.active_pid,"
         " s.restart_lsn::text, s.confirmed_flush_lsn::text,"
@@ -345,7 +417,7 @@ class _Publishers:
         if isinstance(conn, PgferryError):
             return PublisherStatus(ci.mask(conninfo), False, conn.message)
         try:
-            return _publisher(conn, conninfo, slot_name)
+            return read_publisher(conn, conninfo, slot_name)
         except psycopg.Error as exc:
             return PublisherStatus(ci.mask(conninfo), False, scrub(str(exc), conninfo))
 
@@ -379,7 +451,9 @@ def _lag(
     return lag_bytes, None, None
 
 
-def _status(local: _Local, publisher: PublisherStatus) -> SubscriptionStatus:
+def subscription_status(
+    local: CatalogSubscription, publisher: PublisherStatus
+) -> SubscriptionStatus:
     lag_bytes, lag_seconds, source = _lag(local.worker, publisher)
     return SubscriptionStatus(
         name=local.name,
@@ -397,6 +471,7 @@ def _status(local: _Local, publisher: PublisherStatus) -> SubscriptionStatus:
         lag_bytes=lag_bytes,
         lag_seconds=lag_seconds,
         lag_seconds_source=source,
+        sequences=local.sequences,
     )
 
 
@@ -411,14 +486,17 @@ def collect(
     """
     wanted = None if names is None else set(names)
     with connect.subscriber(dsn) as local:
-        if current_version(local) == 0:
+        version = current_version(local)
+        if version == 0:
             return []
         locals_ = [
-            s for s in _read_catalog(local, stale_after) if wanted is None or s.name in wanted
+            s
+            for s in read_catalog(local, stale_after, version)
+            if wanted is None or s.name in wanted
         ]
     # The subscriber transaction is over before any publisher is contacted.
     publishers = _Publishers()
     try:
-        return [_status(s, publishers.status(s.conninfo, s.slot_name)) for s in locals_]
+        return [subscription_status(s, publishers.status(s.conninfo, s.slot_name)) for s in locals_]
     finally:
         publishers.close()

@@ -2,7 +2,8 @@
 
 :func:`wait_ready` returns once both hold:
 
-* every table of the subscription is ready (state ``r``);
+* every table of the subscription is ready (state ``r``), and the schema copy
+  has no step left (its foreign keys are validated: see :mod:`pgferry.schema`);
 * everything committed on the publisher before the wait started is durably
   applied: the slot's ``confirmed_flush_lsn`` has reached the publisher's WAL
   position taken when the wait started, or the running apply worker reports
@@ -91,6 +92,8 @@ class _Local:
     worker: str
     #: The apply worker's committed position (see the module docstring).
     committed: Lsn | None
+    #: The schema copy's steps not done yet.
+    schema_steps: int = 0
 
 
 def _read(local: Conn, name: str) -> _Local:
@@ -108,6 +111,9 @@ def _read(local: Conn, name: str) -> _Local:
             " WHERE subscription = %s ORDER BY remote_schema, remote_name",
             (name,),
         ).fetchall()
+        (steps,) = local.execute(
+            "SELECT count(*) FROM pgferry.schema_step WHERE subscription = %s", (name,)
+        ).fetchone() or (0,)
         age = local.execute(
             "SELECT extract(epoch FROM now() - greatest(latest_end_time, last_msg_receipt_time,"
             " started_at)), committed_lsn::text"
@@ -125,6 +131,7 @@ def _read(local: Conn, name: str) -> _Local:
         not_ready=[(s, n, TableState.parse(st)) for s, n, st in tables if st != TableState.READY],
         worker=worker,
         committed=committed if worker == "running" else None,
+        schema_steps=int(steps),
     )
 
 
@@ -184,6 +191,11 @@ def _missing(
             f"{count} of {sub.tables} table{'s' if sub.tables != 1 else ''} not ready:"
             f" {', '.join(named)}{f' and {more} more' if more else ''}"
         )
+    if sub.schema_steps:
+        parts.append(
+            f"{sub.schema_steps} schema copy step{'s' if sub.schema_steps != 1 else ''} left"
+            " (pgferry.schema_step)"
+        )
     if remote_error is not None:
         parts.append(f"publisher unreachable: {remote_error}")
     elif applied is not None and applied < target:
@@ -240,7 +252,8 @@ def wait_ready(
                     )
                 if applied is not None and sub.committed is not None:
                     applied = max(applied, sub.committed)
-                if not sub.not_ready and applied is not None and applied >= target:
+                done = not sub.not_ready and not sub.schema_steps
+                if done and applied is not None and applied >= target:
                     return WaitResult(name, target, applied, sub.tables, time.monotonic() - started)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise WaitTimeout(

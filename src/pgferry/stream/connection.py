@@ -12,6 +12,15 @@ Contract:
   every ``status_interval`` seconds. The positions it reports are only those the
   consumer passed to :meth:`ReplicationStream.confirm`: it never confirms what the
   consumer has not durably processed, so the slot keeps everything after it.
+* A stream never goes silent unnoticed (as native's ``wal_receiver_timeout``):
+  when nothing at all has arrived (data or keepalive) for half the receiver
+  timeout, it asks the walsender for a reply; when that reply has not come
+  either, a full timeout after the last message, reading raises
+  :class:`~pgferry.errors.ReceiverTimeout`. The timeout is
+  :func:`default_receiver_timeout`'s (``PGFERRY_RECEIVER_TIMEOUT``, 60 s; 0 turns it
+  off) unless the caller gives one. A consumer busy for longer than the timeout
+  without reading is not taken for a silent publisher: the ask for a reply
+  comes first, and the wait for it starts then.
 * Server errors become the :mod:`pgferry.errors` class naming the condition.
   Reconnecting is the caller's business.
 """
@@ -19,6 +28,7 @@ Contract:
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import time
 from dataclasses import dataclass
@@ -34,7 +44,9 @@ from pgferry import conninfo as ci
 from pgferry._cmodule import SPEEDUPS
 from pgferry.errors import (
     ConnectionFailed,
+    InterfaceError,
     PgferryError,
+    ReceiverTimeout,
     ReplicationNotPermitted,
     ServerError,
     SlotAlreadyExists,
@@ -64,6 +76,29 @@ SESSION_OPTIONS = (
 
 #: Between two asks for a slot still active (see ``start_replication``).
 _IN_USE_PAUSE = 0.05
+
+#: The environment variable that sets the receiver timeout, in seconds.
+RECEIVER_TIMEOUT_ENV = "PGFERRY_RECEIVER_TIMEOUT"
+#: The receiver timeout without it: native's ``wal_receiver_timeout`` default.
+DEFAULT_RECEIVER_TIMEOUT = 60.0
+
+
+def default_receiver_timeout() -> float:
+    """Seconds a stream may receive nothing before it is given up (0: never):
+    ``$PGFERRY_RECEIVER_TIMEOUT``, else :data:`DEFAULT_RECEIVER_TIMEOUT`."""
+    text = os.environ.get(RECEIVER_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_RECEIVER_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise InterfaceError(
+            f"{RECEIVER_TIMEOUT_ENV} must be a number of seconds from 0 to 86400, not {text!r}",
+            hint="0 turns the receiver timeout off",
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -265,8 +300,13 @@ class ReplicationConnection:
         start_lsn: Lsn = INVALID_LSN,
         status_interval: float = 10.0,
         wait_in_use: float = 0.0,
+        receiver_timeout: float | None = None,
     ) -> ReplicationStream:
         """Enter COPY BOTH; ``start_lsn`` 0 means the slot's confirmed position.
+
+        ``receiver_timeout``: seconds without any message before reading raises
+        :class:`~pgferry.errors.ReceiverTimeout` (0: never; None:
+        :func:`default_receiver_timeout`).
 
         ``wait_in_use``: for that many seconds, a slot still active for another
         walsender is asked for again. A consumer that restarts right after
@@ -292,7 +332,14 @@ class ReplicationConnection:
             "streaming slot %s from %s with pgoutput protocol %d", slot_name, start_lsn, version
         )
         return ReplicationStream(
-            self, slot_name, version, start_lsn, status_interval=status_interval
+            self,
+            slot_name,
+            version,
+            start_lsn,
+            status_interval=status_interval,
+            receiver_timeout=receiver_timeout
+            if receiver_timeout is not None
+            else default_receiver_timeout(),
         )
 
 
@@ -302,6 +349,7 @@ class ReplicationStream:
     ``read()`` returns the next :class:`XLogData` or :class:`PrimaryKeepalive`, or
     None when nothing arrived within the timeout. Positions reported to the server
     are those set with :meth:`confirm` (0 until then: the server keeps its own).
+    ``receiver_timeout`` (seconds, 0: none): see the module docstring.
     """
 
     def __init__(
@@ -312,11 +360,18 @@ class ReplicationStream:
         start_lsn: Lsn,
         *,
         status_interval: float = 10.0,
+        receiver_timeout: float = 0.0,
     ) -> None:
         self.connection = connection
         self.slot_name = slot_name
         self.protocol_version = protocol_version
         self.status_interval = status_interval
+        self.receiver_timeout = receiver_timeout
+        #: ``time.monotonic()`` of the last message received (data or keepalive).
+        self.last_receive = time.monotonic()
+        # When the reply asked for after half the receiver timeout was asked
+        # (None: not asked since the last message).
+        self._pinged: float | None = None
         self.write_lsn = start_lsn
         self.flush_lsn = start_lsn
         self.apply_lsn = start_lsn
@@ -369,8 +424,11 @@ class ReplicationStream:
         try:
             self._pgconn.put_copy_data(msg)
             wait(flush_gen(self._pgconn), self._pgconn.socket, timeout=30)
-        except psycopg.OperationalError as exc:
-            raise ConnectionFailed(f"sending feedback on slot {self.slot_name!r}: {exc}") from None
+        except (psycopg.OperationalError, TimeoutError) as exc:
+            raise ConnectionFailed(
+                f"sending feedback on slot {self.slot_name!r}: {exc}",
+                hint="the publisher or the network stalls; the connection is opened again",
+            ) from None
         self._next_status = time.monotonic() + self.status_interval
 
     def read(self, timeout: float | None = None) -> XLogData | PrimaryKeepalive | None:
@@ -395,6 +453,8 @@ class ReplicationStream:
         if self.ended:
             return []
         deadline = None if timeout is None else time.monotonic() + timeout
+        # The socket was read in this call: what is not there did not arrive.
+        waited = False
         while True:
             now = time.monotonic()
             self.send_status_if_due(now)
@@ -408,8 +468,11 @@ class ReplicationStream:
                 return out
             if self.ended:
                 return out
-            # Nothing buffered: wait for the socket, but not past the next status update.
+            # Nothing buffered: wait for the socket, but not past the next status
+            # update, nor the receiver timeout's next step.
             wake = self._next_status
+            if self.receiver_timeout and waited:
+                wake = min(wake, self._check_silence(now))
             if deadline is not None:
                 if now >= deadline:
                     return out
@@ -419,6 +482,7 @@ class ReplicationStream:
                 pgconn.consume_input()
             except psycopg.OperationalError as exc:
                 raise self._stream_error(str(exc)) from None
+            waited = True
 
     def _drain(self, max_items: int) -> tuple[list[XLogData | PrimaryKeepalive], bool]:
         """The messages libpq has buffered, up to ``max_items``, and whether the
@@ -448,8 +512,32 @@ class ReplicationStream:
                 raise self._stream_error(str(exc)) from None
         return out, status == -1
 
+    def _check_silence(self, now: float) -> float:
+        """Nothing arrived: past half the receiver timeout ask the walsender for a
+        reply; past the whole, with that reply overdue too, give up. Returns when
+        to look again."""
+        timeout = self.receiver_timeout
+        silent = now - self.last_receive
+        if self._pinged is None:
+            if silent < timeout / 2:
+                return self.last_receive + timeout / 2
+            self.send_status(reply_requested=True)
+            self._pinged = now
+        overdue = max(self.last_receive + timeout, self._pinged + timeout / 2)
+        if now < overdue:
+            return overdue
+        raise ReceiverTimeout(
+            f"replication from slot {self.slot_name!r}: nothing received from the publisher"
+            f" for {silent:.0f} s, not even an answer to a keepalive request (receiver timeout"
+            f" {timeout:g} s)",
+            hint="the publisher, its walsender or the network stalls; the connection is given"
+            f" up and opened again ({RECEIVER_TIMEOUT_ENV} sets the timeout, 0 turns it off)",
+        )
+
     def _account(self, batch: list[XLogData | PrimaryKeepalive]) -> None:
         """Track positions and answer keepalives that ask for a reply."""
+        self.last_receive = time.monotonic()
+        self._pinged = None
         reply = False
         received = self.received_lsn
         for msg in batch:

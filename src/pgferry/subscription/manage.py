@@ -16,7 +16,9 @@ which is why native ``CREATE SUBSCRIPTION`` hangs there and this does not.
    connection (which needs the REPLICATION attribute), checks ``wal_level``, that
    every publication exists (naming the missing ones) and that the publisher
    supports the options asked for; lists the published tables and checks that the
-   subscriber has every published table and column (:mod:`.tables`);
+   subscriber has every published table and column (:mod:`.tables`); with
+   ``copy_data`` (or the schema copy), that the publisher's role may read every
+   published table (:func:`check_readable`: one error listing those it cannot);
 3. with ``create_slot``: creates the slot (pgoutput, permanent, no snapshot) on a
    replication connection of its own;
 4. in one subscriber transaction: the catalog row (origin ``pgferry_<NAME>``),
@@ -36,7 +38,10 @@ order: ``--disable``, ``--connection``, the publication list, ``--with`` options
 the refreshed table list, ``--skip``, ``--enable``. Native's rules apply:
 ``slot_name=NONE`` only while disabled, no enabling without a slot, ``two_phase``
 only while disabled, a publication change refreshes unless ``refresh=false``,
-``--skip`` takes an LSN after the origin's progress (``NONE`` clears it).
+``--skip`` takes an LSN after the origin's progress (``NONE`` clears it); and,
+pgferry's own rule, only the finish LSN of the transaction the last apply error
+is about (``store.failed_lsn``): a mistyped LSN would skip nothing, or one day
+another transaction.
 Everything that needs the publisher (the refresh) happens before that
 transaction.
 
@@ -69,7 +74,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +107,8 @@ from pgferry.errors import (
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
 from pgferry.publisher.shape import PublishedTable
 from pgferry.publisher.spec import parse_table_name
+from pgferry.schema import copy as schema_copy
+from pgferry.schema.dump import DumpTools, find_tools
 from pgferry.sqltext import ident, printable, qualified, quote_literal
 from pgferry.stream import PgoutputOptions, ReplicationConnection
 from pgferry.stream.commands import streaming_for
@@ -112,7 +119,13 @@ from pgferry.subscription.options import (
     create_options,
     parse_pairs,
 )
-from pgferry.subscription.tables import check_subscriber, published_tables
+from pgferry.subscription.tables import (
+    check_subscriber,
+    column_differences,
+    existing_tables,
+    published_tables,
+    table_sizes,
+)
 
 logger = logging.getLogger("pgferry.subscription")
 
@@ -217,6 +230,46 @@ def _check_publisher(
     return published_tables(repl, publications)
 
 
+class PublisherCannotRead(ServerError):
+    """The publisher's role lacks SELECT on published tables (the copy needs it)."""
+
+
+def check_readable(repl: ReplicationConnection, tables: Sequence[PublishedTable]) -> None:
+    """Raise :class:`PublisherCannotRead` naming the ``tables`` whose published
+    columns the connection's role may not read: the initial copy reads them with
+    its credentials, so without SELECT it would fail in the sync worker, table
+    after table. (SELECT on every published column is enough, as for the copy.)"""
+    if not tables:
+        return
+    values = ", ".join(
+        f"({quote_literal(t.schema)}, {quote_literal(t.name)},"
+        f" ARRAY[{', '.join(quote_literal(c) for c in t.columns)}]::text[])"
+        for t in tables
+    )
+    rows = repl.execute(
+        "SELECT v.s, v.n, current_user FROM (VALUES " + values + ") AS v(s, n, cols)"
+        " JOIN pg_catalog.pg_namespace ns ON ns.nspname = v.s"
+        " JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid AND c.relname = v.n"
+        " WHERE NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')"
+        " AND NOT (SELECT coalesce(pg_catalog.bool_and("
+        "   pg_catalog.has_column_privilege(c.oid, col, 'SELECT')), false)"
+        "   FROM pg_catalog.unnest(v.cols) AS col)"
+        " ORDER BY 1, 2",
+        context="checking the publisher's privileges",
+    )
+    if not rows:
+        return
+    role = str(rows[0][2])
+    names = [qualified(str(r[0]), str(r[1])) for r in rows]
+    listed = ", ".join(names)
+    raise PublisherCannotRead(
+        f"the publisher's role {ident(role)} cannot read published"
+        f" table{'s' if len(names) > 1 else ''} {listed}: the initial copy needs SELECT",
+        hint=f"on the publisher: GRANT SELECT ON {listed} TO {ident(role)};"
+        " or subscribe without copying (--with copy_data=false)",
+    )
+
+
 def _replicated_on_publisher(
     repl: ReplicationConnection, publications: tuple[str, ...]
 ) -> list[str]:
@@ -298,6 +351,7 @@ def create_subscription(
     ci.parse(conninfo)
     opts = create_options(name, with_options)
     warnings: list[str] = []
+    copying_schema = opts.connect and opts.options.copy_schema != "false"
     with connect.subscriber(dsn) as local:
         ensure_catalog(local)
         if store.subscription_exists(local, name):
@@ -307,9 +361,17 @@ def create_subscription(
             )
         _check_origin_free(local, name)
         published: list[PublishedTable] = []
+        sizes: dict[tuple[str, str], int] = {}
+        tools: DumpTools | None = None
         if opts.connect:
             with _publisher(conninfo, name) as repl:
                 published = _check_publisher(repl, pubs, opts.options)
+                if opts.copy_data or copying_schema:
+                    check_readable(repl, published)
+                if copying_schema:
+                    # Before anything is created: a pg_dump that can dump it.
+                    tools = find_tools(repl.major)
+                sizes = table_sizes(repl, published)
                 if opts.copy_data and opts.options.origin == "none":
                     warning = _origin_warning(name, repl, pubs)
                     if warning:
@@ -323,15 +385,28 @@ def create_subscription(
                         f"replication slot {shown(opts.slot_name)} does not exist on the"
                         " publisher; create it before enabling the subscription"
                     )
-            check_subscriber(local, published)
+            _check_tables(local, published, copying=copying_schema)
+        copy: Callable[[str | None], schema_copy.Plan] | None = None
+        if tools is not None:
+            found_tools = tools
+
+            def copy(snapshot: str | None) -> schema_copy.Plan:
+                return _plan_schema(found_tools, conninfo, local, published, opts.options, snapshot)
+
         slot_created = False
-        if opts.create_slot:
-            assert opts.slot_name is not None
-            two_phase = bool(opts.get("two_phase")) and not opts.copy_data
-            _create_slot(conninfo, name, opts.slot_name, two_phase)
-            slot_created = True
+        schema: schema_copy.Plan | None = None
         try:
-            rows = _register(local, name, conninfo, pubs, opts.slot_name, opts, published)
+            if opts.create_slot:
+                assert opts.slot_name is not None
+                two_phase = bool(opts.get("two_phase")) and not opts.copy_data
+                schema = _create_slot(conninfo, name, opts.slot_name, two_phase, copy)
+                slot_created = True
+            elif copy is not None:
+                schema = copy(None)
+            rows = _register(
+                local, name, conninfo, pubs, opts.slot_name, opts, published, sizes, schema,
+                warnings,
+            )  # fmt: skip
         except BaseException as exc:
             if slot_created:
                 assert opts.slot_name is not None
@@ -342,12 +417,50 @@ def create_subscription(
     )
 
 
-def _create_slot(conninfo: str, name: str, slot_name: str, two_phase: bool) -> None:
+def _check_tables(local: Conn, published: list[PublishedTable], *, copying: bool) -> None:
+    """The subscriber has every published table and column; with the schema copy,
+    only the tables it has already are checked (it creates the others)."""
+    if copying:
+        present = existing_tables(local, published)
+        published = [t for t in published if t.key in present]
+    check_subscriber(local, published)
+
+
+def _plan_schema(
+    tools: DumpTools,
+    conninfo: str,
+    local: Conn,
+    tables: Sequence[PublishedTable],
+    options: SubscriptionOptions,
+    snapshot: str | None,
+) -> schema_copy.Plan:
+    return schema_copy.prepare(
+        tools,
+        conninfo,
+        local,
+        [(t.schema, t.name) for t in tables],
+        everything=options.copy_schema == "all",
+        snapshot=snapshot,
+        compare=lambda existing: column_differences(local, conninfo, existing),
+    )
+
+
+def _create_slot(
+    conninfo: str,
+    name: str,
+    slot_name: str,
+    two_phase: bool,
+    then: Callable[[str | None], schema_copy.Plan] | None = None,
+) -> schema_copy.Plan | None:
+    """Create the slot; with ``then``, export its snapshot and return what ``then``
+    makes of it while it is valid (the schema copy's plan)."""
     # Its own connection, and nothing open on the subscriber: in a shared cluster
     # the slot waits for every running transaction, ours included.
     with _publisher(conninfo, name) as repl:
         try:
-            repl.create_slot(slot_name, snapshot="nothing", two_phase=two_phase)
+            slot = repl.create_slot(
+                slot_name, snapshot="export" if then else "nothing", two_phase=two_phase
+            )
         except SlotAlreadyExists as exc:
             exc.message = f"replication slot {shown(slot_name)} already exists on the publisher"
             exc.hint = (
@@ -355,21 +468,47 @@ def _create_slot(conninfo: str, name: str, slot_name: str, two_phase: bool) -> N
                 " --with slot_name=NAME"
             )
             raise
+        if then is None:
+            return None
+        try:
+            return then(slot.snapshot_name)
+        except BaseException as exc:
+            # The caller drops the slot: it does not know it was created.
+            _drop_created_slot_on(repl, slot_name, exc)
+            raise
+
+
+def _drop_created_slot_on(
+    repl: ReplicationConnection, slot_name: str, cause: BaseException
+) -> None:
+    """Undo the slot of a create that failed, on its own connection (which may
+    still hold the exported snapshot); ``cause`` gets a hint if that fails too."""
+    try:
+        repl.execute("SELECT 1")  # ends the snapshot export
+        repl.drop_slot(slot_name)
+        logger.info("dropped replication slot %s again", slot_name)
+    except PgferryError as exc:
+        _slot_left(slot_name, exc, cause)
 
 
 def _drop_created_slot(conninfo: str, name: str, slot_name: str, cause: BaseException) -> None:
     """Undo the slot of a create that failed; ``cause`` gets a hint if that fails too."""
     try:
-        with _publisher(conninfo, name) as repl:
-            repl.drop_slot(slot_name)
-        logger.info("dropped replication slot %s again", slot_name)
+        repl = _publisher(conninfo, name)
     except PgferryError as exc:
-        logger.error("could not drop replication slot %s again: %s", slot_name, exc)
-        if isinstance(cause, PgferryError):
-            cause.hint = (
-                f"the replication slot {shown(slot_name)} created on the publisher could not be"
-                f" dropped again ({exc.message}); drop it there, it retains WAL"
-            )
+        _slot_left(slot_name, exc, cause)
+        return
+    with repl:
+        _drop_created_slot_on(repl, slot_name, cause)
+
+
+def _slot_left(slot_name: str, failure: PgferryError, cause: BaseException) -> None:
+    logger.error("could not drop replication slot %s again: %s", slot_name, failure)
+    if isinstance(cause, PgferryError):
+        cause.hint = (
+            f"the replication slot {shown(slot_name)} created on the publisher could not be"
+            f" dropped again ({failure.message}); drop it there, it retains WAL"
+        )
 
 
 def _register(
@@ -380,6 +519,9 @@ def _register(
     slot_name: str | None,
     opts: CreateOptions,
     published: list[PublishedTable],
+    sizes: dict[tuple[str, str], int],
+    schema: schema_copy.Plan | None,
+    warnings: list[str],
 ) -> list[SubscriptionTable]:
     origin = origins.subscription_origin(name)
     state = TableState.INIT if opts.copy_data else TableState.READY
@@ -398,8 +540,11 @@ def _register(
             ),
         )
         origins.ensure(local, origin)
+        if schema is not None:
+            warnings += schema_copy.create(local, name, schema, opts.options.schema_skip).lines()
         for row in rows:
             store.upsert_table(local, row)
+        store.set_table_sizes(local, name, sizes)
     return rows
 
 
@@ -570,6 +715,8 @@ class _Refresh:
     removed: list[SubscriptionTable] = field(default_factory=list)
     kept: list[PublishedTable] = field(default_factory=list)
     warning: str | None = None
+    sizes: dict[tuple[str, str], int] = field(default_factory=dict)
+    schema: schema_copy.Plan | None = None
 
 
 def _parse_skip(text: str) -> Lsn | None:
@@ -669,7 +816,8 @@ def alter_subscription(dsn: str, name: str, request: AlterRequest) -> AlterResul
         )
         refresh: _Refresh | None = None
         if refresh_wanted:
-            refresh = _plan_refresh(local, sub, conninfo, publications, copy_data)
+            copy_schema = str(options.get("copy_schema", sub.options.copy_schema))
+            refresh = _plan_refresh(local, sub, conninfo, publications, copy_data, copy_schema)
             if refresh.warning and refresh.added:
                 warnings.append(refresh.warning)
         with local.transaction():
@@ -693,6 +841,9 @@ def alter_subscription(dsn: str, name: str, request: AlterRequest) -> AlterResul
             if options:
                 slot_name = _apply_options(local, current, enabled, options, changes)
             if refresh is not None:
+                if refresh.schema is not None:
+                    omit = str(options.get("schema_skip", sub.options.schema_skip))
+                    warnings += schema_copy.create(local, name, refresh.schema, omit).lines()
                 _apply_refresh(local, name, refresh, changes)
             if request.skip is not None:
                 _apply_skip(local, current, skip, changes)
@@ -768,22 +919,41 @@ def _plan_refresh(
     conninfo: str,
     publications: tuple[str, ...],
     copy_data: bool,
+    copy_schema: str = "false",
 ) -> _Refresh:
-    """Compare what the publications publish now with the registered tables."""
+    """Compare what the publications publish now with the registered tables; with
+    ``copy_schema``, plan the schema copy of the tables added."""
     existing = {(t.remote_schema, t.remote_name): t for t in store.tables(local, sub.name)}
     with _publisher(conninfo, sub.name) as repl:
         published = _check_publisher(repl, publications, None)
-        check_subscriber(local, published)
+        tools = find_tools(repl.major) if copy_schema != "false" else None
         plan = _Refresh()
         if copy_data and sub.options.origin == "none":
             plan.warning = _origin_warning(sub.name, repl, publications)
         state = TableState.INIT if copy_data else TableState.READY
         keys = {t.key for t in published}
+        added: list[PublishedTable] = []
         for table in published:
             if table.key in existing:
                 plan.kept.append(table)
             else:
                 plan.added.append(_table_row(sub.name, table, state))
+                added.append(table)
+        plan.sizes = table_sizes(repl, added)
+        # What will be copied: the tables added, and those whose copy is to come.
+        copying = {
+            (t.remote_schema, t.remote_name) for t in plan.added if t.state != TableState.READY
+        }
+        copying |= {k for k, t in existing.items() if t.state in (TableState.INIT, TableState.DATA)}
+        if tools is not None:
+            copying |= {t.key for t in added}
+        check_readable(repl, [t for t in published if t.key in copying])
+        _check_tables(local, published, copying=tools is not None)
+        if tools is not None and added:
+            options = SubscriptionOptions.from_json(
+                {**sub.options.to_json(), "copy_schema": copy_schema}
+            )
+            plan.schema = _plan_schema(tools, conninfo, local, added, options, None)
         plan.removed = [t for key, t in existing.items() if key not in keys]
         # A removed table still being copied has a sync slot: drop it now.
         for gone in plan.removed:
@@ -797,6 +967,7 @@ def _plan_refresh(
 def _apply_refresh(local: Conn, name: str, plan: _Refresh, changes: list[str]) -> None:
     for row in plan.added:
         store.upsert_table(local, row)
+    store.set_table_sizes(local, name, plan.sizes)
     for table in plan.kept:
         store.set_table_shape(
             local, name, table.schema, table.name, table.column_list, table.row_filter
@@ -828,6 +999,22 @@ def _apply_skip(local: Conn, sub: Subscription, skip: Lsn | None, changes: list[
             raise InterfaceError(
                 f"skip WAL location (LSN {skip}) must be greater than origin LSN {progress}",
                 hint="the transaction at that LSN is already applied",
+            )
+    if skip is not None:
+        failed = store.failed_lsn(local, sub.name)
+        if failed is None:
+            raise InterfaceError(
+                f"subscription {shown(sub.name)} has no failed transaction to skip: no apply"
+                f" error naming one is recorded (LSN {skip})",
+                hint="--skip takes the finish LSN the last apply error names (pgferry status"
+                " shows it); nothing needs skipping now",
+            )
+        if skip != failed:
+            raise InterfaceError(
+                f"skip WAL location (LSN {skip}) is not the finish LSN of the failed"
+                f" transaction of subscription {shown(sub.name)}",
+                hint=f"the last apply error is about the remote transaction finished at"
+                f" {failed}: --skip {failed}",
             )
     store.set_skip_lsn(local, sub.name, skip)
     changes.append("skip LSN cleared" if skip is None else f"skip LSN set to {skip}")

@@ -193,6 +193,27 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> str:
     return text
 
 
+#: Options that are one of a few words, or a boolean standing for one of them:
+#: key -> (the word for true (None: no such), the word for false, the words).
+_WORD_OR_BOOLEAN: dict[str, tuple[str | None, str, tuple[str, ...]]] = {
+    "streaming": ("on", "off", _STREAMING),
+    "synchronous_commit": ("on", "off", _SYNCHRONOUS_COMMIT),
+    "copy_schema": ("true", "false", _COPY_SCHEMA),
+    "sequences": (None, "off", _SEQUENCES),
+}
+
+
+def _word_or_boolean(
+    key: str, value: str, true: str | None, false: str, choices: tuple[str, ...]
+) -> str:
+    text = value.strip().lower()
+    if true is not None and text in _TRUE:
+        return true
+    if text in _FALSE:
+        return false
+    return _choice(key, value, choices)
+
+
 def check_slot_name(slot_name: str) -> str:
     """``slot_name`` if PostgreSQL accepts it as a replication slot name."""
     if not _SLOT_NAME.fullmatch(slot_name):
@@ -219,38 +240,14 @@ def normalise(key: str, value: str) -> Any:
         if value.strip().lower() == "none":
             return None
         return check_slot_name(value)
-    if key == "streaming":
-        text = value.strip().lower()
-        if text in _TRUE:
-            return "on"
-        if text in _FALSE:
-            return "off"
-        return _choice(key, value, _STREAMING)
-    if key == "synchronous_commit":
-        text = value.strip().lower()
-        if text in _TRUE:
-            return "on"
-        if text in _FALSE:
-            return "off"
-        return _choice(key, value, _SYNCHRONOUS_COMMIT)
+    if key in _WORD_OR_BOOLEAN:
+        return _word_or_boolean(key, value, *_WORD_OR_BOOLEAN[key])
     if key == "origin":
         return _choice(key, value, _ORIGIN)
     if key == "conflict_resolution":
         return str(Resolution.parse(value)) or "error"
     if key == "apply_mode":
         return _choice(key, value, _APPLY_MODE)
-    if key == "copy_schema":
-        text = value.strip().lower()
-        if text in _TRUE:
-            return "true"
-        if text in _FALSE:
-            return "false"
-        return _choice(key, value, _COPY_SCHEMA)
-    if key == "sequences":
-        text = value.strip().lower()
-        if text in _FALSE:
-            return "off"
-        return _choice(key, value, _SEQUENCES)
     if key in TEXT_KEYS:
         if "\0" in value:
             raise InterfaceError(f"{key} contains a NUL character")

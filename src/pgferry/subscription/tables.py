@@ -24,7 +24,7 @@ import psycopg
 from pgferry.errors import ServerError
 from pgferry.publisher import shape
 from pgferry.publisher.shape import PublishedTable
-from pgferry.sqltext import ident
+from pgferry.sqltext import ident, quote_literal
 from pgferry.stream import ReplicationConnection
 
 
@@ -109,3 +109,55 @@ def check_subscriber(conn: psycopg.Connection[Any], tables: Sequence[PublishedTa
             hint="create the missing tables and columns on the subscriber (logical replication"
             " does not copy DDL), or leave them out of the publication",
         )
+
+
+def table_sizes(
+    repl: ReplicationConnection, tables: Sequence[PublishedTable]
+) -> dict[tuple[str, str], int]:
+    """Each table's size on the publisher, in bytes (a partitioned table: its
+    partitions'), so that the largest is copied first."""
+    if not tables:
+        return {}
+    values = ", ".join(f"({quote_literal(t.schema)}, {quote_literal(t.name)})" for t in tables)
+    rows = repl.execute(
+        "SELECT v.s, v.n, CASE WHEN c.relkind = 'p' THEN"
+        " (SELECT coalesce(sum(pg_catalog.pg_table_size(p.relid)), 0)"
+        "  FROM pg_catalog.pg_partition_tree(c.oid) p)::int8"
+        " ELSE pg_catalog.pg_table_size(c.oid) END"
+        f" FROM (VALUES {values}) AS v(s, n)"
+        " JOIN pg_catalog.pg_namespace ns ON ns.nspname = v.s"
+        " JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid AND c.relname = v.n"
+    )
+    return {(str(s), str(n)): int(size or 0) for s, n, size in rows}
+
+
+def existing_tables(
+    conn: psycopg.Connection[Any], tables: Sequence[PublishedTable]
+) -> set[tuple[str, str]]:
+    """The published tables that exist on the subscriber (as any relation)."""
+    rows = conn.execute(
+        "SELECT t.s, t.n FROM unnest(%s::text[], %s::text[]) AS t(s, n)"
+        " WHERE EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns"
+        " ON ns.oid = c.relnamespace WHERE ns.nspname = t.s AND c.relname = t.n)",
+        ([t.schema for t in tables], [t.name for t in tables]),
+    ).fetchall()
+    return {(str(s), str(n)) for s, n in rows}
+
+
+def column_differences(
+    conn: psycopg.Connection[Any], conninfo: str, tables: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], list[str]]:
+    """How the columns of ``tables`` differ between the subscriber (``conn``) and
+    the publisher (``conninfo``); a table that matches has an empty list. Columns
+    only the subscriber has are no difference: replication leaves them alone."""
+    from pgferry import connect
+    from pgferry.schema import diff
+
+    with connect.session(conninfo, side="publisher", application_name="pgferry schema") as remote:
+        theirs = diff.describe_tables(remote, tables)
+    ours = diff.describe_tables(conn, tables)
+    return {
+        table: diff.column_differences(theirs[table], ours[table], None, extra=False)
+        for table in tables
+        if table in theirs and table in ours
+    }

