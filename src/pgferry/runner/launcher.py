@@ -158,6 +158,11 @@ class Launcher:
         self._settings: dict[str, str] = {}  # subscription -> its settings, this round
         self._stop = False
 
+    def failures(self) -> dict[WorkerKey, int]:
+        """Each failing worker's failures in a row (since it last ran healthy), a
+        copy taken in one step (the launcher's thread changes the original)."""
+        return dict(self._failures)
+
     def request_stop(self) -> None:
         self._stop = True
 
