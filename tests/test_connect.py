@@ -61,7 +61,8 @@ def test_create_against_a_server_that_never_answers_fails_within_the_timeout(
     monkeypatch.setattr(connect, "CONNECT_TIMEOUT", 2)  # libpq's smallest
     monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
     publisher = f"host=127.0.0.1 port={silent_port} user=repl password={PASSWORD} dbname=app"
-    args = ["-d", cluster.dsn(dbname), "subscription", "create", "ferry"]
+    # (A name of its own: replication origins are shared by the cluster's databases.)
+    args = ["-d", cluster.dsn(dbname), "subscription", "create", "silent_publisher"]
     args += ["--connection", publisher, "--publication", "pub"]
     result: list[Any] = []
     began = time.monotonic()
