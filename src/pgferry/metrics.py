@@ -561,8 +561,7 @@ def _launcher(
     for key in list(launcher.children):
         workers[(key[1], key[0])] = workers.get((key[1], key[0]), 0) + 1
     failures = {
-        (key[1], key[0], ".".join(key[2:])): count
-        for key, count in launcher.failures().items()
+        (key[1], key[0], ".".join(key[2:])): count for key, count in launcher.failures().items()
     }
     return workers, failures
 
