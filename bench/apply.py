@@ -575,12 +575,17 @@ def targets(bench: Bench, results: dict[str, tuple[float, float]]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_server_arguments(parser: argparse.ArgumentParser, *, scale: int) -> None:
+    """The options of :class:`Bench`'s servers: throwaway clusters, or given ones."""
     parser.add_argument("--bindir", help="PostgreSQL bin directory (default: embedded)")
     parser.add_argument("--publisher-dsn", help="use this publisher database")
     parser.add_argument("--subscriber-dsn", help="use this subscriber server")
-    parser.add_argument("--scale", type=int, default=20)
+    parser.add_argument("--scale", type=int, default=scale)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_server_arguments(parser, scale=20)
     parser.add_argument("--transactions", type=int, default=100000)
     parser.add_argument("--lag-seconds", type=int, default=30)
     parser.add_argument("--rss-rows", type=int, default=10_000_000)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bench.apply import Bench
+from bench.apply import Bench, add_server_arguments
 from bench.common import Publisher, machine
 from pgferry import metrics
 
@@ -150,10 +150,7 @@ def latency_line(name: str, latencies: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bindir", help="PostgreSQL bin directory (default: embedded)")
-    parser.add_argument("--publisher-dsn", help="use this publisher database")
-    parser.add_argument("--subscriber-dsn", help="use this subscriber server")
-    parser.add_argument("--scale", type=int, default=2)
+    add_server_arguments(parser, scale=2)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between scrapes")

@@ -53,7 +53,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from bench.apply import Bench, wait_caught_up
+from bench.apply import Bench, add_server_arguments, wait_caught_up
 from bench.common import Timer, machine
 from pgferry import connect
 from pgferry.schema.dump import DumpTools, find_tools
@@ -345,10 +345,7 @@ def table(bench: SchemaBench, runs: dict[str, list[tuple[float, float]]]) -> lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bindir", help="PostgreSQL bin directory (default: embedded)")
-    parser.add_argument("--publisher-dsn", help="use this publisher database")
-    parser.add_argument("--subscriber-dsn", help="use this subscriber server")
-    parser.add_argument("--scale", type=int, default=20)
+    add_server_arguments(parser, scale=20)
     parser.add_argument("--sequences", type=int, default=10_000)
     parser.add_argument("--syncs", type=int, default=5, help="timed sequence syncs")
     parser.add_argument("--scenarios", default="empty,present,sequences")
