@@ -7,7 +7,11 @@ is kept between scrapes and nothing is written:
 * the catalog, read as ``pgferry status`` reads it (:mod:`pgferry.status.report`:
   the apply worker and its positions, the last error, the error and conflict
   counters, table states, sequence drift), plus each table's size on the
-  publisher and the sync workers' COPY progress (``pg_stat_progress_copy``);
+  publisher, the sync workers' COPY progress (``pg_stat_progress_copy``), the
+  transactions and rows applied (as the apply worker last wrote them, about every
+  second: see :mod:`pgferry.catalog.workers`), the conflicts by type and
+  resolution, and each worker kind's restarts (failed exits; kept in the catalog,
+  so they survive ``pgferry run``);
 * each publisher, once per distinct conninfo: its WAL position and the
   subscription's slot, from which ``status``'s lag is computed (bytes: WAL not yet
   confirmed; seconds: 0 when caught up, else the walsender's ``flush_lag``), and
@@ -15,8 +19,7 @@ is kept between scrapes and nothing is written:
   WAL, ``wal_status``, ``safe_wal_size``; the estimated rows of tables still to
   copy;
 * the launcher it runs in, when given: its worker processes, and each worker's
-  failed exits since its last clean exit (the launcher's backoff count: it keeps
-  no count of all restarts, so there is no restart counter).
+  failed exits since its last clean exit (the launcher's backoff count).
 
 **A scrape never hangs.** Every connection has ``connect_timeout``
 :data:`CONNECT_TIMEOUT` and ``tcp_user_timeout`` unless its conninfo sets them, and
@@ -55,7 +58,8 @@ from prometheus_client.registry import Collector as _PromCollector
 
 from pgferry import connect
 from pgferry import conninfo as ci
-from pgferry.catalog import TableState
+from pgferry.catalog import TableState, conflict_log, store
+from pgferry.catalog import workers as catalog_workers
 from pgferry.catalog.schema import current_version
 from pgferry.conflict import CONFLICT_TYPES
 from pgferry.errors import InterfaceError, PgferryError
@@ -85,6 +89,8 @@ APPLICATION_NAME = "pgferry metrics"
 PROGRESS_COPY_VERSION = 140000
 #: The catalog version with ``subscription_table.size_bytes``.
 SIZES_VERSION = 6
+#: A table of the catalog version with the applied, conflict and restart counters.
+COUNTERS_TABLE = "pgferry.worker_restart"
 #: ``pg_replication_slots.wal_status`` values (PostgreSQL 13+).
 WAL_STATUSES = ("reserved", "extended", "unreserved", "lost")
 #: The apply worker states of ``pgferry status``.
@@ -206,6 +212,18 @@ METRICS: tuple[MetricSpec, ...] = (
         "1 for the slot's wal_status (reserved, extended, unreserved, lost)",
     ),
     MetricSpec(
+        "pgferry_transactions_applied_total",
+        "counter",
+        _SUB,
+        "Remote transactions the apply worker applied (not those skipped)",
+    ),
+    MetricSpec(
+        "pgferry_rows_applied_total",
+        "counter",
+        _SUB,
+        "Row changes (inserts, updates, deletes) of the transactions applied",
+    ),
+    MetricSpec(
         "pgferry_apply_errors_total",
         "counter",
         _SUB,
@@ -222,6 +240,12 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         (*_SUB, "type"),
         "Conflicts met, by type (PostgreSQL 18's confl_* counters)",
+    ),
+    MetricSpec(
+        "pgferry_conflict_resolutions_total",
+        "counter",
+        (*_SUB, "type", "resolution"),
+        "Conflicts logged, by type and the resolution policy applied",
     ),
     MetricSpec(
         "pgferry_tables",
@@ -289,6 +313,12 @@ METRICS: tuple[MetricSpec, ...] = (
         (*_SUB, "kind", "table"),
         "Failed exits of a worker since its last clean exit (each one restarted after a pause)",
     ),
+    MetricSpec(
+        "pgferry_worker_restarts_total",
+        "counter",
+        (*_SUB, "kind"),
+        "Failed exits of the subscription's workers of a kind, each restarted by the launcher",
+    ),
 )
 
 _SPECS = {spec.name: spec for spec in METRICS}
@@ -326,6 +356,18 @@ class CopyProgress:
 
 
 @dataclass(frozen=True)
+class Counters:
+    """The catalog's counters that ``pgferry status`` does not show."""
+
+    #: Subscription -> (transactions, rows) applied.
+    applied: dict[str, tuple[int, int]]
+    #: (subscription, conflict type, resolution) -> conflicts logged.
+    resolutions: dict[tuple[str, str, str], int]
+    #: (subscription, worker kind) -> restarts.
+    restarts: dict[tuple[str, str], int]
+
+
+@dataclass(frozen=True)
 class Reading:
     """Everything one scrape exports."""
 
@@ -342,6 +384,7 @@ class Reading:
     #: (subscription, kind, table) -> failed exits since the last clean exit.
     failures: dict[tuple[str, str, str], int] = field(default_factory=dict)
     seconds: float = 0.0
+    counters: Counters | None = None
 
 
 # -- sessions -------------------------------------------------------------------------
@@ -376,6 +419,7 @@ class _Local:
     subscriptions: list[report.CatalogSubscription]
     sizes: dict[tuple[str, str, str], int]
     copies: dict[tuple[str, str, str], CopyProgress]
+    counters: Counters | None = None
 
 
 def _sizes(local: Conn) -> dict[tuple[str, str, str], int]:
@@ -410,7 +454,17 @@ def _read_local(dsn: str) -> _Local:
         subscriptions = report.read_catalog(local, STALE_AFTER, version)
         sizes = _sizes(local) if version >= SIZES_VERSION else {}
         copying = local.info.server_version >= PROGRESS_COPY_VERSION
-        return _Local(subscriptions, sizes, _copies(local) if copying else {})
+        return _Local(subscriptions, sizes, _copies(local) if copying else {}, _counters(local))
+
+
+def _counters(local: Conn) -> Counters | None:
+    """The applied, conflict and restart counters (None: an older catalog)."""
+    row = local.execute("SELECT to_regclass(%s) IS NOT NULL", (COUNTERS_TABLE,)).fetchone()
+    if not row or not row[0]:
+        return None
+    return Counters(
+        store.applied_counts(local), conflict_log.counts(local), catalog_workers.restarts(local)
+    )
 
 
 # -- the publishers -------------------------------------------------------------------
@@ -593,6 +647,7 @@ def read(dsn: str, launcher: Launcher | None = None, probes: Probes | None = Non
         workers,
         failures,
         _since(started),
+        local.counters,
     )
 
 
@@ -704,7 +759,19 @@ def families(reading: Reading) -> list[Metric]:
         out.add("pgferry_workers", number, sub, kind)
     for (sub, kind, table), count in sorted(reading.failures.items()):
         out.add("pgferry_worker_failures", count, sub, kind, table)
+    if reading.counters is not None:
+        _counted(out, reading.counters)
     return list(out.families.values())
+
+
+def _counted(out: _Families, counters: Counters) -> None:
+    for sub, (transactions, rows) in sorted(counters.applied.items()):
+        out.add("pgferry_transactions_applied_total", transactions, sub)
+        out.add("pgferry_rows_applied_total", rows, sub)
+    for (sub, ctype, resolution), count in sorted(counters.resolutions.items()):
+        out.add("pgferry_conflict_resolutions_total", count, sub, ctype, resolution)
+    for (sub, kind), count in sorted(counters.restarts.items()):
+        out.add("pgferry_worker_restarts_total", count, sub, kind)
 
 
 class Collector(_PromCollector):

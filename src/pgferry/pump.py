@@ -14,6 +14,11 @@ progress; :class:`Pump` is the part they share:
   :func:`~pgferry.assembler.delivery_position`, so half a transaction is never
   delivered), and sets :attr:`Pump.finished` once the stream has passed the
   bound between two transactions;
+* with a :attr:`Pump.gate` (the apply hold, see :mod:`pgferry.apply.hold`), it
+  stops before a transaction whose delivery position the gate refuses, keeps it
+  and the rest of what was read (:attr:`Pump.held_at` says where), reads nothing
+  more while the gate refuses it, and delivers it first once the gate allows it
+  or is removed;
 * :meth:`Pump.confirm` tells the publisher a position the consumer has made
   durable, never past :meth:`~pgferry.assembler.Assembler.restart_floor` (a
   streamed or prepared transaction still waiting for its outcome is received
@@ -25,12 +30,14 @@ written and flushed); the pump only keeps the rules every consumer shares.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from pgferry.assembler import Assembler, delivery_position
 from pgferry.protocol.envelope import PrimaryKeepalive, XLogData
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
+from pgferry.protocol.messages import Message
 from pgferry.protocol.pgoutput import PgoutputDecoder
 from pgferry.stream import ReplicationStream
 
@@ -72,12 +79,27 @@ class Pump:
         self.idle_lsn = INVALID_LSN
         #: The bound is passed: nothing more is delivered.
         self.finished = False
+        #: Says whether a transaction delivered at a position must wait (True).
+        self.gate: Callable[[Lsn], bool] | None = None
+        self._held: list[XLogData | PrimaryKeepalive] = []
+        self._held_msg: Message | None = None
+        #: The delivery position of the transaction the gate stopped, if any.
+        self.held_at: Lsn | None = None
 
     def pump(self, timeout: float, max_items: int = READ_BATCH) -> Pumped:
         """Read and feed what has arrived, waiting up to ``timeout`` s for it."""
         if self.finished:
             return Pumped(0, False)
+        gate = self.gate
+        if self.held_at is not None:
+            if gate is not None and gate(self.held_at):
+                return Pumped(0, False)
+            batch, first = self._held, self._held_msg
+            self._held, self._held_msg, self.held_at = [], None, None
+            return self._feed_gated(batch, gate or _never, first)
         batch = self.stream.read_batch(timeout=timeout, max_items=max_items)
+        if gate is not None and self.bound is None:
+            return self._feed_gated(batch, gate, None)
         if self.bound is not None:
             return self._feed_bounded(batch, self.bound)
         assembler = self.assembler
@@ -87,6 +109,31 @@ class Pump:
             if type(item) is XLogData:
                 payload = item.payload
                 feed(decode(payload), payload, item.data_start)
+                data = True
+            elif assembler.between_transactions:
+                assert isinstance(item, PrimaryKeepalive)
+                self.idle_lsn = item.wal_end
+        return Pumped(len(batch), data)
+
+    def _feed_gated(
+        self,
+        batch: list[XLogData | PrimaryKeepalive],
+        gate: Callable[[Lsn], bool],
+        first: Message | None,
+    ) -> Pumped:
+        """Feed ``batch`` (its first message already decoded as ``first``, if
+        given) up to a transaction the gate stops; keep that one and the rest."""
+        assembler = self.assembler
+        data = False
+        for index, item in enumerate(batch):
+            if type(item) is XLogData:
+                payload = item.payload
+                msg = first if index == 0 and first is not None else self.decoder.decode(payload)
+                position = delivery_position(msg)
+                if position is not None and gate(position):
+                    self._held, self._held_msg, self.held_at = batch[index:], msg, position
+                    return Pumped(index, data)
+                assembler.feed(msg, payload, item.data_start)
                 data = True
             elif assembler.between_transactions:
                 assert isinstance(item, PrimaryKeepalive)
@@ -137,3 +184,7 @@ class Pump:
             # interval: the slot releases WAL sooner, a restart re-sends less.
             stream.send_status()
         return committed
+
+
+def _never(_position: Lsn) -> bool:
+    return False

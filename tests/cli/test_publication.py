@@ -285,7 +285,10 @@ def test_usage_errors(cluster: Cluster, dbname: str) -> None:
     cases = [
         (("create", "p"), "give --table, --tables-in-schema or --all-tables"),
         (("create", "p", "--all-tables", "--table", "t"), "cannot be combined"),
-        (("alter", "p"), "give --add-table, --drop-table, --set-table or --with"),
+        (
+            ("alter", "p"),
+            "give --add-table, --drop-table, --set-table, --with, --owner or --rename",
+        ),
         (("alter", "p", "--set-table", "t", "--add-table", "u"), "cannot be combined"),
     ]
     for args, needle in cases:
@@ -302,3 +305,50 @@ def test_filters_on_an_old_server(cluster: Cluster, dbname: str) -> None:
         "column lists and row filters (WHERE) need PostgreSQL 15 or later",
         "hint: publish whole tables",
     )
+
+
+def test_rename_and_owner(cluster: Cluster, dbname: str) -> None:
+    dsn = cluster.dsn(dbname)
+    role = f'{dbname[:40]} Ow"ner'
+    cluster.sql(f"CREATE TABLE t (id int PRIMARY KEY); CREATE ROLE {_quoted(role)}", dbname=dbname)
+    try:
+        assert run(dsn, "create", "app", "--table", "t").returncode == 0
+        cluster.sql(
+            "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')",
+            (f"{dbname[:40]}_slot",),
+            dbname=dbname,
+        )
+        altered = run(dsn, "alter", "app", "--owner", role, "--rename", 'we "ird')
+        assert altered.returncode == 0, altered.stderr
+        assert altered.stdout == (
+            f"altered publication 'app' (owner {_quoted(role)}) (renamed to 'we \"ird')\n"
+        )
+        # Subscribers name publications: with a slot here, a warning says what to do.
+        (warning,) = altered.warnings
+        assert "must now subscribe to 'we \"ird'" in warning
+        assert "--drop-publication app --add-publication 'we \"ird'" in warning
+        (pub,) = listed(dsn)
+        assert (pub["name"], pub["owner"]) == ('we "ird', role)
+        assert pub["tables"] == [{"schema": "public", "table": "t", "columns": None,
+                                  "row_filter": None}]  # fmt: skip
+        assert_clean_failure(run(dsn, "alter", "app", "--rename", "x"), "'app' does not exist")
+        assert run(dsn, "create", "other", "--table", "t").returncode == 0
+        assert_clean_failure(
+            run(dsn, "alter", "other", "--rename", 'we "ird'), "'we \"ird' already exists"
+        )
+        assert_clean_failure(
+            run(dsn, "alter", "other", "--owner", "no such role"), 'role "no such role"'
+        )
+        assert [p["name"] for p in listed(dsn)] == ["other", 'we "ird']
+    finally:
+        cluster.sql(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+            " WHERE database = %s",
+            (dbname,),
+        )
+        cluster.sql('DROP PUBLICATION IF EXISTS "we ""ird", other', dbname=dbname)
+        cluster.sql(f"DROP ROLE {_quoted(role)}")
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

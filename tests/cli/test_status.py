@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,11 +23,12 @@ from tests.support import PGFERRY
 #: Every key of a ``status --json`` object (the documented, stable set).
 KEYS = {
     "name", "enabled", "publications", "slot_name", "conninfo", "worker", "lag",
-    "last_error", "last_error_time", "stats", "tables", "sequences", "publisher",
+    "last_error", "last_error_time", "last_error_lsn", "last_error_hint", "stats", "tables",
+    "sync_workers", "sequences", "publisher",
 }  # fmt: skip
 WORKER_KEYS = {
     "state", "pid", "started_at", "received_lsn", "applied_lsn", "last_msg_send_time",
-    "last_msg_receipt_time", "latest_end_time", "seconds_since_report",
+    "last_msg_receipt_time", "latest_end_time", "seconds_since_report", "retry",
 }  # fmt: skip
 SLOT_KEYS = {
     "name", "exists", "active", "active_pid", "restart_lsn", "confirmed_flush_lsn",
@@ -124,7 +126,9 @@ def test_wait_returns_after_a_load_with_the_launcher(env: Env) -> None:
     first = pgferry(env.sub_dsn, "subscription", "wait", "ferry", "--timeout", "60")
     assert first.returncode == 0, (first, env.log())
     assert first.stdout.startswith("subscription 'ferry' caught up: 2 tables ready, applied ")
-    assert first.stderr == ""
+    # Progress goes to stderr (plain lines when not a terminal), and nothing else.
+    for line in first.stderr.splitlines():
+        assert line.startswith(("copying public.", "sync public.", "waiting: ")), first.stderr
     assert env.on_sub("SELECT count(*) FROM t") == [(5000,)]  # the initial copy
     # A load in many transactions, committed before wait starts: all of it is on
     # the subscriber when wait returns.
@@ -164,3 +168,73 @@ def test_wait_fails_fast_when_disabled_or_missing(env: Env) -> None:
     missing = pgferry(env.sub_dsn, "subscription", "wait", "nope", "--timeout", "60")
     one_line_failure(missing, "subscription 'nope' does not exist")
     assert missing.seconds < 10
+
+
+def test_status_text_fits_80_columns_when_piped(env: Env) -> None:
+    env.create()
+    result = pgferry(env.sub_dsn, "status")  # piped: 80 columns whatever COLUMNS says
+    assert result.returncode == 0 and result.stderr == "", result
+    lines = result.stdout.splitlines()
+    assert lines[0] == "subscription ferry (enabled; publications pub)"
+    assert max(len(line) for line in lines) <= 80
+    (doc,) = status_json(env)
+    slot = doc["publisher"]["slot"]
+    assert f"slot positions: restart {slot['restart_lsn']}," in result.stdout
+    assert "  hint: is pgferry run running for this database?" in lines
+
+
+def test_watch_top_and_ctrl_c(env: Env) -> None:
+    env.create()
+    top = pgferry(env.sub_dsn, "top", "--interval", "0.1", "--count", "2")
+    assert top.returncode == 0 and top.stderr == "", top
+    assert top.stdout.count("pgferry status at ") == 2
+    assert top.stdout.count("table public.t: i") == 2 and "table public.u: i" in top.stdout
+    lines = pgferry(env.sub_dsn, "status", "--watch", "0.1", "--count", "3", "--json")
+    documents = [json.loads(line) for line in lines.stdout.splitlines()]
+    assert len(documents) == 3 and all(d[0]["name"] == "ferry" for d in documents)
+    # Until Ctrl-C: a clean end, exit status 0, no traceback.
+    proc = subprocess.Popen(
+        [*PGFERRY, "-d", env.sub_dsn, "status", "--watch", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == "", err
+    assert out.count("pgferry status at ") >= 2 and "subscription ferry" in out
+
+
+def _on_terminal(args: list[str], timeout: float = 60) -> tuple[int, str]:
+    """Run ``pgferry ARGS`` on a pseudo-terminal of 80 columns; exit status, output."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdout and stderr are the terminal
+        os.environ.update(COLUMNS="80", LINES="40")
+        os.execv(PGFERRY[0], [*PGFERRY, *args])  # noqa: S606 - our own interpreter
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        out += data
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_watch_and_wait_on_a_terminal(env: Env) -> None:
+    env.create()
+    code, out = _on_terminal(["-d", env.sub_dsn, "status", "--watch", "0.1", "--count", "2"])
+    assert code == 0 and "Traceback" not in out, out
+    assert "Ctrl-C to stop" in out and "subscription ferry" in out
+    code, out = _on_terminal(["-d", env.sub_dsn, "subscription", "wait", "ferry", "--timeout", "1"])
+    assert code == 1 and "Traceback" not in out, out
+    assert "waiting: 0 of 2 tables ready" in out and "pgferry: error: timed out" in out

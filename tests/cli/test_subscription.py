@@ -5,13 +5,17 @@ never a password."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
-from pgferry.catalog import store
+from pgferry.catalog import SubscriptionOptions, store
+from pgferry.cli.main import main
+from pgferry.subscription.options import ALTER_KEYS, CREATE_KEYS
 from pgferry.testing import Cluster
 from tests.support import Run, pgferry
 
@@ -229,3 +233,144 @@ def test_drop_with_unreachable_publisher(env: Env) -> None:
 def test_bad_subscriber_dsn(env: Env) -> None:
     result = run(f"host=127.0.0.1 port=1 password={PASSWORD} connect_timeout=3", "list")
     assert_clean_failure(result, "cannot connect to the subscriber", "password=********")
+
+
+# -- help --------------------------------------------------------------------------------
+
+
+def _formatted(value: Any) -> str:
+    """An option's default as ``--with`` spells it."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _help(*args: str) -> str:
+    result = CliRunner().invoke(main, [*args, "--help"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_with_keys_are_listed_with_their_defaults() -> None:
+    defaults = {**SubscriptionOptions().to_json(), "enabled": True, "slot_name": "NAME"}
+    create_help = _help("subscription", "create")
+    alter_help = _help("subscription", "alter")
+    for help_text, keys in (
+        (create_help, CREATE_KEYS),
+        (alter_help, (*ALTER_KEYS, "refresh", "copy_data")),
+    ):
+        lines = help_text.splitlines()
+        for key in keys:
+            default = "true" if key == "refresh" else _formatted(defaults[key])
+            assert any(line.split()[:1] == [f"{key}={default}"] for line in lines if line), key
+    # Every stored option can be given at create, and is listed.
+    assert set(SubscriptionOptions().to_json()) <= set(CREATE_KEYS)
+    assert "streaming=parallel" in create_help and "batch_transactions=1000" in create_help
+    assert "conflict_resolution=error" in alter_help and "--rename NEW" in alter_help
+
+
+def test_top_level_help_shows_whole_summaries() -> None:
+    # (Compared without white space: the formatter wraps a summary onto more lines,
+    # also after a hyphen.)
+    text = "".join(_help().split())
+    for name, command in main.commands.items():
+        first = (command.short_help or command.help or "").split("\n\n")[0]
+        assert name + "".join(first.split()) in text, name
+    assert "..." not in text.partition("Commands:")[2]
+    sub = " ".join(_help("subscription").split())
+    assert "Wait until NAME has every table ready and has applied the publisher's" in sub
+
+
+# -- list, rename, owner ---------------------------------------------------------------
+
+
+def test_list_shows_options_skip_lsn_and_the_error_with_its_fix(env: Env) -> None:
+    created = run(
+        env.dsn, "create", "ferry", "--connection", env.publisher, "--publication", "pub",
+        "--with", "copy_data=false", "--with", "binary=true",
+        "--with", "conflict_resolution=last_update_wins",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    shown = run(env.dsn, "list")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "subscription 'ferry'"
+    assert "  state:        enabled" in lines
+    assert "  tables:       r:2" in lines
+    assert (
+        "  options:      copy_data=false, binary=true, conflict_resolution=last_update_wins"
+        in lines
+    )
+    assert not any("skip LSN" in line or "last error" in line for line in lines)
+    with env.cluster.connect(env.sub) as conn:
+        store.record_error(conn, "ferry", "duplicate key value", finish_lsn="0/AB")
+    (sub,) = env.listed()
+    assert (sub["last_error"], sub["last_error_lsn"]) == ("duplicate key value", "0/AB")
+    assert sub["last_error_hint"].endswith("pgferry subscription alter ferry --skip 0/AB")
+    assert sub["options"]["streaming"] == "parallel"  # --json: every option
+    lines = run(env.dsn, "list").stdout.splitlines()
+    assert "  state:        enabled, failing" in lines
+    assert "  last error:   duplicate key value" in lines
+    (hint,) = [line for line in lines if line.startswith("  hint:")]
+    assert "fix the data on the subscriber" in hint
+    assert hint.endswith("pgferry subscription alter ferry --skip 0/AB")
+    assert run(env.dsn, "alter", "ferry", "--disable", "--skip", "0/AB").returncode == 0
+    lines = run(env.dsn, "list").stdout.splitlines()
+    assert "  skip LSN:     0/AB" in lines
+    assert "  state:        disabled, failing" in lines
+    (hint,) = [line for line in lines if line.startswith("  hint:")]
+    assert hint.endswith("pgferry subscription alter ferry --skip 0/AB --enable")
+    # Key: value lines, never wrapped (whatever the width, piped or not).
+    assert all(line == lines[0] or re.fullmatch(r"  [a-zA-Z ]+: +\S.*", line) for line in lines)
+
+
+def test_rename_and_owner(env: Env) -> None:
+    role = f'{env.sub[:40]} ow"ner'
+    env.cluster.sql(f"CREATE ROLE {_quoted(role)}")
+    try:
+        created = run(
+            env.dsn, "create", "ferry", "--connection", env.publisher, "--publication", "pub",
+            "--with", "copy_data=false",
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        (before,) = env.listed()
+        new = 'we "ird'
+        assert_clean_failure(
+            run(env.dsn, "alter", "ferry", "--owner", role, "--rename", new),
+            "--rename cannot be combined with other changes",
+            "hint: rename in a command of its own",
+        )
+        owned = run(env.dsn, "alter", "ferry", "--owner", role)
+        assert (owned.returncode, owned.stderr) == (0, "")
+        assert owned.stdout == f"altered subscription 'ferry': owner set to {_quoted(role)}\n"
+        altered = run(env.dsn, "alter", "ferry", "--rename", new)
+        assert (altered.returncode, altered.stderr) == (0, "")
+        assert altered.stdout == "altered subscription 'ferry': renamed to 'we \"ird'\n"
+        (after,) = env.listed()
+        # The same subscription under its new name: origin, slot, tables kept.
+        assert (after["name"], after["owner"]) == (new, role)
+        for key in ("origin_name", "slot_name", "tables", "options", "conninfo"):
+            assert after[key] == before[key], key
+        assert after["origin_name"] == "pgferry_ferry"
+        # The old name is free again; its origin is taken, so a new one is chosen.
+        again = run(
+            env.dsn, "create", "ferry", "--connection", env.publisher, "--publication", "pub",
+            "--with", "copy_data=false", "--with", "slot_name=ferry2",
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        origins = {s["name"]: s["origin_name"] for s in env.listed()}
+        assert origins == {"ferry": "pgferry_ferry_2", new: "pgferry_ferry"}
+        assert_clean_failure(
+            run(env.dsn, "alter", "ferry", "--rename", new), f"subscription {new!r} already exists"
+        )
+        assert_clean_failure(
+            run(env.dsn, "alter", "ferry", "--owner", "no such role"),
+            'role "no such role" does not exist',
+            "hint: ",
+        )
+        for name in ("ferry", new):
+            assert run(env.dsn, "drop", name).returncode == 0
+    finally:
+        env.cluster.sql(f"DROP ROLE {_quoted(role)}")
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

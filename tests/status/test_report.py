@@ -22,6 +22,7 @@ from pgferry.status import (
     WaitFailed,
     collect,
     render_table,
+    render_text,
     to_document,
     to_json,
     wait_ready,
@@ -94,14 +95,29 @@ def test_running_subscription(env: Env) -> None:
     assert slot.restart_lsn is not None and slot.retained_wal_bytes is not None
     assert status.publisher.wal_lsn is not None
     assert slot.retained_wal_bytes == status.publisher.wal_lsn - slot.restart_lsn
+
+    # An active walsender has a flush lag: its own, or 0 once all it sent is
+    # confirmed; lag in seconds is then known, and 0 once caught up.
+    def lag_known() -> bool:
+        known = _one(env)
+        flush = known.publisher.slot.flush_lag_seconds if known.publisher.slot else None
+        return flush is not None and flush >= 0 and known.lag_seconds is not None
+
+    until(lag_known, 10, "the flush lag")
     if status.lag_bytes == 0:
         assert (status.lag_seconds, status.lag_seconds_source) == (0.0, "caught_up")
+    assert status.sync_workers == ()
     doc = to_document(status)
     assert doc["worker"]["state"] == "running" and doc["worker"]["pid"] == pid
     assert doc["tables"] == {"total": 2, "states": {"r": 2}, "not_ready": []}
     assert doc["publisher"]["slot"]["active"] is True
     text = _rendered([status])
     assert "ferry" in text and f"running (pid {pid})" in text and "all ready" in text
+    # 80 columns: no line longer, and every LSN whole.
+    narrow = render_text([status], 80)
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    for lsn in (slot.restart_lsn, slot.confirmed_flush_lsn, status.worker.received_lsn):
+        assert str(lsn) in narrow
 
     # The launcher stopped: no worker, the slot inactive, nothing lost.
     env.stop(launcher)
@@ -158,11 +174,27 @@ def test_apply_error_is_reported_and_ends_a_wait(env: Env) -> None:
     doc = to_document(status)
     assert "insert_exists" in doc["last_error"] and doc["last_error_time"].endswith("+00:00")
     assert "insert_exists" in _rendered([status])
-    # The worker fails again on the same change: a wait ends with the error.
+    # Its next action: the --skip of the failed transaction, in the report and text.
+    assert status.last_error_lsn is not None
+    skip = f"pgferry subscription alter ferry --skip {status.last_error_lsn}"
+    assert status.last_error_hint is not None and skip in status.last_error_hint
+    assert doc["last_error_lsn"] == str(status.last_error_lsn)
+    assert doc["last_error_hint"] == status.last_error_hint
+    assert "hint: resolve it by policy" in _rendered([status])
+    # Between attempts the worker is retrying, with the attempt and when.
+    until(lambda: _one(env).worker.state == "retrying", 30, "a planned retry")
+    retrying = _one(env)
+    retry = retrying.worker.retry
+    assert retry is not None and retry.attempt >= 1 and retry.exit_code not in (None, 0)
+    text = _rendered([retrying])
+    assert f"worker: retrying (attempt {retry.attempt}, " in text
+    assert to_document(retrying)["worker"]["retry"]["attempt"] == retry.attempt
+    # The worker fails again on the same change: a wait ends with the error and its hint.
     started = time.monotonic()
-    with pytest.raises(WaitFailed, match=r"failed: .*conflict=insert_exists"):
+    with pytest.raises(WaitFailed, match=r"failed: .*conflict=insert_exists") as failed:
         wait_ready(env.sub_dsn, "ferry", timeout=30)
     assert time.monotonic() - started < 15
+    assert failed.value.hint is not None and skip in failed.value.hint
 
 
 def test_unreachable_publisher_and_masked_passwords(env: Env) -> None:

@@ -41,6 +41,7 @@ from pgferry.subscription import (
     create_subscription,
     drop_subscription,
     list_subscriptions,
+    naming,
     to_json,
 )
 from pgferry.subscription.manage import PublisherCannotRead
@@ -740,8 +741,8 @@ def test_list_json_is_stable_and_masked(published: Env) -> None:
     document = json.loads(to_json(list_subscriptions(published.sub_dsn)))
     assert [d["name"] for d in document] == ["away", "ferry"]
     keys = {
-        "name", "enabled", "conninfo", "publications", "slot_name", "origin_name",
-        "options", "skip_lsn", "tables", "last_error",
+        "name", "owner", "enabled", "conninfo", "publications", "slot_name", "origin_name",
+        "options", "skip_lsn", "tables", "last_error", "last_error_lsn", "last_error_hint",
     }  # fmt: skip
     assert all(set(d) == keys for d in document)
     away, ferry = document
@@ -755,6 +756,134 @@ def test_list_json_is_stable_and_masked(published: Env) -> None:
     assert ferry["tables"] == {"r": 2} and ferry["slot_name"] == "ferry"
     assert ferry["options"]["synchronous_commit"] == "off"
     assert ferry["last_error"] is None and ferry["skip_lsn"] is None
+
+
+# -- rename and owner ---------------------------------------------------------------------
+
+
+def test_rename_while_pgferry_run_replicates_loses_and_duplicates_nothing(
+    published: Env,
+) -> None:
+    published.create("ferry", "copy_data=false")
+    launcher = Launcher(published.sub_dsn, poll_interval=0.2)
+    thread = threading.Thread(target=launcher.run, daemon=True)
+    stop = threading.Event()
+    written: list[int] = []
+
+    def load() -> None:
+        # One remote transaction per row, all the time the rename happens.
+        with psycopg.connect(published.pub_dsn, autocommit=True) as conn:
+            while not stop.is_set():
+                conn.execute("INSERT INTO t1 VALUES (%s, 'x')", (len(written) + 1,))
+                written.append(len(written) + 1)
+                time.sleep(0.005)
+
+    loader = threading.Thread(target=load, daemon=True)
+    new = 'fe "rry'
+    thread.start()
+    loader.start()
+    try:
+        count = "SELECT count(*) FROM t1"
+        deadline = time.monotonic() + 30
+        while published.on_sub(count)[0][0] < 50:
+            assert time.monotonic() < deadline, "nothing was applied"
+            time.sleep(0.1)
+        assert published.alter("ferry", rename=new) == (f"renamed to {new!r}",)
+        renamed_at = _origin_progress(published)
+        deadline = time.monotonic() + 30
+        while ("apply", new) not in launcher.children:
+            assert time.monotonic() < deadline, "the launcher did not start the renamed one"
+            time.sleep(0.1)
+        time.sleep(1.0)  # the new worker applies under load too
+        stop.set()
+        loader.join(timeout=30)
+        target = current_lsn(published.cluster, published.pub)
+        deadline = time.monotonic() + 60
+        while published.on_sub(count)[0][0] < len(written):
+            assert time.monotonic() < deadline, (
+                f"rows written were not applied: {published.on_sub(count)} of {len(written)}"
+            )
+            time.sleep(0.1)
+        ids = [r[0] for r in published.on_sub("SELECT id FROM t1 ORDER BY id")]
+        assert ids == list(range(1, len(written) + 1))  # nothing lost (and the key: no twice)
+        sub = published.row(new)
+        assert sub.last_error is None and sub.origin_name == "pgferry_ferry"
+        with published.cluster.connect(published.sub) as conn:
+            assert store.stats(conn, new)["confl_insert_exists"] == 0  # nothing applied twice
+        # One origin, the one it had, with everything applied.
+        assert {o for o in published.origins() if o.startswith("pgferry_")} == {"pgferry_ferry"}
+        assert renamed_at < _origin_progress(published) <= target  # it went on from there
+        assert ("apply", "ferry") not in launcher.children
+        published.on_pub("INSERT INTO t2 VALUES (1, 1.5)")
+        deadline = time.monotonic() + 30
+        while published.on_sub("SELECT count(*) FROM t2") != [(1,)]:
+            assert time.monotonic() < deadline, "the renamed subscription stopped applying"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        launcher.request_stop()
+        thread.join(timeout=60)
+    assert drop_subscription(published.sub_dsn, new).slot_dropped == "ferry"
+
+
+def _origin_progress(env: Env) -> Lsn:
+    rows = env.on_sub(
+        "SELECT remote_lsn::text FROM pg_replication_origin_status s JOIN"
+        " pg_replication_origin o ON o.roident = s.local_id WHERE o.roname = 'pgferry_ferry'"
+    )
+    return Lsn.parse(rows[0][0])
+
+
+def test_rename_waits_for_the_initial_copy(published: Env) -> None:
+    published.create("ferry")  # copy_data: the tables are in state i
+    with pytest.raises(InterfaceError, match="while tables are being synchronised") as caught:
+        published.alter("ferry", rename="other")
+    assert caught.value.hint is not None
+    assert "pgferry subscription wait ferry" in caught.value.hint
+    assert published.row().name == "ferry"
+    with pytest.raises(InterfaceError, match="'ferry' is already called 'ferry'"):
+        published.alter("ferry", rename="ferry")
+    with pytest.raises(InterfaceError, match="longer than 63 bytes"):
+        published.alter("ferry", rename="x" * 64)
+
+
+def test_rename_gives_up_when_the_slot_keeps_streaming(published: Env) -> None:
+    published.create("ferry", "copy_data=false")
+    consumer = ReplicationConnection.connect(published.pub_dsn)
+    stream = consumer.start_replication("ferry", PgoutputOptions(("pub",)))
+    try:
+        started = time.monotonic()
+        with pytest.raises(InterfaceError, match="a worker still streams") as caught:
+            naming.rename_subscription(published.sub_dsn, "ferry", "other", stop_timeout=1)
+        assert 1 <= time.monotonic() - started < 10
+        assert "pgferry run stops its workers" in (caught.value.hint or "")
+    finally:
+        stream.close()
+    # As it was: its name, and enabled again.
+    sub = published.row("ferry")
+    assert sub.enabled and [s.name for s in _subs(published)] == ["ferry"]
+
+
+def _subs(env: Env) -> list[store.Subscription]:
+    with env.cluster.connect(env.sub) as conn:
+        return store.list_subscriptions(conn)
+
+
+def test_owner_is_recorded_and_checked(published: Env) -> None:
+    published.create("ferry", "copy_data=false")
+    (info,) = list_subscriptions(published.sub_dsn)
+    creator = published.on_sub("SELECT current_user")[0][0]
+    assert info.owner == creator
+    role = f"{published.sub[:40]}_Owner"
+    published.cluster.sql(f'CREATE ROLE "{role}"')
+    try:
+        assert published.alter("ferry", owner=role) == (f'owner set to "{role}"',)
+        (info,) = list_subscriptions(published.sub_dsn)
+        assert info.owner == role
+        with pytest.raises(InterfaceError, match='role "nobody here" does not exist'):
+            published.alter("ferry", owner="nobody here")
+    finally:
+        published.cluster.sql(f'DROP ROLE "{role}"')
 
 
 # -- end to end --------------------------------------------------------------------------

@@ -88,7 +88,7 @@ from .staging import (
     Suspect,
     eligibility,
 )
-from .writer import WriterQueue
+from .writer import Commit, WriterQueue
 
 logger = logging.getLogger("pgferry.apply")
 
@@ -215,6 +215,10 @@ class Applier:
         #: End LSN and local commit order of the last applied remote transaction.
         self.applied_lsn: Lsn | None = None
         self.applied_count = 0
+        #: Remote transactions applied (not those consumed by a skip) and their
+        #: row changes, once committed: the worker's counters (see .progress).
+        self.transactions_applied = 0
+        self.rows_applied = 0
         self.conflicts = conflicts or ConflictContext.load(conn, subscription, origin)
         #: Row-by-row apply with conflict handling, on this applier's connection.
         self.rows = RowChanges(
@@ -240,6 +244,9 @@ class Applier:
         # Pipelined statements may be used in this batch.
         self._pipelining = False
         self._batched = 0
+        # Of those, the applied ones, and the row changes applied in the batch.
+        self._batch_transactions = 0
+        self._batch_rows = 0
         self._last: tuple[Transaction, Lsn] | None = None
         self._batch_started = 0.0
         self.keepalive = keepalive
@@ -307,6 +314,7 @@ class Applier:
                     and decided[0] is self.relations.get(relation_id)
                     and stage.add(change, tx)
                 ):
+                    self._batch_rows += 1
                     if stage.full:
                         self._apply_stages(tx, [stage], keep=True)
                     return
@@ -326,6 +334,7 @@ class Applier:
         table = self._map(tx, relation_id, change)
         if table is None:
             return
+        self._batch_rows += 1
         if self._mode.staged:
             stages = self._stages
             stage = (
@@ -460,11 +469,13 @@ class Applier:
         self.conflicts.reset()
         self.conn.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(savepoint))
 
-    def settle(self, end_lsn: Lsn) -> None:
+    def settle(self, end_lsn: Lsn, rows: int = 0) -> None:
         """Count a remote transaction committed, with the origin, by another
-        session of this subscription (see :mod:`.live`)."""
+        session of this subscription (see :mod:`.live`), with its ``rows``."""
         self.applied_lsn = end_lsn
         self.applied_count += 1
+        self.transactions_applied += 1
+        self.rows_applied += rows
 
     @property
     def staged_rows(self) -> int:
@@ -579,6 +590,7 @@ class Applier:
             raise apply_error(self.subscription, exc, tx, None, "COMMIT") from None
         self._state = BatchState.HOLDING
         self._batched += 1
+        self._batch_transactions += not self._mode.skip
         self._last = (tx, end_lsn)
         if self._mode.exact or self._batched >= self.batching.max_transactions or self.due:
             self.flush(background=True)
@@ -622,24 +634,36 @@ class Applier:
                 self._pipeline.close_strict()
             except psycopg.Error:
                 self._batch_failed(tx)
-        commit = origins.commit_with_origin(end_lsn, to_datetime(tx.commit_time), self.origin)
+        commit = Commit(
+            origins.commit_with_origin(end_lsn, to_datetime(tx.commit_time), self.origin),
+            end_lsn,
+            self._batched,
+            self._batch_transactions,
+            self._batch_rows,
+        )
         if background and self.background:
             staged = [(stage, stage.prepare(keep=False)) for stage in self._pending_stages(None)]
-            if self._run_staged(tx, staged, (commit, end_lsn, self._batched)):
+            if self._run_staged(tx, staged, commit):
                 self._forget_batch()
                 return
         self._apply_stages(tx, None, keep=False)
         try:
-            self.conn.execute(commit)
+            self.conn.execute(commit.statement)
         except psycopg.Error as exc:
             with contextlib.suppress(psycopg.Error):
                 self._conn.execute("ROLLBACK")  # if the message stopped before COMMIT
             self._forget_batch()
             self._discard_stages()
             raise apply_error(self.subscription, exc, tx, None, "COMMIT") from None
-        self.applied_lsn = end_lsn
-        self.applied_count += self._batched
+        self._committed(commit)
         self._forget_batch()
+
+    def _committed(self, commit: Commit) -> None:
+        """A batch's commit is done: count what it committed."""
+        self.applied_lsn = commit.end_lsn
+        self.applied_count += commit.batched
+        self.transactions_applied += commit.transactions
+        self.rows_applied += commit.rows
 
     # -- the writer ---------------------------------------------------------------------
 
@@ -647,7 +671,7 @@ class Applier:
         self,
         tx: Transaction,
         staged: list[tuple[Stage, Staged | None]],
-        commit: tuple[sql.Composed, Lsn, int] | None,
+        commit: Commit | None,
     ) -> bool:
         """Run prepared stages: by the writer when they need nothing in between
         (no origins to check) and there is one (then also ``commit``, and True);
@@ -670,9 +694,7 @@ class Applier:
             self._batch_failed(tx)
         return False
 
-    def _write(
-        self, tx: Transaction, staged: list[Staged], commit: tuple[sql.Composed, Lsn, int] | None
-    ) -> None:
+    def _write(self, tx: Transaction, staged: list[Staged], commit: Commit | None) -> None:
         """Hand the staged statements (and the batch's commit) to the writer."""
         begin = not self._begun
         self._begun = True
@@ -689,8 +711,7 @@ class Applier:
         exc = writer.error
         if exc is None:
             if writer.commit is not None:
-                self.applied_lsn = writer.commit[1]
-                self.applied_count += writer.commit[2]
+                self._committed(writer.commit)
             return
         if isinstance(exc, (psycopg.Error, StageMismatch)) and not writer.committing:
             self._batch_failed(writer.tx, exc)
@@ -729,6 +750,8 @@ class Applier:
         self._begun = False
         self._pipelining = False
         self._batched = 0
+        self._batch_transactions = 0
+        self._batch_rows = 0
         self._last = None
 
     # -- helpers ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ import psycopg
 
 from pgferry.assembler import Transaction
 from pgferry.errors import ApplyError
+from pgferry.hints import failed_transaction
 from pgferry.protocol.messages import Relation
 
 from .mapping import MappingError
@@ -48,8 +49,7 @@ def apply_error(
         xid=tx.xid,
         finish_lsn=str(tx.commit_lsn),
         sqlstate=diag.sqlstate,
-        hint=f"fix the data on the subscriber, or skip the transaction with"
-        f" pgferry subscription alter {subscription} --skip {tx.commit_lsn}",
+        hint=failed_transaction(subscription, tx.commit_lsn),
     )
 
 

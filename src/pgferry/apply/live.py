@@ -240,7 +240,7 @@ class LiveStreams:
             self._rebind_main()
             raise RetrySerial(tx.xid, str(exc)) from exc
         self._rebind_main()
-        main.settle(end_lsn)
+        main.settle(end_lsn, applier.rows_applied)
         self.applied += 1
         logger.debug("subscription %s: xid %d committed at %s", main.subscription, tx.xid, end_lsn)
         self._end(rolled_back=False)

@@ -18,7 +18,10 @@ is durable (see :mod:`pgferry.pump` for the rules every consumer shares):
 It also writes the worker's statistics row (``pgferry.worker``, like
 ``pg_stat_subscription``), with the committed position ``subscription wait``
 reads: every remote transaction committed before it is durably applied, even
-when the slot's position is held back by a transaction kept whole.
+when the slot's position is held back by a transaction kept whole; the same
+statement adds the transactions and rows the applier committed since the last
+report to the subscription's counters (see :mod:`pgferry.catalog.workers`), and
+so does :meth:`DurableProgress.stopped` when the worker's row goes.
 """
 
 from __future__ import annotations
@@ -72,10 +75,20 @@ class DurableProgress:
         self.committed = INVALID_LSN
         #: Changes were received since the last idle confirm.
         self.unconfirmed = False
+        #: The applier's (transactions, rows) counters as last written.
+        self._counted = (0, 0)
+
+    def _totals(self) -> tuple[int, int]:
+        return self.applier.transactions_applied, self.applier.rows_applied
+
+    def _since(self, totals: tuple[int, int]) -> tuple[int, int]:
+        """What the applier counted since the counters were last written."""
+        return totals[0] - self._counted[0], totals[1] - self._counted[1]
 
     def report(self) -> None:
-        """Write the worker's statistics row."""
+        """Write the worker's statistics row (and the counters)."""
         stream = self.pump.stream
+        totals = self._totals()
         workers.report_worker(
             self.local,
             self.subscription,
@@ -85,7 +98,15 @@ class DurableProgress:
             to_datetime(stream.last_server_time) if stream.last_server_time else None,
             stream.flush_lsn,
             max(self.committed, stream.flush_lsn),
+            self._since(totals),
         )
+        self._counted = totals
+
+    def stopped(self) -> None:
+        """The worker stops: remove its statistics row, writing the last counts."""
+        totals = self._totals()
+        workers.forget_worker(self.local, self.subscription, "", self._since(totals))
+        self._counted = totals
 
     def confirm(self, idle: bool = False) -> None:
         """Tell the publisher what is durably applied; ``idle``: nothing more has

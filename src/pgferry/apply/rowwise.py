@@ -23,6 +23,7 @@ from pgferry.assembler import Transaction
 from pgferry.catalog.conflict_log import ConflictRecord
 from pgferry.conflict import ConflictType, Outcome, Policy, decide
 from pgferry.errors import ConflictError
+from pgferry.hints import failed_transaction
 from pgferry.protocol.messages import UNCHANGED_TOAST, Value
 from pgferry.sqltext import ident
 
@@ -347,8 +348,5 @@ class RowChanges:
             table=table.display,
             xid=tx.xid,
             finish_lsn=str(tx.commit_lsn),
-            hint=f"resolve it by policy (pgferry subscription alter {self.subscription}"
-            f" --with conflict_resolution=...), fix the local data, or skip the"
-            f" transaction with pgferry subscription alter {self.subscription}"
-            f" --skip {tx.commit_lsn}",
+            hint=failed_transaction(self.subscription, tx.commit_lsn, conflict=True),
         )

@@ -17,6 +17,9 @@ Contract:
   and applied at its commit;
 * tells the publisher "flushed" only for remote transactions whose local commit is
   durable (see :mod:`.progress`), and confirms as soon as the stream pauses;
+* holds between transactions while ``pgferry verify`` asks it to (see
+  :mod:`.hold`): at the next transaction boundary, then exactly at a publisher
+  LSN, for at most the hold's lease;
 * on an apply error: rolls back, records the error in the catalog (with the
   failed transaction's finish LSN, the one ``--skip`` takes), disables the
   subscription if ``disable_on_error``, and raises; retrying is the launcher's job;
@@ -38,7 +41,7 @@ import psycopg
 
 from pgferry import connect, origins
 from pgferry.assembler import Assembler
-from pgferry.catalog import TableState, conflict_log, store, workers
+from pgferry.catalog import TableState, conflict_log, store
 from pgferry.catalog.watch import CatalogWatch
 from pgferry.errors import ApplyError, ConnectionFailed, PgferryError
 from pgferry.protocol.lsn import Lsn
@@ -51,6 +54,7 @@ from . import session as apply_session
 from .applier import Applier, Batching, RetryExact
 from .conflict_context import session_context
 from .handover import HandoverServer
+from .hold import ApplyHold
 from .live import LiveStreams, RetrySerial
 from .origin_filter import origin_filter
 from .progress import DurableProgress
@@ -203,7 +207,14 @@ class ApplyWorker:
         start = apply_session.prepare(local, sub.origin_name, synchronous_commit)
         watch = CatalogWatch.connect(self.subscriber_dsn)
         try:
-            self._stream(local, sub, start, synchronous_commit, SubscribedTables(watch, self.name))
+            self._stream(
+                local,
+                sub,
+                start,
+                synchronous_commit,
+                SubscribedTables(watch, self.name),
+                ApplyHold(watch, self.name),
+            )
         finally:
             watch.close()
 
@@ -214,6 +225,7 @@ class ApplyWorker:
         start: Lsn,
         synchronous_commit: str,
         tables: SubscribedTables,
+        holds: ApplyHold,
     ) -> None:
         """Stream from ``start`` and apply until stopped (see the module docstring)."""
         assert sub.slot_name is not None
@@ -294,7 +306,7 @@ class ApplyWorker:
             lambda: self._stop,
         )
         try:
-            self._loop(local, sub, pump, progress, handovers, live)
+            self._loop(local, sub, pump, progress, handovers, live, holds)
         except ApplyError as exc:
             applier.abort()
             if live.current is not None and exc.sqlstate == "55P03":
@@ -310,7 +322,7 @@ class ApplyWorker:
             stream.close()
             if not local.closed and not local.broken:
                 try:
-                    workers.forget_worker(local, self.name, "")
+                    progress.stopped()
                 except psycopg.Error as exc:
                     logger.debug("could not clear the worker row: %s", exc)
 
@@ -322,13 +334,17 @@ class ApplyWorker:
         progress: DurableProgress,
         handovers: HandoverServer,
         live: LiveStreams,
+        holds: ApplyHold,
     ) -> None:
         """Read, apply, commit, confirm and serve handovers until stopped."""
         applier, assembler, stream = progress.applier, pump.assembler, pump.stream
         error_shown = sub.last_error is not None
         next_handover = next_confirm = time.monotonic()
+        idle_seen = Lsn(0)  # the last keepalive position confirmed for its own sake
         next_confirm += self.confirm_interval
         while not self._stop:
+            if holds.held(pump, applier):
+                continue
             # With a batch open, look again soon: it commits when the stream pauses
             # (or at its size or latency limit). So too with changes received and
             # not confirmed (a batch the writer commits): the pause confirms them.
@@ -349,8 +365,14 @@ class ApplyWorker:
                 continue
             if pumped.data:
                 progress.unconfirmed = True
-            elif progress.unconfirmed and between:
+            elif between and (
+                progress.unconfirmed or pump.idle_lsn > max(progress.committed, idle_seen)
+            ):
                 # Only keepalives: the walsender has nothing for us: idle, as above.
+                # Also, once per position, when a keepalive is past ours (WAL with
+                # nothing for us, such as a switchover's marker): confirming it at
+                # once is what lets a switchover's drain end in milliseconds.
+                idle_seen = pump.idle_lsn
                 progress.confirm(idle=True)
             if between and (applier.due or (pumped.items < READ_BATCH and applier.live)):
                 # At the limit, or live: everything received is applied and the

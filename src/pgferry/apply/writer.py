@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -25,6 +25,18 @@ from .staging import Staged, run_together
 
 #: Batches handed to writer threads and not yet waited for.
 DEPTH = 2
+
+
+class Commit(NamedTuple):
+    """A batch's COMMIT (with the origin's progress) and what it commits."""
+
+    statement: sql.Composed
+    end_lsn: Lsn
+    #: The remote transactions it commits (applied, or consumed by a skip).
+    batched: int
+    #: Of those, the ones applied, and their row changes.
+    transactions: int
+    rows: int
 
 
 class Writer:
@@ -48,7 +60,7 @@ class Writer:
         tx: Transaction,
         begin: bool,
         staged: list[Staged],
-        commit: tuple[sql.Composed, Lsn, int] | None,
+        commit: Commit | None,
         after: Writer | None = None,
     ) -> None:
         self.tx = tx
@@ -81,7 +93,7 @@ class Writer:
                 run_together(conn, staged, begin=begin)
             if self.commit is not None:
                 self.committing = True
-                conn.execute(self.commit[0])
+                conn.execute(self.commit.statement)
         except BaseException as exc:  # handed to the applier's thread
             self.error = exc
 
@@ -108,7 +120,7 @@ class WriterQueue:
         tx: Transaction,
         begin: bool,
         staged: list[Staged],
-        commit: tuple[sql.Composed, Lsn, int] | None,
+        commit: Commit | None,
     ) -> None:
         """A new writer, starting when the last one in flight is done."""
         after = self._writers[-1] if self._writers else None

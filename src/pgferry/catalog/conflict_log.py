@@ -8,12 +8,16 @@
   nothing more (native's counters count every attempt);
 * ``pgferry.subscription_stats.confl_*``: counters per type, PostgreSQL 18's
   ``pg_stat_subscription_stats`` columns;
+* ``pgferry.conflict_count``: conflicts logged by type and resolution (the policy
+  applied), counted by :func:`insert` in the same transaction as the log rows, so
+  it holds the log's counts without a scrape counting the log (:func:`counts`);
 * ``pgferry.subscription_table.conflict_resolution``: a table's own resolution
   spec, overriding the subscription's ``conflict_resolution`` option.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,7 +70,9 @@ def _json(value: JsonValue) -> Jsonb | None:
 
 
 def insert(conn: psycopg.Connection[Any], records: Iterable[ConflictRecord]) -> None:
-    """Append ``records`` to the log (in the caller's transaction)."""
+    """Append ``records`` to the log, and count them in ``conflict_count`` (in the
+    caller's transaction)."""
+    records = list(records)
     rows = [
         (
             r.subscription,
@@ -89,12 +95,33 @@ def insert(conn: psycopg.Connection[Any], records: Iterable[ConflictRecord]) -> 
     ]
     if not rows:
         return
+    counted = Counter((r.subscription, str(r.conflict_type), r.resolution) for r in records)
     with conn.cursor() as cur:
         cur.executemany(
             f"INSERT INTO pgferry.conflict ({_COLUMNS})"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s::pg_lsn, %s, %s, %s, %s, %s, %s, %s)",
             rows,
         )
+        cur.execute(
+            "INSERT INTO pgferry.conflict_count AS c (subscription, conflict_type, resolution,"
+            " count) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int8[])"
+            " ON CONFLICT (subscription, conflict_type, resolution)"
+            " DO UPDATE SET count = c.count + excluded.count",
+            (
+                [k[0] for k in counted],
+                [k[1] for k in counted],
+                [k[2] for k in counted],
+                list(counted.values()),
+            ),
+        )
+
+
+def counts(conn: psycopg.Connection[Any]) -> dict[tuple[str, str, str], int]:
+    """(subscription, conflict type, resolution) -> conflicts logged."""
+    rows = conn.execute(
+        "SELECT subscription, conflict_type, resolution, count FROM pgferry.conflict_count"
+    ).fetchall()
+    return {(str(s), str(t), str(r)): int(n) for s, t, r, n in rows}
 
 
 def already_logged(conn: psycopg.Connection[Any], record: ConflictRecord) -> bool:

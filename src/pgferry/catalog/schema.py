@@ -18,7 +18,14 @@ subscriber database, the way native keeps ``pg_subscription`` and
 * ``worker_retry``: each failed worker the launcher will start again, with the
   attempt number and when (see :mod:`pgferry.catalog.workers`);
 * ``origin_commit``: each replication origin's position as its last commit set
-  it, transactionally (see :mod:`pgferry.origins`).
+  it, transactionally (see :mod:`pgferry.origins`);
+* ``apply_hold``: a request to hold an apply worker at an LSN, with a lease (see
+  :mod:`pgferry.catalog.hold`);
+* ``conflict_count``: conflicts by subscription, type and resolution (see
+  :mod:`pgferry.catalog.conflict_log`); ``worker_restart``: each worker kind's
+  failed exits, each restarted by the launcher (see :mod:`pgferry.catalog.workers`);
+* views shaped like native's: ``stat_subscription``, ``subscription_rel`` and
+  ``stat_subscription_stats`` (see :mod:`pgferry.catalog.views`).
 
 :func:`ensure_catalog` creates the schema on first use and applies the migrations
 not yet applied, in order, each in the same transaction as its version bump, under
@@ -210,6 +217,131 @@ MIGRATIONS: tuple[str, ...] = (
         origin text PRIMARY KEY,
         remote_lsn pg_lsn NOT NULL
     );
+    """,
+    # verify's apply hold (pgferry.catalog.hold): one request per subscription
+    # with a lease; a requester's change notifies the apply worker, the worker's
+    # acknowledgement (state) does not.
+    """
+    CREATE TABLE pgferry.apply_hold (
+        subscription text PRIMARY KEY REFERENCES pgferry.subscription ON DELETE CASCADE,
+        token text NOT NULL,
+        target_lsn pg_lsn,
+        expires_at timestamptz NOT NULL,
+        state text,
+        acked_lsn pg_lsn,
+        acked_at timestamptz
+    );
+    CREATE FUNCTION pgferry.notify_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND NEW.token = OLD.token
+           AND NEW.target_lsn IS NOT DISTINCT FROM OLD.target_lsn
+           AND NEW.expires_at = OLD.expires_at THEN
+            RETURN NULL;
+        END IF;
+        PERFORM pg_notify('pgferry_hold', COALESCE(NEW.subscription, OLD.subscription));
+        RETURN NULL;
+    END
+    $$;
+    REVOKE ALL ON FUNCTION pgferry.notify_hold() FROM PUBLIC;
+    CREATE TRIGGER notify_hold AFTER INSERT OR UPDATE OR DELETE ON pgferry.apply_hold
+        FOR EACH ROW EXECUTE FUNCTION pgferry.notify_hold();
+    ALTER TABLE pgferry.apply_hold ENABLE ALWAYS TRIGGER notify_hold;
+    """,
+    # subscription RENAME and OWNER (pgferry.subscription.naming): the role that
+    # owns each subscription (the creating role by default), and every reference
+    # to a subscription's name follows a rename (ON UPDATE CASCADE; a table a
+    # later migration adds that references a subscription declares it itself).
+    """
+    ALTER TABLE pgferry.subscription ADD COLUMN owner text NOT NULL DEFAULT current_user;
+    DO $$
+    DECLARE
+        fk record;
+    BEGIN
+        FOR fk IN
+            SELECT conrelid::regclass AS tbl, conname, pg_catalog.pg_get_constraintdef(oid) AS def
+            FROM pg_catalog.pg_constraint
+            WHERE contype = 'f' AND confrelid = 'pgferry.subscription'::regclass
+              AND confupdtype <> 'c'
+        LOOP
+            EXECUTE pg_catalog.format(
+                'ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s ON UPDATE CASCADE',
+                fk.tbl, fk.conname, fk.conname, fk.def);
+        END LOOP;
+    END
+    $$;
+    """,
+    # What psql users and existing monitoring know from native: views shaped like
+    # pg_stat_subscription, pg_subscription_rel and pg_stat_subscription_stats,
+    # whose subid is the subscription's catalog id (stable: a rename keeps it);
+    # the apply worker's transaction and row counters; conflicts by type and
+    # resolution (counted by the conflict log's writer, see
+    # pgferry.catalog.conflict_log); each worker kind's failed exits, every one
+    # restarted by the launcher (see pgferry.catalog.workers). See
+    # pgferry.catalog.views for what each view column holds.
+    """
+    ALTER TABLE pgferry.subscription ADD COLUMN id integer GENERATED ALWAYS AS IDENTITY UNIQUE;
+    ALTER TABLE pgferry.subscription_stats
+        ADD COLUMN transactions_applied bigint NOT NULL DEFAULT 0,
+        ADD COLUMN rows_applied bigint NOT NULL DEFAULT 0;
+    CREATE TABLE pgferry.conflict_count (
+        subscription text NOT NULL
+            REFERENCES pgferry.subscription ON DELETE CASCADE ON UPDATE CASCADE,
+        conflict_type text NOT NULL,
+        resolution text NOT NULL,
+        count bigint NOT NULL,
+        PRIMARY KEY (subscription, conflict_type, resolution)
+    );
+    INSERT INTO pgferry.conflict_count
+        SELECT subscription, conflict_type, resolution, count(*)
+        FROM pgferry.conflict GROUP BY 1, 2, 3;
+    CREATE TABLE pgferry.worker_restart (
+        subscription text NOT NULL
+            REFERENCES pgferry.subscription ON DELETE CASCADE ON UPDATE CASCADE,
+        kind text NOT NULL,
+        restarts bigint NOT NULL,
+        PRIMARY KEY (subscription, kind)
+    );
+    CREATE VIEW pgferry.stat_subscription AS
+    SELECT s.id::oid AS subid, s.name::name AS subname, w.worker_type, w.pid,
+           NULL::integer AS leader_pid, w.relid, w.received_lsn, w.last_msg_send_time,
+           w.last_msg_receipt_time, w.latest_end_lsn, w.latest_end_time
+    FROM pgferry.subscription s
+    LEFT JOIN (
+        SELECT a.subscription, 'apply'::text AS worker_type, a.pid, NULL::oid AS relid,
+               a.received_lsn, a.last_msg_send_time, a.last_msg_receipt_time,
+               a.latest_end_lsn, a.latest_end_time
+        FROM pgferry.worker a WHERE a.relation = ''
+        UNION ALL
+        SELECT t.subscription, 'table synchronization', a.pid, c.oid,
+               NULL, NULL, NULL, NULL, NULL
+        FROM pgferry.subscription_table t
+        -- A sync worker's session is named like its slot (pgferry.origins.sync_origin).
+        JOIN pg_catalog.pg_stat_activity a
+          ON a.datname = pg_catalog.current_database()
+         AND a.application_name = 'pgferry_sync_' || pg_catalog.left(pg_catalog.encode(
+                 pg_catalog.sha256(pg_catalog.convert_to(t.subscription, 'UTF8')
+                     || pg_catalog.decode('00', 'hex')
+                     || pg_catalog.convert_to(t.remote_schema, 'UTF8')
+                     || pg_catalog.decode('00', 'hex')
+                     || pg_catalog.convert_to(t.remote_name, 'UTF8')),
+                 'hex'), 16)
+        LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = t.local_schema
+        LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.local_name
+    ) w ON w.subscription = s.name;
+    CREATE VIEW pgferry.subscription_rel AS
+    SELECT s.id::oid AS srsubid, c.oid AS srrelid, t.state AS srsubstate,
+           t.state_lsn AS srsublsn
+    FROM pgferry.subscription_table t
+    JOIN pgferry.subscription s ON s.name = t.subscription
+    LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = t.local_schema
+    LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.local_name;
+    CREATE VIEW pgferry.stat_subscription_stats AS
+    SELECT s.id::oid AS subid, s.name::name AS subname, st.apply_error_count,
+           st.sync_error_count, st.confl_insert_exists, st.confl_update_origin_differs,
+           st.confl_update_exists, st.confl_update_missing, st.confl_delete_origin_differs,
+           st.confl_delete_missing, st.confl_multiple_unique_conflicts, st.stats_reset
+    FROM pgferry.subscription s
+    JOIN pgferry.subscription_stats st ON st.subscription = s.name;
     """,
 )
 

@@ -204,6 +204,15 @@ def stats(conn: psycopg.Connection[Any], name: str) -> dict[str, int]:
     return dict(zip(STATS_KEYS, (int(v) for v in row), strict=True))
 
 
+def applied_counts(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, int]]:
+    """Subscription -> (remote transactions, row changes) its apply worker applied,
+    as written with its last report (see :mod:`pgferry.catalog.workers`)."""
+    rows = conn.execute(
+        "SELECT subscription, transactions_applied, rows_applied FROM pgferry.subscription_stats"
+    ).fetchall()
+    return {str(sub): (int(t), int(r)) for sub, t, r in rows}
+
+
 def upsert_table(conn: psycopg.Connection[Any], table: SubscriptionTable) -> None:
     state = TableState.parse(table.state)
     conn.execute(

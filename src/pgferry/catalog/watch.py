@@ -11,16 +11,22 @@ invalidations at the start of each one: a table added by a refresh, or removed,
 is known before a transaction committed on the publisher after that refresh is
 applied. The watch connection also reads the table states, so the worker's own
 session (maybe busy with a batch) is not needed for that.
+
+It listens on :data:`~pgferry.catalog.hold.HOLD_CHANNEL` too (verify's apply
+hold): :meth:`CatalogWatch.hold_changed` answers for that channel alone, the
+same way, and :meth:`CatalogWatch.wait` sleeps until a notification arrives.
 """
 
 from __future__ import annotations
 
+import selectors
 from typing import Any
 
 import psycopg
 
 from pgferry import connect
 from pgferry.catalog import handover
+from pgferry.catalog.hold import HOLD_CHANNEL
 from pgferry.catalog.schema import WAKE_CHANNEL
 
 
@@ -32,11 +38,25 @@ class CatalogWatch:
         # A notification that arrives while a query runs on this connection is
         # taken by psycopg, not left for changed(): remember it.
         self._noticed = False
+        self._hold_noticed = False
         conn.add_notify_handler(self._notice)
         conn.execute(f"LISTEN {WAKE_CHANNEL}")
+        conn.execute(f"LISTEN {HOLD_CHANNEL}")
 
-    def _notice(self, _notify: psycopg.Notify) -> None:
-        self._noticed = True
+    def _notice(self, notify: psycopg.Notify) -> None:
+        self._mark(notify.channel)
+
+    def _mark(self, channel: str) -> None:
+        if channel == HOLD_CHANNEL:
+            self._hold_noticed = True
+        else:
+            self._noticed = True
+
+    def _drain(self) -> None:
+        pgconn = self._conn.pgconn
+        pgconn.consume_input()
+        while (notify := pgconn.notifies()) is not None:
+            self._mark(notify.relname.decode())
 
     @classmethod
     def connect(cls, dsn: str) -> CatalogWatch:
@@ -44,12 +64,26 @@ class CatalogWatch:
 
     def changed(self) -> bool:
         """Whether a notification arrived since the last call (never waits)."""
-        pgconn = self._conn.pgconn
-        pgconn.consume_input()
+        self._drain()
         found, self._noticed = self._noticed, False
-        while pgconn.notifies() is not None:
-            found = True
         return found
+
+    def hold_changed(self) -> bool:
+        """Whether an apply hold changed since the last call (never waits)."""
+        self._drain()
+        found, self._hold_noticed = self._hold_noticed, False
+        return found
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a notification arrives on the watch, at most ``timeout`` s."""
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._conn.pgconn.socket, selectors.EVENT_READ)
+            sel.select(max(0.0, timeout))
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The watch's connection (autocommit, idle between looks)."""
+        return self._conn
 
     def states(self, subscription: str) -> dict[tuple[str, str], handover.TableState]:
         """The subscription's table states, read on the watch's own connection."""

@@ -4,26 +4,40 @@ Contract for every command: a :class:`~pgferry.errors.PgferryError` (or a
 psycopg error that escaped) is printed as one ``pgferry: error: ...`` line, plus a
 ``hint:`` line when there is something to do, and the exit status is 1; no
 traceback. Passwords never appear: messages carry masked conninfo only.
+
+The global options (``-d``, ``-v``, ``-q``, ``--log-format``) are accepted
+before and after any subcommand (:mod:`.options`); logging is :mod:`pgferry.logs`.
+A hint that names a pgferry command names it as it was started
+(:func:`invoked_as`): ``.venv/bin/pgferry status`` when that, not the
+``pgferry`` on PATH, is what ran; the same holds in log lines.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shlex
+import shutil
 import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
 import psycopg
 
-from pgferry import __version__
+from pgferry import __version__, logs
+from pgferry.cli import options
+from pgferry.cli.helptext import WholeSummaries
 from pgferry.conninfo import mask
 from pgferry.errors import PgferryError
 
 EXIT_ERROR = 1
 
 
-class _Group(click.Group):
-    """Turns known errors into one clear line instead of a traceback."""
+class _Group(WholeSummaries):
+    """Turns known errors into one clear line instead of a traceback; lists each
+    command's summary whole."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -41,29 +55,57 @@ class _Group(click.Group):
 def _fail(message: str, hint: str | None) -> None:
     click.echo(f"pgferry: error: {message}", err=True)
     if hint:
-        click.echo(f"hint: {hint}", err=True)
+        click.echo(f"hint: {logs.rewrite_hint(hint)}", err=True)
     sys.exit(EXIT_ERROR)
 
 
+def invoked_as(argv0: str | None = None) -> str | None:
+    """The executable to name in hints instead of ``pgferry``: the one started
+    (as it was typed), when the ``pgferry`` on PATH is another file or none.
+    None when they are the same file, or when pgferry was started as
+    ``python -m`` (no executable of its own to name)."""
+    started = sys.argv[0] if argv0 is None else argv0
+    if not started or os.path.basename(started) in ("__main__.py", "-c", "-m"):
+        return None
+    if not os.path.isfile(started):
+        return None
+    on_path = shutil.which("pgferry")
+    try:
+        if on_path is not None and os.path.samefile(on_path, started):
+            return None
+    except OSError:
+        pass
+    return shlex.quote(started)
+
+
+def hint_rewriter(program: str | None, commands: Iterable[str]) -> Callable[[str], str]:
+    """Rewrites ``pgferry COMMAND`` (a command of ``commands``, or an option) in
+    a hint to ``PROGRAM COMMAND``; unchanged when ``program`` is None."""
+    names = "|".join(re.escape(c) for c in sorted(commands, key=len, reverse=True))
+    if program is None or not names:
+        return str
+    pattern = re.compile(rf"(?<![\w./-])pgferry(?= (?:-|(?:{names})\b))")
+    return lambda hint: pattern.sub(lambda _: program, hint)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "-d",
-    "--dsn",
-    default="",
-    metavar="DSN",
-    help="libpq conninfo or URI; without it the PG* environment variables are used, as psql.",
-)
-@click.option("-v", "--verbose", count=True, help="Log progress to stderr (-vv for debug).")
 @click.version_option(__version__, prog_name="pgferry")
 @click.pass_context
-def main(ctx: click.Context, dsn: str, verbose: int) -> None:
-    """pgferry: PostgreSQL logical replication engine."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s pgferry %(levelname)s %(message)s"
-    )
+def main(ctx: click.Context, dsn: str, verbose: int, quiet: int, log_format: str) -> None:
+    """pgferry: PostgreSQL logical replication engine.
+
+    The options -d, -v, -q and --log-format are accepted after a command too.
+    """
+    assert isinstance(ctx.command, click.Group)
+    logs.set_hint_rewriter(hint_rewriter(invoked_as(), ctx.command.commands))
     ctx.obj = {"dsn": dsn}
+    given = options.given(ctx)
+    given.verbose, given.quiet, given.log_format = verbose, quiet, log_format
+    options.configure_logging(ctx)
     logging.getLogger("pgferry").debug("using %s", mask(dsn) or "the PG* environment")
+
+
+options.declare(main)
 
 
 def _register() -> None:
@@ -73,9 +115,11 @@ def _register() -> None:
     from pgferry.cli.run import run
     from pgferry.cli.schema import schema
     from pgferry.cli.sequences import sequences
-    from pgferry.cli.status import status
+    from pgferry.cli.status import status, top
     from pgferry.cli.stream import stream
     from pgferry.cli.subscription import subscription
+    from pgferry.cli.switchover import switchover
+    from pgferry.cli.verify import verify
 
     main.add_command(stream)
     main.add_command(demo)
@@ -83,9 +127,13 @@ def _register() -> None:
     main.add_command(run)
     main.add_command(subscription)
     main.add_command(status)
+    main.add_command(top)
     main.add_command(conflicts)
     main.add_command(schema)
     main.add_command(sequences)
+    main.add_command(verify)
+    main.add_command(switchover)
 
 
 _register()
+options.share(main)

@@ -6,7 +6,8 @@
             (--table SPEC ... | --all-tables | --tables-in-schema SCHEMA ...)
             [--with KEY=VALUE ...]
     pgferry [-d DSN] publication alter NAME
-            (--add-table SPEC | --drop-table NAME | --set-table SPEC | --with KEY=VALUE) ...
+            (--add-table SPEC | --drop-table NAME | --set-table SPEC | --with KEY=VALUE
+             | --owner ROLE | --rename NEW) ...
     pgferry [-d DSN] publication drop NAME [--if-exists]
     pgferry [-d DSN] publication list [--json]
 
@@ -18,11 +19,15 @@
   combined; ``--all-tables`` stands alone.
 * ``--with`` keys: ``publish`` (e.g. ``insert,update``) and
   ``publish_via_partition_root`` (a boolean).
+* ``--owner ROLE`` and ``--rename NEW`` are native's ``ALTER PUBLICATION ...
+  OWNER TO`` / ``RENAME TO`` (NEW and ROLE taken exactly as written), applied
+  after the table changes; after a rename, subscriptions must name the new
+  publication (a warning says so when the database has pgoutput slots).
 * Success prints one line on stdout; warnings (tables whose UPDATE/DELETE will
   fail on the publisher, ``--all-tables``) print on stderr as
   ``pgferry: warning: ...``, one line each, and do not change the exit status.
   Errors are one ``pgferry: error:`` line (plus ``hint:``), exit status 1.
-* ``list`` prints a table; ``list --json`` the JSON array documented in
+* ``list`` prints a table whose cells wrap, never cut; ``list --json`` the JSON array documented in
   :mod:`pgferry.publisher.manage`.
 """
 
@@ -33,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from pgferry.cli.helptext import WholeSummaries
 from pgferry.publisher.manage import (
     PublicationInfo,
     alter_publication,
@@ -44,7 +50,7 @@ from pgferry.publisher.manage import (
 )
 from pgferry.publisher.spec import parse_identifier, parse_table_name, parse_table_spec
 from pgferry.publisher.validate import parse_with, shown
-from pgferry.sqltext import printable
+from pgferry.sqltext import ident, printable
 
 
 def _warn(lines: tuple[str, ...]) -> None:
@@ -52,7 +58,7 @@ def _warn(lines: tuple[str, ...]) -> None:
         click.echo(f"pgferry: warning: {printable(line)}", err=True)
 
 
-@click.group()
+@click.group(cls=WholeSummaries)
 def publication() -> None:
     """Manage publications on the publisher (-d DSN)."""
 
@@ -126,6 +132,8 @@ def create(
     metavar="KEY=VALUE",
     help="Change publish or publish_via_partition_root.",
 )
+@click.option("--owner", metavar="ROLE", help="Make ROLE the owner (OWNER TO).")
+@click.option("--rename", metavar="NEW", help="Rename it to NEW (RENAME TO), last.")
 @click.pass_obj
 def alter(
     obj: dict[str, str],
@@ -134,10 +142,15 @@ def alter(
     drop: tuple[str, ...],
     set_: tuple[str, ...],
     with_: tuple[str, ...],
+    owner: str | None,
+    rename: str | None,
 ) -> None:
-    """Change publication NAME: options first, then set, drop and add tables."""
-    if not (add or drop or set_ or with_):
-        raise click.UsageError("give --add-table, --drop-table, --set-table or --with")
+    """Change publication NAME: options first, then set, drop and add tables, then
+    owner and name."""
+    if not (add or drop or set_ or with_ or owner is not None or rename is not None):
+        raise click.UsageError(
+            "give --add-table, --drop-table, --set-table, --with, --owner or --rename"
+        )
     if set_ and (add or drop):
         raise click.UsageError("--set-table cannot be combined with --add-table or --drop-table")
     options = parse_with(with_)
@@ -146,9 +159,18 @@ def alter(
     set_specs = [parse_table_spec(t) for t in set_]
     with connect(obj["dsn"]) as conn:
         result = alter_publication(
-            conn, name, add=add_specs, drop=drop_specs, set_tables=set_specs, options=options
+            conn,
+            name,
+            add=add_specs,
+            drop=drop_specs,
+            set_tables=set_specs,
+            options=options,
+            owner=owner,
+            rename=rename,
         )
-    click.echo(f"altered publication {shown(name)}")
+    renamed = f" (renamed to {shown(rename)})" if rename is not None else ""
+    owned = f" (owner {printable(ident(owner))})" if owner is not None else ""
+    click.echo(f"altered publication {shown(name)}{owned}{renamed}")
     _warn(result.warnings)
 
 
@@ -169,7 +191,7 @@ def drop(obj: dict[str, str], name: str, if_exists: bool) -> None:
 def _render(publications: list[PublicationInfo]) -> Table:
     table = Table(show_lines=True)
     for header in ("Name", "Owner", "All tables", "Publish", "Via root", "Schemas", "Tables"):
-        table.add_column(header)
+        table.add_column(header, overflow="fold")
     # Text cells, never markup: names may contain [brackets].
     for pub in publications:
         table.add_row(

@@ -7,7 +7,8 @@
     pgferry [-d DSN] subscription alter NAME
             (--enable | --disable | --connection CONNINFO | --set-publication PUB ...
              | --add-publication PUB | --drop-publication PUB | --refresh-publication
-             | --skip LSN | --with KEY=VALUE | --table-resolution TABLE=SPEC) ...
+             | --skip LSN | --with KEY=VALUE | --table-resolution TABLE=SPEC
+             | --owner ROLE | --rename NEW) ...
     pgferry [-d DSN] subscription drop NAME [--if-exists]
     pgferry [-d DSN] subscription list [--json]
     pgferry [-d DSN] subscription wait NAME [--timeout SECONDS]
@@ -15,19 +16,26 @@
 * ``-d`` is the SUBSCRIBER database: the catalog (schema ``pgferry``) lives there;
   ``--connection`` is the publisher's conninfo, stored in the catalog (which
   PUBLIC cannot read) and never printed unmasked.
-* ``--with`` keys are native's; see :mod:`pgferry.subscription.options`. For
-  ``alter`` they are ``slot_name``, ``binary``, ``streaming``,
-  ``disable_on_error``, ``synchronous_commit``, ``origin``,
-  ``password_required``, ``run_as_owner`` and ``two_phase`` (while disabled),
-  plus ``refresh`` and ``copy_data`` with a publication change or
-  ``--refresh-publication``; pgferry adds ``conflict_resolution`` (create and
-  alter; see :mod:`pgferry.conflict`), and ``--table-resolution`` gives one
-  table its own spec.
+* ``--with`` keys are native's plus pgferry's own; see
+  :mod:`pgferry.subscription.options`. ``create --help`` and ``alter --help``
+  list the keys each takes with their defaults, generated from that one
+  definition (:func:`~pgferry.subscription.options.help_epilog`).
+  ``two_phase`` changes only while disabled; ``refresh`` and ``copy_data`` go
+  with a publication change or ``--refresh-publication``;
+  ``--table-resolution`` gives one table its own conflict resolution.
+* ``--owner ROLE`` and ``--rename NEW`` are native's OWNER TO and RENAME TO:
+  ``--owner`` comes last in alter's transaction, ``--rename`` goes in a command
+  of its own and stops the subscription's workers first (see
+  :mod:`pgferry.subscription.naming`).
 * Success prints one line on stdout; warnings print on stderr as
   ``pgferry: warning: ...`` and do not change the exit status. Errors are one
   ``pgferry: error:`` line (plus ``hint:``), exit status 1.
-* ``list`` prints a table; ``list --json`` the JSON array documented in
-  :mod:`pgferry.subscription.manage`.
+* ``list`` prints one block per subscription, ``key: value`` lines that stay
+  readable in 80 columns and when piped: state, owner, publications, slot,
+  connection (masked), tables by state, the options that differ from their
+  defaults, the skip LSN if set, and the last error with its next action
+  (``hint:``); ``list --json`` prints the JSON array documented in
+  :mod:`pgferry.subscription.manage` (every option).
 * ``wait`` exits 0 once every table is ready and everything the publisher had
   written when it started is applied; 1 with one line saying why on timeout, error
   or a disabled subscription (see :mod:`pgferry.status.wait`).
@@ -35,15 +43,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from pgferry import conninfo as ci
-from pgferry.sqltext import printable
+from pgferry.cli.helptext import WholeSummaries
+from pgferry.sqltext import ident, printable
 from pgferry.subscription.manage import (
     AlterRequest,
     SubscriptionInfo,
@@ -54,6 +58,7 @@ from pgferry.subscription.manage import (
     shown,
     to_json,
 )
+from pgferry.subscription.options import ALTER_KEYS, CREATE_KEYS, REFRESH_KEYS, help_epilog
 
 
 def _warn(lines: tuple[str, ...]) -> None:
@@ -61,12 +66,14 @@ def _warn(lines: tuple[str, ...]) -> None:
         click.echo(f"pgferry: warning: {printable(line)}", err=True)
 
 
-@click.group()
+@click.group(cls=WholeSummaries)
 def subscription() -> None:
     """Manage subscriptions (-d DSN is the subscriber database)."""
 
 
-@subscription.command()
+@subscription.command(
+    epilog=help_epilog(CREATE_KEYS, "--with keys (KEY=DEFAULT, then the values it takes):")
+)
 @click.argument("name")
 @click.option(
     "--connection", required=True, metavar="CONNINFO", help="The publisher's libpq conninfo."
@@ -113,7 +120,13 @@ def create(
     )
 
 
-@subscription.command()
+@subscription.command(
+    epilog=help_epilog(
+        ALTER_KEYS + REFRESH_KEYS,
+        "--with keys (KEY=DEFAULT, then the values it takes; refresh and copy_data\n"
+        "only with a publication change or --refresh-publication):",
+    )
+)
 @click.argument("name")
 @click.option("--enable", is_flag=True, help="Enable the subscription.")
 @click.option("--disable", is_flag=True, help="Disable the subscription.")
@@ -153,6 +166,12 @@ def create(
     metavar="TABLE=SPEC",
     help="A table's own conflict_resolution (SPEC 'default' removes it; repeatable).",
 )
+@click.option("--owner", metavar="ROLE", help="Make ROLE the owner (native's OWNER TO).")
+@click.option(
+    "--rename",
+    metavar="NEW",
+    help="Rename it to NEW (native's RENAME TO); its origin keeps its progress.",
+)
 @click.pass_obj
 def alter(
     obj: dict[str, str],
@@ -167,8 +186,10 @@ def alter(
     skip: str | None,
     with_options: tuple[str, ...],
     table_resolutions: tuple[str, ...],
+    owner: str | None,
+    rename: str | None,
 ) -> None:
-    """Change subscription NAME."""
+    """Change subscription NAME, in one transaction (--rename goes alone)."""
     request = AlterRequest(
         enable=enable,
         disable=disable,
@@ -180,6 +201,8 @@ def alter(
         skip=skip,
         with_options=with_options,
         table_resolutions=table_resolutions,
+        owner=owner,
+        rename=rename,
     )
     result = alter_subscription(obj["dsn"], name, request)
     _warn(result.warnings)
@@ -205,37 +228,49 @@ def drop(obj: dict[str, str], name: str, if_exists: bool) -> None:
     click.echo(f"dropped subscription {shown(name)}{slot}")
 
 
-def _render(infos: list[SubscriptionInfo]) -> Table:
-    table = Table(show_lines=True)
-    for title in ("Name", "Enabled", "Publications", "Slot", "Connection", "Tables", "Last error"):
-        table.add_column(title, overflow="fold")
-    for info in infos:
-        sub = info.subscription
-        table.add_row(
-            Text(printable(sub.name)),
-            Text("yes" if sub.enabled else "no"),
-            Text(", ".join(printable(p) for p in sub.publications)),
-            Text("NONE" if sub.slot_name is None else printable(sub.slot_name)),
-            Text(printable(ci.mask(sub.conninfo))),
-            Text(info.states_summary or "-"),
-            Text(printable(sub.last_error or "")),
-        )
-    return table
+def _block(info: SubscriptionInfo) -> list[str]:
+    """One subscription as ``key: value`` lines (no line depends on the width)."""
+    sub = info.subscription
+    options = info.changed_options
+    lines = [
+        f"subscription {shown(sub.name)}",
+        f"  state:        {info.state}",
+        f"  owner:        {printable(ident(info.owner)) if info.owner else '-'}",
+        f"  publications: {', '.join(shown(p) for p in sub.publications)}",
+        f"  slot:         {'NONE' if sub.slot_name is None else shown(sub.slot_name)}",
+        f"  connection:   {printable(ci.mask(sub.conninfo))}",
+        f"  tables:       {info.states_summary or '-'}",
+        "  options:      "
+        + (", ".join(f"{k}={_option(v)}" for k, v in options.items()) if options else "defaults"),
+    ]
+    if sub.skip_lsn is not None:
+        lines.append(f"  skip LSN:     {sub.skip_lsn}")
+    if sub.last_error:
+        lines.append(f"  last error:   {printable(sub.last_error)}")
+        hint = info.last_error_hint
+        if hint:
+            lines.append(f"  hint:         {printable(hint)}")
+    return lines
+
+
+def _option(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return printable(str(value))
 
 
 @subscription.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 @click.pass_obj
 def list_(obj: dict[str, str], as_json: bool) -> None:
-    """List the subscriptions."""
+    """List the subscriptions: state, options, skip LSN, last error and its fix."""
     infos = list_subscriptions(obj["dsn"])
     if as_json:
         click.echo(to_json(infos))
     elif not infos:
         click.echo("no subscriptions")
     else:
-        width = None if sys.stdout.isatty() else 200
-        Console(soft_wrap=False, width=width).print(_render(infos))
+        click.echo("\n\n".join("\n".join(_block(info)) for info in infos))
 
 
 @subscription.command()
@@ -250,10 +285,17 @@ def list_(obj: dict[str, str], as_json: bool) -> None:
 @click.pass_obj
 def wait(obj: dict[str, str], name: str, timeout: float | None) -> None:
     """Wait until NAME has every table ready and has applied the publisher's WAL
-    position of the moment wait was called."""
+    position of the moment wait was called (progress on stderr)."""
+    import sys
+
+    from pgferry.status.progress import WaitDisplay
     from pgferry.status.wait import wait_ready
 
-    result = wait_ready(obj["dsn"], name, timeout=timeout)
+    display = WaitDisplay(sys.stderr, terminal=sys.stderr.isatty())
+    try:
+        result = wait_ready(obj["dsn"], name, timeout=timeout, on_progress=display)
+    finally:
+        display.close()
     click.echo(
         f"subscription {shown(name)} caught up: {result.tables}"
         f" table{'' if result.tables == 1 else 's'} ready, applied {result.applied_lsn}"

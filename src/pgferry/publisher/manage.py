@@ -15,9 +15,11 @@ Contract:
   (:func:`pgferry.publisher.validate.identity_issues`) and commits. Warnings come
   back in :class:`ChangeResult`, one line each; callers decide how to show them.
 * :func:`alter_publication` applies, in one transaction and in this order:
-  ``SET (options)``, ``SET TABLE``, ``DROP TABLE``, ``ADD TABLE``. It warns about
-  the tables it added or set; when the options changed (``publish`` may now
-  include UPDATE or DELETE) about every table of the publication.
+  ``SET (options)``, ``SET TABLE``, ``DROP TABLE``, ``ADD TABLE``, ``OWNER TO``,
+  ``RENAME TO``. It warns about the tables it added or set; when the options
+  changed (``publish`` may now include UPDATE or DELETE) about every table of the
+  publication; after a rename, when the database has pgoutput slots, that their
+  subscriptions must name the new publication (subscribers name publications).
 * A missing publication is :class:`~pgferry.errors.PublicationNotFound`, a taken
   name :class:`~pgferry.publisher.validate.PublicationAlreadyExists`; other
   server errors become :class:`~pgferry.errors.ServerError` with PostgreSQL's
@@ -42,6 +44,7 @@ one object per publication ordered by name, with exactly these keys:
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -309,25 +312,38 @@ def alter_publication(
     drop: Sequence[TableSpec] = (),
     set_tables: Sequence[TableSpec] = (),
     options: PublicationOptions | None = None,
+    owner: str | None = None,
+    rename: str | None = None,
 ) -> ChangeResult:
-    """``ALTER PUBLICATION``: options, then set, drop and add tables; one transaction."""
+    """``ALTER PUBLICATION``: options, then set, drop and add tables, then ``OWNER
+    TO`` and ``RENAME TO``; one transaction."""
     options = options or PublicationOptions()
     _check_name(name)
     _check_autocommit(conn)
+    if rename is not None:
+        _check_name(rename)
+        if rename == name:
+            raise InterfaceError(f"publication {shown(name)} is already called {shown(rename)}")
+    if owner is not None and (not owner or "\0" in owner):
+        raise InterfaceError("invalid role name for --owner")
     if set_tables and (add or drop):
         raise InterfaceError(
             "--set-table replaces the table list: do not combine it with "
             "--add-table or --drop-table"
         )
-    if not (add or drop or set_tables) and options.empty:
+    renaming = owner is not None or rename is not None
+    if not (add or drop or set_tables or renaming) and options.empty:
         raise InterfaceError(
-            "nothing to change: give --add-table, --drop-table, --set-table or --with"
+            "nothing to change: give --add-table, --drop-table, --set-table, --with,"
+            " --owner or --rename"
         )
     if any(s.columns is not None or s.row_filter is not None for s in drop):
         raise InterfaceError("--drop-table takes a table name only")
     require_features(conn, [*add, *set_tables])
     if not publication_exists(conn, name):
         raise _not_found(name)
+    if rename is not None and publication_exists(conn, rename):
+        raise _already_exists(rename)
     new_tables = resolve_tables(conn, [*set_tables, *add])
     resolve_tables(conn, drop)
 
@@ -363,14 +379,52 @@ def alter_publication(
                 context,
                 name,
             )
-        only: set[int] | None = None
-        if options.empty:
-            # Tables newly reached, and those named (their filter or list may be new).
-            only = (published_leaves(conn, name) - before) | leaves_of(
-                conn, (t.oid for t in new_tables)
+        warnings: list[str] = []
+        if add or drop or set_tables or not options.empty:
+            only: set[int] | None = None
+            if options.empty:
+                # Tables newly reached, and those named (their filter or list may be new).
+                only = (published_leaves(conn, name) - before) | leaves_of(
+                    conn, (t.oid for t in new_tables)
+                )
+            warnings = _warnings(conn, name, only)
+        if owner is not None:
+            _run(
+                conn,
+                sql.SQL("ALTER PUBLICATION {} OWNER TO {}").format(pub, sql.Identifier(owner)),
+                context,
+                name,
             )
-        warnings = _warnings(conn, name, only)
-    return ChangeResult(name, tuple(warnings))
+        if rename is not None:
+            _run(
+                conn,
+                sql.SQL("ALTER PUBLICATION {} RENAME TO {}").format(pub, sql.Identifier(rename)),
+                context,
+                name,
+            )
+            warnings += _rename_warnings(conn, name, rename)
+    return ChangeResult(name if rename is None else rename, tuple(warnings))
+
+
+def _rename_warnings(conn: Conn, old: str, new: str) -> list[str]:
+    """Subscribers name publications: with logical slots in this database, say
+    that each subscription of ``old`` must now ask for ``new``."""
+    slots = rows(
+        conn,
+        "SELECT slot_name::text FROM pg_catalog.pg_replication_slots"
+        " WHERE database = pg_catalog.current_database() AND plugin = 'pgoutput'"
+        " ORDER BY 1",
+    )
+    if not slots:
+        return []
+    return [
+        f"subscribers name their publications: each subscription of {shown(old)} (this"
+        f" database has pgoutput slots: {', '.join(shown(str(r[0])) for r in slots[:5])}"
+        f"{' ...' if len(slots) > 5 else ''}) must now subscribe to {shown(new)}: pgferry"
+        f" subscription alter SUB --drop-publication {shlex.quote(old)} --add-publication"
+        f" {shlex.quote(new)} --with refresh=false (natively: ALTER SUBSCRIPTION ... SET"
+        " PUBLICATION)"
+    ]
 
 
 def drop_publication(conn: Conn, name: str, *, if_exists: bool = False) -> bool:

@@ -12,9 +12,13 @@ The subscriber DSN comes in the environment (``PGFERRY_SUBSCRIBER_DSN``), not on
 the command line, so that no password shows in ``ps``. SIGTERM and SIGINT stop the
 worker cleanly (it finishes the transaction in hand, confirms, and exits 0). Exit
 status 1 means the worker failed (the error is logged and stored in the catalog);
-the launcher restarts it after a pause. A pgferry error, or a connection lost
-(the subscriber or publisher restarting), is one log line; only what pgferry did
-not expect is logged with its traceback.
+the launcher restarts it after a pause. The error that ends a worker is logged
+once, as one line (:mod:`pgferry.logs`): a pgferry error with its hint and, for
+an apply error, its table and finish LSN; a connection lost (the subscriber or
+publisher restarting) with the server's words; what pgferry did not expect with
+its class, and its traceback at DEBUG. The log level and format come from the
+launcher (:data:`~.env.LOG_LEVEL_ENV`, default INFO; :data:`~.env.LOG_FORMAT_ENV`),
+and every record carries the worker's kind, subscription and table.
 """
 
 from __future__ import annotations
@@ -25,14 +29,18 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Mapping
 from types import FrameType
 from typing import NoReturn
 
 import psycopg
 
-from pgferry.errors import PgferryError
+from pgferry import logs
+from pgferry.errors import ApplyError, PgferryError
 from pgferry.runner import kinds
-from pgferry.runner.env import DSN_ENV, LAUNCHER_PID_ENV, LOG_LEVEL_ENV
+from pgferry.runner.env import DSN_ENV, LAUNCHER_PID_ENV, LOG_FORMAT_ENV, LOG_LEVEL_ENV
+
+logger = logging.getLogger("pgferry.runner")
 
 #: Container objects allocated (net of those freed) before the garbage collector
 #: looks at the youngest ones; Python's default is 700. A worker allocates a few
@@ -66,19 +74,42 @@ def _die_with_parent() -> None:
         sys.exit(0)  # the launcher died before the request above took effect
 
 
+def _configure_logging() -> bool:
+    """Log as the launcher asks (its environment); False, with one line on
+    stderr, when what it asks is not valid."""
+    try:
+        level, fmt = logs.from_environment(
+            os.environ, LOG_LEVEL_ENV, LOG_FORMAT_ENV, default=logging.INFO
+        )
+    except PgferryError as exc:
+        print(f"pgferry: error: {exc.message}", file=sys.stderr)
+        return False
+    logs.configure(level, fmt)  # (forked: replaces the launcher's handler)
+    return True
+
+
+def _error_fields(exc: PgferryError) -> dict[str, object]:
+    """What the error says in fields of its log record (hint, table, LSN)."""
+    fields: dict[str, object] = {"hint": exc.hint}
+    if isinstance(exc, ApplyError):
+        fields.update(subscription=exc.subscription, table=exc.table, lsn=exc.finish_lsn)
+    return fields
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _die_with_parent()
-    logging.basicConfig(
-        level=os.environ.get(LOG_LEVEL_ENV, "INFO"),
-        stream=sys.stderr,
-        format="%(asctime)s pgferry[%(process)d] %(levelname)s %(message)s",
-        force=True,  # forked: not the launcher's settings
-    )
+    if not _configure_logging():
+        return 2
     worker = kinds.build(os.environ.get(DSN_ENV, ""), args)
     if worker is None:
         print(kinds.usage(), file=sys.stderr)
         return 2
+    logs.bind(**kinds.log_fields(args))
+    which = kinds.describe(args)
+    logger.debug(
+        "%s: running, logging at %s", which, logging.getLevelName(logger.getEffectiveLevel())
+    )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         worker.request_stop()
@@ -89,24 +120,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         worker.run()
     except PgferryError as exc:
-        logging.getLogger("pgferry").error("%s", exc.message)
+        # (Named as the worker unless the message names its subscription already.)
+        names = [f"subscription {args[1]!r}", f"subscription {args[1]}"] if len(args) > 1 else []
+        named = any(name in exc.message for name in names)
+        logger.error("%s%s", "" if named else f"{which}: ", exc.message, extra=_error_fields(exc))
         return 1
     except psycopg.OperationalError as exc:  # a connection lost: no traceback to show
-        logging.getLogger("pgferry").error(
-            "%s worker for %s: %s", args[0], " ".join(args[1:]), " ".join(str(exc).split())
-        )
+        logger.error("%s: %s", which, exc)
         return 1
     except Exception as exc:  # a worker must not die silently
-        logging.getLogger("pgferry").exception("worker failed: %s", exc)
+        logger.error(
+            "%s failed: %s: %s",
+            which,
+            type(exc).__name__,
+            exc,
+            exc_info=True,
+            extra={"hint": "a pgferry bug: run with -vv for the traceback, and report it"},
+        )
         return 1
     return 0
 
 
-def run_forked(dsn: str, launcher_pid: int, args: list[str]) -> NoReturn:
+def run_forked(
+    dsn: str, launcher_pid: int, args: list[str], env: Mapping[str, str] | None = None
+) -> NoReturn:
     """Run a worker in a process just forked from the launcher, and end it.
 
-    What a worker started with ``python -m`` gets, it gets here too: the DSN and
-    the launcher's pid in the environment, stdin from /dev/null, its own logging
+    What a worker started with ``python -m`` gets, it gets here too: the DSN,
+    the launcher's pid and ``env`` in the environment, stdin from /dev/null, its own logging
     and signal handlers. It never returns into the launcher's code (whose frames,
     and whose catalog connection, the fork copied: the connection is left alone,
     as closing it would end the launcher's session): ``os._exit``.
@@ -116,6 +157,7 @@ def run_forked(dsn: str, launcher_pid: int, args: list[str]) -> NoReturn:
         # Until main() sets its own: the launcher's would only stop the copy of it.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.environ.update(env or {})
         os.environ[DSN_ENV] = dsn
         os.environ[LAUNCHER_PID_ENV] = str(launcher_pid)
         devnull = os.open(os.devnull, os.O_RDONLY)

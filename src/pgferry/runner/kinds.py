@@ -6,7 +6,8 @@ command line after ``python -m pgferry.runner.child``. :data:`KINDS` maps each
 kind to its arguments and to the function that builds the worker; a new kind of
 worker (verify) is one more entry here and a rule in the launcher saying when it
 is wanted. Building imports the worker's package only then, so a forked worker
-loads what it needs and the launcher stays light.
+loads what it needs and the launcher stays light. :func:`describe` and
+:func:`log_fields` say which worker a key names, in log lines and their fields.
 """
 
 from __future__ import annotations
@@ -75,6 +76,31 @@ def build(dsn: str, key: Sequence[str]) -> Worker | None:
     if kind is None or len(key) - 1 != len(kind.arguments):
         return None
     return kind.build(dsn, key[1:])
+
+
+def log_fields(key: Sequence[str]) -> dict[str, str]:
+    """What a worker's log records say it is: ``worker`` (its kind),
+    ``subscription`` and, for a table's worker, ``table`` (``SCHEMA.TABLE``)."""
+    kind = KINDS.get(key[0]) if key else None
+    fields = {"worker": key[0]} if key else {}
+    if kind is None:
+        return fields
+    named = dict(zip(kind.arguments, key[1:], strict=False))
+    if "SUBSCRIPTION" in named:
+        fields["subscription"] = named["SUBSCRIPTION"]
+    if "SCHEMA" in named and "TABLE" in named:
+        fields["table"] = f"{named['SCHEMA']}.{named['TABLE']}"
+    return fields
+
+
+def describe(key: Sequence[str]) -> str:
+    """The worker in words: ``apply worker for SUB``, ``sync worker for SUB,
+    table SCHEMA.TABLE``."""
+    fields = log_fields(key)
+    if "subscription" not in fields:
+        return f"{' '.join(key)} worker"
+    text = f"{fields['worker']} worker for {fields['subscription']}"
+    return f"{text}, table {fields['table']}" if "table" in fields else text
 
 
 def usage() -> str:

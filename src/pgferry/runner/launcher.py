@@ -36,6 +36,13 @@ transaction in progress rolls back and is received again).
 The launcher survives its subscriber going away (a restart, a failover): a
 failed catalog connection is one log line, and it connects again with the same
 backoff; its workers meanwhile fail and are started again like any others.
+
+It logs one line per event (:mod:`pgferry.logs`): run started (the catalog
+database, masked, its subscriptions, the metrics address), each worker started,
+stopped (and why) or failed and retrying, each subscription added, enabled,
+disabled or dropped, and run stopping (on SIGINT/SIGTERM: :meth:`request_stop`)
+and stopped. Its workers get ``worker_env`` in their environment (the log level
+and format, the receiver timeout).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,9 +65,10 @@ from pgferry import connect
 from pgferry.catalog import TableState, conflict_log, ensure_catalog, handover, store, workers
 from pgferry.catalog.schema import WAKE_CHANNEL
 from pgferry.catalog.steps import pending_final
+from pgferry.conninfo import mask
 from pgferry.errors import InterfaceError, PgferryError
 from pgferry.runner.env import DSN_ENV, LAUNCHER_PID_ENV
-from pgferry.runner.kinds import WorkerKey
+from pgferry.runner.kinds import WorkerKey, describe, log_fields
 
 logger = logging.getLogger("pgferry.runner")
 
@@ -145,8 +154,13 @@ class Launcher:
         retry_interval: float = 5.0,
         stop_timeout: float = 30.0,
         healthy_after: float = HEALTHY_AFTER,
+        worker_env: Mapping[str, str] | None = None,
     ) -> None:
         self.dsn = dsn
+        #: Added to each worker's environment.
+        self.worker_env = dict(worker_env or {})
+        #: Where metrics are served, for the start line (set by ``run --metrics``).
+        self.metrics_url: str | None = None
         self.max_sync = max_sync_workers_per_subscription
         self.poll_interval = poll_interval
         self.retry_interval = retry_interval
@@ -156,14 +170,22 @@ class Launcher:
         self._failures: dict[WorkerKey, int] = {}
         self._retry_at: dict[WorkerKey, float] = {}
         self._settings: dict[str, str] = {}  # subscription -> its settings, this round
+        #: Subscription -> enabled, as this round read them.
+        self._subscriptions: dict[str, bool] = {}
+        #: The same, as the last lines said them (None: before the start line).
+        self._announced: dict[str, bool] | None = None
         self._stop = False
+        self._stop_reason = ""
 
     def failures(self) -> dict[WorkerKey, int]:
         """Each failing worker's failures in a row (since it last ran healthy), a
         copy taken in one step (the launcher's thread changes the original)."""
         return dict(self._failures)
 
-    def request_stop(self) -> None:
+    def request_stop(self, reason: str = "") -> None:
+        """Stop the workers, then :meth:`run` (``reason``, e.g. the signal, is
+        logged). Safe in a signal handler: it only sets flags."""
+        self._stop_reason = self._stop_reason or reason
         self._stop = True
 
     # -- what should run ------------------------------------------------------------------
@@ -172,7 +194,9 @@ class Launcher:
         keys: set[WorkerKey] = set()
         self._settings = {}
         finishing = pending_final(conn)
-        for sub in store.list_subscriptions(conn):
+        subscriptions = store.list_subscriptions(conn)
+        self._subscriptions = {sub.name: sub.enabled for sub in subscriptions}
+        for sub in subscriptions:
             if not sub.enabled or sub.slot_name is None:
                 continue
             keys.add(("apply", sub.name))
@@ -247,10 +271,10 @@ class Launcher:
             sys.stderr.flush()
             pid = os.fork()
             if pid == 0:
-                run_forked(self.dsn, launcher, list(key))
+                run_forked(self.dsn, launcher, list(key), self.worker_env)
             process = _Forked(pid)
         else:
-            env = dict(os.environ)
+            env = {**os.environ, **self.worker_env}
             env[DSN_ENV] = self.dsn
             env[LAUNCHER_PID_ENV] = str(os.getpid())
             process = subprocess.Popen(
@@ -259,7 +283,7 @@ class Launcher:
                 stdin=subprocess.DEVNULL,
             )
         self.children[key] = _Child(key, process, time.monotonic(), self._settings.get(key[1]))
-        logger.info("started %s worker (pid %d) for %s", key[0], process.pid, " ".join(key[1:]))
+        logger.info("started %s (pid %d)", describe(key), process.pid, extra=log_fields(key))
 
     def _reap(self, conn: psycopg.Connection[Any]) -> None:
         """Collect the workers that exited; plan (and record) the retry of those
@@ -273,6 +297,9 @@ class Launcher:
                 continue
             del self.children[key]
             if code == 0:
+                logger.info(
+                    "%s (pid %d) finished", describe(key), child.process.pid, extra=log_fields(key)
+                )
                 self._forget(conn, key)
                 continue
             healthy = now - child.started >= self.healthy_after
@@ -281,12 +308,18 @@ class Launcher:
             pause = backoff(failures, self.retry_interval)
             self._retry_at[key] = now + pause
             logger.warning(
-                "%s worker for %s exited with status %d; restarting in %.1f s (attempt %d)",
-                key[0],
-                " ".join(key[1:]),
+                "%s (pid %d) exited with status %d; retrying in %.1f s (attempt %d)",
+                describe(key),
+                child.process.pid,
                 code,
                 pause,
                 failures,
+                extra={
+                    **log_fields(key),
+                    "attempt": failures,
+                    "retry_in": round(pause, 3),
+                    "exit_status": code,
+                },
             )
             workers.record_retry(conn, key[1], key[0], _table(key), failures, pause, code)
 
@@ -296,7 +329,10 @@ class Launcher:
         if self._failures.pop(key, None) is not None:
             workers.forget_retry(conn, key[1], key[0], _table(key))
 
-    def _terminate(self, keys: list[WorkerKey]) -> None:
+    def _terminate(self, reasons: Mapping[WorkerKey, str]) -> None:
+        """Stop the workers ``reasons`` names (SIGTERM, then SIGKILL after the
+        stop timeout), one line each saying why."""
+        keys = list(reasons)
         for key in keys:
             child = self.children.get(key)
             if child is not None and child.process.poll() is None:
@@ -306,24 +342,83 @@ class Launcher:
             child = self.children.pop(key, None)
             if child is None:
                 continue
+            fields = log_fields(key)
             try:
-                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                code = child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                logger.warning("killing %s worker (pid %d)", key[0], child.process.pid)
+                logger.warning(
+                    "killing %s (pid %d): still running %.0f s after SIGTERM",
+                    describe(key),
+                    child.process.pid,
+                    self.stop_timeout,
+                    extra=fields,
+                )
                 child.process.kill()
-                child.process.wait()
+                code = child.process.wait()
+            logger.info(
+                "stopped %s (pid %d): %s",
+                describe(key),
+                child.process.pid,
+                reasons[key],
+                extra={**fields, "exit_status": code},
+            )
+
+    def _why_not(self, key: WorkerKey, wanted: set[WorkerKey], settings: str | None) -> str:
+        """Why a running worker must stop ("" when it runs on)."""
+        enabled = self._subscriptions.get(key[1])
+        if enabled is None:
+            return "subscription dropped"
+        if not enabled:
+            return "subscription disabled"
+        if key not in wanted:
+            return "its table needs no sync now" if key[0] == "sync" else "no longer needed"
+        if settings != self._settings.get(key[1]):
+            return "subscription altered"
+        return ""
+
+    def _announce(self) -> None:
+        """The start line (first round), then a line per subscription added,
+        enabled, disabled or dropped since the last round."""
+        now = dict(self._subscriptions)
+        before, self._announced = self._announced, now
+        if before is None:
+            logger.info(
+                "run started: catalog database %s, %d subscription%s (%d enabled), %s",
+                mask(self.dsn) if self.dsn else "from the PG* environment",
+                len(now),
+                "" if len(now) == 1 else "s",
+                sum(now.values()),
+                f"metrics at {self.metrics_url}" if self.metrics_url else "no metrics",
+                extra={
+                    "database": mask(self.dsn),
+                    "subscriptions": len(now),
+                    "metrics": self.metrics_url,
+                },
+            )
+            return
+        for name in sorted(now.keys() | before.keys()):
+            was, enabled = before.get(name), now.get(name)
+            if was == enabled:
+                continue
+            if enabled is None:
+                what = "dropped"
+            elif was is None:
+                what = "added" + ("" if enabled else " (disabled)")
+            else:
+                what = "enabled" if enabled else "disabled"
+            logger.info("subscription %s %s", name, what, extra={"subscription": name})
 
     def step(self, conn: psycopg.Connection[Any]) -> None:
         """One round: reap, stop the unwanted or outdated, start the missing."""
         self._reap(conn)
         wanted = self.wanted(conn)
+        self._announce()
         for key in [k for k in self._failures if k not in wanted]:
             self._forget(conn, key)
-        unwanted = [
-            k
-            for k, child in self.children.items()
-            if k not in wanted or child.settings != self._settings.get(k[1])
-        ]
+        unwanted = {
+            k: self._why_not(k, wanted, child.settings) for k, child in self.children.items()
+        }
+        unwanted = {k: why for k, why in unwanted.items() if why}
         if unwanted:
             self._terminate(unwanted)
         now = time.monotonic()
@@ -369,9 +464,18 @@ class Launcher:
                     conn = None
                     self._wait(pause)
         finally:
-            self._terminate(list(self.children))
+            if self._stop:
+                logger.info(
+                    "run stopping%s: stopping %d worker%s",
+                    f" ({self._stop_reason})" if self._stop_reason else "",
+                    len(self.children),
+                    "" if len(self.children) == 1 else "s",
+                )
+            self._terminate(dict.fromkeys(self.children, "run stopping"))
             if conn is not None:
                 conn.close()
+            if self._stop:
+                logger.info("run stopped")
 
     def _wait(self, seconds: float, conn: psycopg.Connection[Any] | None = None) -> None:
         """Up to ``seconds``, until a stop is asked or, with ``conn``, the catalog

@@ -4,7 +4,10 @@ For each subscription in the catalog (schema ``pgferry`` of the ``-d`` database)
 read in one snapshot of the catalog, plus what the publisher says about its slot:
 
 * ``enabled``, the apply worker (``pgferry.worker``) and its positions, the last
-  error and the counters of ``pgferry.subscription_stats``, the table states;
+  error with its next action (:func:`error_hint`) and the counters of
+  ``pgferry.subscription_stats``, the table states;
+* the table sync workers and their initial copy's progress, and the launcher's
+  planned retries (:mod:`pgferry.status.activity`);
 * from the publisher, over a normal (not replication) connection with the stored
   conninfo: its current WAL position and the slot (active, ``restart_lsn``,
   ``confirmed_flush_lsn``, retained WAL, ``wal_status``). A publisher that cannot
@@ -17,9 +20,11 @@ Nothing is written: the catalog is neither created nor migrated.
 :data:`STALE_AFTER` seconds (3 x the 10 s status interval; a running apply
 worker refreshes it about every second between transactions), ``stale`` when a row
 exists but is older (the worker was killed, hangs, or is in one very long
-transaction), ``stopped`` when there is no row (no worker, or it stopped
-cleanly). The age is measured on the subscriber's clock, which wrote the row, so
-it holds when ``status`` runs on another machine.
+transaction), ``retrying`` when there is no row and the launcher plans to start
+the failed worker again (``worker.retry``: the attempt and when), ``stopped``
+when there is no row otherwise (no worker, or it stopped cleanly). The age is
+measured on the subscriber's clock, which wrote the row, so it holds when
+``status`` runs on another machine.
 
 **Lag.** ``lag.bytes`` is the publisher's current WAL position minus the slot's
 ``confirmed_flush_lsn``: WAL the subscriber has not yet confirmed as durably
@@ -27,10 +32,16 @@ applied (the apply worker also confirms positions that carry nothing for it, so
 an idle subscription converges to 0). ``lag.seconds`` is the best estimate
 available, and ``lag.seconds_source`` says which one it is:
 
-* ``caught_up``: ``lag.bytes`` is 0, so 0 seconds;
+* ``caught_up``: ``lag.bytes`` is 0 and every table is ready, so 0 seconds;
+* ``tables_syncing``: ``lag.bytes`` is 0 but tables are still being
+  synchronised, so the subscription has not caught up (``lag.seconds`` null; the
+  copies' progress and ETA are in ``sync_workers``);
 * ``publisher_flush_lag``: ``flush_lag`` of the slot's walsender in the
   publisher's ``pg_stat_replication``, PostgreSQL's own measure: how long after
-  the publisher processed a WAL position the subscriber confirmed it durable;
+  the publisher processed a WAL position the subscriber confirmed it durable; 0
+  when the walsender's lag times are cleared because the subscriber confirmed
+  everything it was sent (PostgreSQL clears them then, so the WAL still ahead is
+  not waiting on the subscriber);
 * ``since_last_report``: the apply worker is not running (stale): seconds since
   it last reported a confirmed position, i.e. how long replication has stood
   still;
@@ -44,13 +55,28 @@ are ``"X/Y"`` strings, times ISO 8601 in UTC, absent values ``null``:
 
 * ``name``, ``enabled`` (bool), ``publications`` (array), ``slot_name``,
   ``conninfo`` (password masked);
-* ``worker``: ``state`` (``running``/``stale``/``stopped``), ``pid``,
-  ``started_at``, ``received_lsn`` (last WAL position received from the
+* ``worker``: ``state`` (``running``/``stale``/``retrying``/``stopped``),
+  ``pid``, ``started_at``, ``received_lsn`` (last WAL position received from the
   publisher), ``applied_lsn`` (last position confirmed to the publisher as
   durably applied: ``latest_end_lsn``), ``last_msg_send_time``,
-  ``last_msg_receipt_time``, ``latest_end_time``, ``seconds_since_report``;
+  ``last_msg_receipt_time``, ``latest_end_time``, ``seconds_since_report``,
+  ``retry`` (null, or the launcher's retry of the failed worker: ``attempt``,
+  ``next_in_seconds`` (0 or less: started already), ``exit_code``,
+  ``failed_at``);
 * ``lag``: ``bytes``, ``seconds``, ``seconds_source`` (above);
-* ``last_error``, ``last_error_time``;
+* ``last_error``, ``last_error_time``, ``last_error_lsn`` (the finish LSN of
+  the remote transaction it is about: the one ``--skip`` takes),
+  ``last_error_hint`` (what to do about it, e.g. the ``--skip`` command);
+* ``sync_workers``: array, one object per table with a running sync worker or
+  one waiting to retry: ``schema``, ``name``, ``state``, ``phase``
+  (``starting``, ``copying``, ``waiting for the apply worker``, ``catching up``,
+  ``handing over``, ``retrying``), ``pid`` (its session on the subscriber),
+  ``since`` (when that session began), ``retry`` (as the worker's), ``copy``
+  (null unless copying: ``rows`` and ``bytes`` so far, ``seconds`` since the COPY
+  began, ``total_rows`` (the publisher's ``reltuples``, null before its first
+  ANALYZE), ``total_bytes`` (its ``pg_table_size`` at create or refresh),
+  ``fraction`` (0 to 1, by rows when ``total_rows`` is known, else by bytes),
+  ``rows_per_second``, ``bytes_per_second``, ``eta_seconds``);
 * ``stats``: ``apply_error_count``, ``sync_error_count``, the conflict counters
   ``confl_insert_exists`` ... ``confl_multiple_unique_conflicts`` (PostgreSQL 18's
   ``pg_stat_subscription_stats`` columns), ``stats_reset``;
@@ -78,7 +104,7 @@ are ``"X/Y"`` strings, times ISO 8601 in UTC, absent values ``null``:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -89,8 +115,16 @@ from pgferry import conninfo as ci
 from pgferry.catalog import TableState, store
 from pgferry.catalog.schema import current_version
 from pgferry.errors import PgferryError
+from pgferry.hints import error_hint
 from pgferry.protocol.lsn import Lsn
 from pgferry.sequences import drift
+from pgferry.status.activity import (
+    RetryStatus,
+    SyncWorkerStatus,
+    estimated_rows,
+    read_activity,
+    sync_workers,
+)
 from pgferry.subscription.manage import STATE_ORDER
 
 #: A worker row older than this (seconds) is ``stale``: 3 x the status interval.
@@ -111,7 +145,7 @@ Conn = psycopg.Connection[Any]
 
 @dataclass(frozen=True)
 class WorkerStatus:
-    #: ``running``, ``stale`` or ``stopped`` (see the module docstring).
+    #: ``running``, ``stale``, ``retrying`` or ``stopped`` (see the module docstring).
     state: str
     pid: int | None = None
     started_at: datetime | None = None
@@ -123,6 +157,9 @@ class WorkerStatus:
     latest_end_time: datetime | None = None
     #: Seconds since the row was last refreshed, on the subscriber's clock.
     seconds_since_report: float | None = None
+    #: The launcher's planned retry of a worker that failed (kept until it has
+    #: run healthy for a while, so also while a restarted worker runs).
+    retry: RetryStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +216,8 @@ class PublisherStatus:
     error: str | None = None
     wal_lsn: Lsn | None = None
     slot: SlotStatus | None = None
+    #: (schema, table) -> estimated rows (reltuples) of the tables being copied.
+    estimated_rows: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -202,6 +241,17 @@ class SubscriptionStatus:
     lag_seconds_source: str | None
     #: The sequences of its tables as the last sequence sync left them.
     sequences: tuple[SequenceStatus, ...] = ()
+    #: Its table sync workers (running, or waiting to retry).
+    sync_workers: tuple[SyncWorkerStatus, ...] = ()
+    #: The finish LSN of the remote transaction the last error is about.
+    last_error_lsn: Lsn | None = None
+    #: What to do about the last error (see :func:`error_hint`).
+    last_error_hint: str | None = None
+
+    @property
+    def copies(self) -> tuple[SyncWorkerStatus, ...]:
+        """Its sync workers that are copying a table now."""
+        return tuple(w for w in self.sync_workers if w.copy is not None)
 
     @property
     def largest_sequence_drift(self) -> int | None:
@@ -250,11 +300,15 @@ class CatalogSubscription:
     worker: WorkerStatus
     tables: tuple[TableStatus, ...]
     sequences: tuple[SequenceStatus, ...]
+    sync_workers: tuple[SyncWorkerStatus, ...] = ()
+    last_error_lsn: Lsn | None = None
 
 
 _STATS_KEYS = store.STATS_KEYS
-#: The catalog version that has ``pgferry.sequence_state``.
+#: The catalog version that has ``pgferry.sequence_state`` and table sizes.
 SEQUENCE_STATE_VERSION = 6
+#: The catalog version with ``subscription.last_error_lsn``.
+ERROR_LSN_VERSION = 7
 
 
 def _read_sequences(local: Conn) -> dict[str, list[SequenceStatus]]:
@@ -280,9 +334,11 @@ def read_catalog(local: Conn, stale_after: float, version: int) -> list[CatalogS
     """Every subscription's local part, from one snapshot of the catalog."""
     with local.transaction():
         local.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        error_lsn = "s.last_error_lsn::text" if version >= ERROR_LSN_VERSION else "NULL"
         subs = local.execute(
             "SELECT s.name, s.conninfo, s.enabled, s.publications, s.slot_name, s.last_error,"
-            " s.last_error_time, " + ", ".join(f"st.{k}" for k in _STATS_KEYS) + ", st.stats_reset"
+            " s.last_error_time, " + ", ".join(f"st.{k}" for k in _STATS_KEYS) + ", st.stats_reset,"
+            f" {error_lsn}"
             " FROM pgferry.subscription s"
             " LEFT JOIN pgferry.subscription_stats st ON st.subscription = s.name"
             " ORDER BY s.name"
@@ -298,18 +354,26 @@ def read_catalog(local: Conn, stale_after: float, version: int) -> list[CatalogS
             ).fetchall()
         }
         tables: dict[str, list[TableStatus]] = {}
-        for sub, schema, name, state, state_lsn in local.execute(
-            "SELECT subscription, remote_schema, remote_name, state::text, state_lsn::text"
+        syncing: dict[str, list[tuple[str, str, TableState, Lsn | None, int | None]]] = {}
+        size = "size_bytes" if version >= SEQUENCE_STATE_VERSION else "NULL::int8"
+        for sub, schema, name, state, state_lsn, catchup, nbytes in local.execute(
+            "SELECT subscription, remote_schema, remote_name, state::text, state_lsn::text,"
+            f" catchup_lsn::text, {size}"
             " FROM pgferry.subscription_table ORDER BY subscription, remote_schema, remote_name"
         ).fetchall():
-            tables.setdefault(sub, []).append(
-                TableStatus(schema, name, TableState.parse(state), _lsn(state_lsn))
-            )
+            letter = TableState.parse(state)
+            tables.setdefault(sub, []).append(TableStatus(schema, name, letter, _lsn(state_lsn)))
+            if letter != TableState.READY:
+                syncing.setdefault(sub, []).append(
+                    (schema, name, letter, _lsn(catchup), None if nbytes is None else int(nbytes))
+                )
         sequences = _read_sequences(local) if version >= SEQUENCE_STATE_VERSION else {}
+        activity = read_activity(local, version)
     result = []
     for row in subs:
         name, conninfo, enabled, pubs, slot, error, error_time = row[:7]
         counts, stats_reset = row[7 : 7 + len(_STATS_KEYS)], row[7 + len(_STATS_KEYS)]
+        failed_at = row[8 + len(_STATS_KEYS)]
         result.append(
             CatalogSubscription(
                 name=name,
@@ -321,21 +385,26 @@ def read_catalog(local: Conn, stale_after: float, version: int) -> list[CatalogS
                 last_error_time=error_time,
                 stats={k: int(v or 0) for k, v in zip(_STATS_KEYS, counts, strict=True)},
                 stats_reset=stats_reset,
-                worker=_worker(workers.get(name), stale_after),
+                worker=_worker(workers.get(name), stale_after, activity.retry(name, "apply")),
                 tables=tuple(tables.get(name, ())),
                 sequences=tuple(sequences.get(name, ())),
+                sync_workers=sync_workers(activity, name, syncing.get(name, [])),
+                last_error_lsn=_lsn(failed_at),
             )
         )
     return result
 
 
-def _worker(row: tuple[Any, ...] | None, stale_after: float) -> WorkerStatus:
+def _worker(
+    row: tuple[Any, ...] | None, stale_after: float, retry: RetryStatus | None = None
+) -> WorkerStatus:
     if row is None:
-        return WorkerStatus("stopped")
+        return WorkerStatus("stopped" if retry is None else "retrying", retry=retry)
     pid, started, received, send_time, receipt_time, applied, end_time, age = row
     seconds = _float(age)
     state = "running" if seconds is not None and seconds <= stale_after else "stale"
     return WorkerStatus(
+        retry=retry,
         state=state,
         pid=int(pid),
         started_at=started,
@@ -376,7 +445,10 @@ def read_publisher(remote: Conn, conninfo: str, slot_name: str | None) -> Publis
         f"SELECT ({WAL_POSITION_SQL})::text, s.slot_name IS NOT NULL, s.active, s.active_pid,"
         " s.restart_lsn::text, s.confirmed_flush_lsn::text,"
         f" pg_catalog.pg_wal_lsn_diff({WAL_POSITION_SQL}, s.restart_lsn), s.wal_status,"
-        " extract(epoch FROM r.flush_lag)"
+        # PostgreSQL clears the lag times once the receiver has confirmed all that
+        # was sent (twice in a row): nothing sent is waiting, the lag is 0 then.
+        " coalesce(extract(epoch FROM r.flush_lag),"
+        "  CASE WHEN r.flush_lsn >= r.sent_lsn THEN 0 END)"
         " FROM (SELECT 1) AS one"
         " LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = %s"
         " LEFT JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid",
@@ -406,7 +478,11 @@ class _Publishers:
     def __init__(self) -> None:
         self._conns: dict[str, Conn | PgferryError] = {}
 
-    def status(self, conninfo: str, slot_name: str | None) -> PublisherStatus:
+    def status(
+        self, conninfo: str, slot_name: str | None, copying: list[tuple[str, str]] | None = None
+    ) -> PublisherStatus:
+        """The publisher's side of one subscription; ``copying``: the tables whose
+        row estimate is wanted."""
         conn = self._conns.get(conninfo)
         if conn is None:
             try:
@@ -417,7 +493,10 @@ class _Publishers:
         if isinstance(conn, PgferryError):
             return PublisherStatus(ci.mask(conninfo), False, conn.message)
         try:
-            return read_publisher(conn, conninfo, slot_name)
+            status = read_publisher(conn, conninfo, slot_name)
+            if copying:
+                status = replace(status, estimated_rows=estimated_rows(conn, copying))
+            return status
         except psycopg.Error as exc:
             return PublisherStatus(ci.mask(conninfo), False, scrub(str(exc), conninfo))
 
@@ -431,7 +510,7 @@ class _Publishers:
 
 
 def _lag(
-    worker: WorkerStatus, publisher: PublisherStatus
+    worker: WorkerStatus, publisher: PublisherStatus, syncing: bool = False
 ) -> tuple[int | None, float | None, str | None]:
     slot = publisher.slot
     if (
@@ -443,7 +522,8 @@ def _lag(
         return None, None, None
     lag_bytes = max(0, publisher.wal_lsn - slot.confirmed_flush_lsn)
     if lag_bytes == 0:
-        return 0, 0.0, "caught_up"
+        # Tables still being synchronised: the stream is, the subscription is not.
+        return (0, None, "tables_syncing") if syncing else (0, 0.0, "caught_up")
     if slot.flush_lag_seconds is not None:
         return lag_bytes, slot.flush_lag_seconds, "publisher_flush_lag"
     if worker.state == "stale" and worker.seconds_since_report is not None:
@@ -451,10 +531,24 @@ def _lag(
     return lag_bytes, None, None
 
 
+def _with_totals(
+    workers: tuple[SyncWorkerStatus, ...], publisher: PublisherStatus
+) -> tuple[SyncWorkerStatus, ...]:
+    """The sync workers with the publisher's row estimates added to their copies."""
+    found = []
+    for w in workers:
+        rows = publisher.estimated_rows.get((w.schema, w.name))
+        if w.copy is not None and rows is not None:
+            w = replace(w, copy=replace(w.copy, total_rows=rows))
+        found.append(w)
+    return tuple(found)
+
+
 def subscription_status(
     local: CatalogSubscription, publisher: PublisherStatus
 ) -> SubscriptionStatus:
-    lag_bytes, lag_seconds, source = _lag(local.worker, publisher)
+    syncing = any(t.state != TableState.READY for t in local.tables)
+    lag_bytes, lag_seconds, source = _lag(local.worker, publisher, syncing)
     return SubscriptionStatus(
         name=local.name,
         enabled=local.enabled,
@@ -472,7 +566,16 @@ def subscription_status(
         lag_seconds=lag_seconds,
         lag_seconds_source=source,
         sequences=local.sequences,
+        sync_workers=_with_totals(local.sync_workers, publisher),
+        last_error_lsn=local.last_error_lsn,
+        last_error_hint=error_hint(
+            local.name, local.last_error, local.last_error_lsn, local.enabled
+        ),
     )
+
+
+def _copying(sub: CatalogSubscription) -> list[tuple[str, str]]:
+    return [(w.schema, w.name) for w in sub.sync_workers if w.copy is not None]
 
 
 def collect(
@@ -497,6 +600,9 @@ def collect(
     # The subscriber transaction is over before any publisher is contacted.
     publishers = _Publishers()
     try:
-        return [subscription_status(s, publishers.status(s.conninfo, s.slot_name)) for s in locals_]
+        return [
+            subscription_status(s, publishers.status(s.conninfo, s.slot_name, _copying(s)))
+            for s in locals_
+        ]
     finally:
         publishers.close()

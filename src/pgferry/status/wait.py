@@ -31,12 +31,19 @@ seconds (0.2 s) and raises :class:`WaitFailed`, with one line saying why, when
 
 A subscription that does not exist is a
 :class:`~pgferry.catalog.SubscriptionNotFound`.
+
+With ``on_progress``, each poll hands a :class:`WaitProgress` to it: the tables not
+ready, the sync workers with their copy's progress (as ``status`` shows them), the
+applied position and the target; ``subscription wait`` draws it
+(:mod:`pgferry.status.progress`). A failure's message carries the next action
+where there is one (the ``--skip`` command of an apply error, ``--enable``).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -47,9 +54,18 @@ from pgferry.catalog.model import TableState
 from pgferry.catalog.schema import current_version
 from pgferry.catalog.store import SubscriptionNotFound
 from pgferry.errors import PgferryError
+from pgferry.hints import error_hint
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
 from pgferry.sqltext import ident, printable
-from pgferry.status.report import STALE_AFTER, WAL_POSITION_SQL, connect_publisher, scrub
+from pgferry.status.activity import SyncWorkerStatus, estimated_rows, read_activity, sync_workers
+from pgferry.status.report import (
+    ERROR_LSN_VERSION,
+    SEQUENCE_STATE_VERSION,
+    STALE_AFTER,
+    WAL_POSITION_SQL,
+    connect_publisher,
+    scrub,
+)
 from pgferry.subscription.manage import shown
 
 POLL_INTERVAL = 0.2
@@ -80,6 +96,23 @@ class WaitResult:
 
 
 @dataclass(frozen=True)
+class WaitProgress:
+    """Where a wait stands, handed to ``on_progress`` at each poll."""
+
+    name: str
+    tables: int
+    not_ready: int
+    #: The sync workers, their copies with the publisher's row estimates.
+    sync_workers: tuple[SyncWorkerStatus, ...]
+    target_lsn: Lsn
+    #: Where everything committed is applied (None: not known this time).
+    applied_lsn: Lsn | None
+    #: The apply worker: running, stale, stopped.
+    worker: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class _Local:
     conninfo: str
     enabled: bool
@@ -94,23 +127,35 @@ class _Local:
     committed: Lsn | None
     #: The schema copy's steps not done yet.
     schema_steps: int = 0
+    #: The finish LSN of the transaction the last error is about.
+    error_lsn: Lsn | None = None
+    sync_workers: tuple[SyncWorkerStatus, ...] = ()
 
 
-def _read(local: Conn, name: str) -> _Local:
+def _read(local: Conn, name: str, version: int) -> _Local:
+    error_lsn = "last_error_lsn::text" if version >= ERROR_LSN_VERSION else "NULL"
+    size = "size_bytes" if version >= SEQUENCE_STATE_VERSION else "NULL::int8"
     with local.transaction():
         local.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         row = local.execute(
-            "SELECT conninfo, enabled, slot_name, last_error, last_error_time"
-            " FROM pgferry.subscription WHERE name = %s",
+            "SELECT conninfo, enabled, slot_name, last_error, last_error_time,"
+            f" {error_lsn} FROM pgferry.subscription WHERE name = %s",
             (name,),
         ).fetchone()
         if row is None:
             raise _not_found(name)
         tables = local.execute(
-            "SELECT remote_schema, remote_name, state::text FROM pgferry.subscription_table"
+            "SELECT remote_schema, remote_name, state::text, catchup_lsn::text,"
+            f" {size} FROM pgferry.subscription_table"
             " WHERE subscription = %s ORDER BY remote_schema, remote_name",
             (name,),
         ).fetchall()
+        syncing = [
+            (s, n, TableState.parse(st), Lsn.parse(c) if c else None, sz)
+            for s, n, st, c, sz in tables
+            if st != TableState.READY
+        ]
+        workers = sync_workers(read_activity(local, version), name, syncing)
         (steps,) = local.execute(
             "SELECT count(*) FROM pgferry.schema_step WHERE subscription = %s", (name,)
         ).fetchone() or (0,)
@@ -128,10 +173,12 @@ def _read(local: Conn, name: str) -> _Local:
         slot_name=row[2],
         error=(row[3], row[4]),
         tables=len(tables),
-        not_ready=[(s, n, TableState.parse(st)) for s, n, st in tables if st != TableState.READY],
+        not_ready=[(s, n, st) for s, n, st, _, _ in syncing],
         worker=worker,
         committed=committed if worker == "running" else None,
         schema_steps=int(steps),
+        error_lsn=Lsn.parse(row[5]) if row[5] else None,
+        sync_workers=workers,
     )
 
 
@@ -147,10 +194,14 @@ def _check(name: str, sub: _Local, baseline: tuple[str | None, datetime | None])
         why = "" if sub.error[0] is None else f"; its last error: {printable(sub.error[0])}"
         raise WaitFailed(
             f"subscription {shown(name)} is disabled, so it cannot catch up"
-            f" (pgferry subscription alter {printable(name)} --enable){why}"
+            f" (pgferry subscription alter {printable(name)} --enable){why}",
+            hint=error_hint(name, sub.error[0], sub.error_lsn, enabled=False),
         )
     if sub.error != baseline and sub.error[0] is not None:
-        raise WaitFailed(f"subscription {shown(name)} failed: {printable(sub.error[0])}")
+        raise WaitFailed(
+            f"subscription {shown(name)} failed: {printable(sub.error[0])}",
+            hint=error_hint(name, sub.error[0], sub.error_lsn),
+        )
     if sub.slot_name is None:
         raise WaitFailed(f"subscription {shown(name)} has no slot (slot_name = NONE)")
 
@@ -211,18 +262,52 @@ def _missing(
     return f"timed out after {seconds:.1f} s waiting for subscription {shown(name)}: {missing}"
 
 
+class _Estimates:
+    """The publisher's row estimates of the tables being copied, asked once each."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], int | None] = {}
+
+    def add_to(
+        self, remote: Conn | None, workers: tuple[SyncWorkerStatus, ...]
+    ) -> tuple[SyncWorkerStatus, ...]:
+        wanted = [(w.schema, w.name) for w in workers if w.copy is not None]
+        unknown = [t for t in wanted if t not in self.rows]
+        if unknown and remote is not None:
+            try:
+                found = estimated_rows(remote, unknown)
+            except psycopg.Error:
+                found = {}
+            self.rows.update({t: found.get(t) for t in unknown})
+        result = []
+        for w in workers:
+            rows = self.rows.get((w.schema, w.name))
+            if w.copy is not None and rows is not None:
+                w = replace(w, copy=replace(w.copy, total_rows=rows))
+            result.append(w)
+        return tuple(result)
+
+
 def wait_ready(
-    dsn: str, name: str, *, timeout: float | None = None, poll_interval: float = POLL_INTERVAL
+    dsn: str,
+    name: str,
+    *,
+    timeout: float | None = None,
+    poll_interval: float = POLL_INTERVAL,
+    on_progress: Callable[[WaitProgress], None] | None = None,
 ) -> WaitResult:
     """Wait until subscription ``name`` of the subscriber ``dsn`` is ready and has
     applied everything the publisher had written when the wait started (see the
-    module docstring); ``timeout`` None waits as long as it takes."""
+    module docstring); ``timeout`` None waits as long as it takes; ``on_progress``
+    is called at each poll."""
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
+    estimates = _Estimates()
     with connect.subscriber(dsn) as local:
-        if current_version(local) == 0:
+        version = current_version(local)
+        if version == 0:
             raise _not_found(name)
-        sub = _read(local, name)
+        sub = _read(local, name, version)
         baseline = sub.error
         _check(name, sub, baseline)
         assert sub.slot_name is not None
@@ -255,6 +340,19 @@ def wait_ready(
                 done = not sub.not_ready and not sub.schema_steps
                 if done and applied is not None and applied >= target:
                     return WaitResult(name, target, applied, sub.tables, time.monotonic() - started)
+                if on_progress is not None:
+                    on_progress(
+                        WaitProgress(
+                            name,
+                            sub.tables,
+                            len(sub.not_ready),
+                            estimates.add_to(remote, sub.sync_workers),
+                            target,
+                            applied,
+                            sub.worker,
+                            time.monotonic() - started,
+                        )
+                    )
                 if deadline is not None and time.monotonic() >= deadline:
                     raise WaitTimeout(
                         _missing(
@@ -265,7 +363,7 @@ def wait_ready(
                 if deadline is not None:
                     pause = min(pause, max(0.0, deadline - time.monotonic()))
                 time.sleep(pause)
-                sub = _read(local, name)
+                sub = _read(local, name, version)
                 _check(name, sub, baseline)
                 if sub.conninfo != conninfo:
                     # alter --connection meanwhile: follow it (the target stays).

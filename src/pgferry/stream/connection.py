@@ -531,7 +531,8 @@ class ReplicationStream:
             f" for {silent:.0f} s, not even an answer to a keepalive request (receiver timeout"
             f" {timeout:g} s)",
             hint="the publisher, its walsender or the network stalls; the connection is given"
-            f" up and opened again ({RECEIVER_TIMEOUT_ENV} sets the timeout, 0 turns it off)",
+            f" up and opened again (pgferry run --receiver-timeout or {RECEIVER_TIMEOUT_ENV}"
+            " sets the timeout, 0 turns it off)",
         )
 
     def _account(self, batch: list[XLogData | PrimaryKeepalive]) -> None:

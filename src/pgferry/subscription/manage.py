@@ -58,15 +58,23 @@ Deliberate differences from native:
 * the replication origin is named ``pgferry_<NAME>``, not after an OID as native's
   ``pg_<oid>``; origins are shared by all databases of a cluster, so ``create``
   refuses a name whose origin already exists (another database of the subscriber
-  cluster may have a subscription of that name) before creating anything.
+  cluster may have a subscription of that name) before creating anything. A
+  renamed subscription keeps its origin; a new subscription of its old name gets
+  ``pgferry_<NAME>_<N>`` (see :mod:`.naming`).
 
 ``list --json`` prints :func:`to_json`: a JSON array, one object per subscription
-ordered by name, with exactly these keys: ``name``, ``enabled`` (bool),
+ordered by name, with exactly these keys: ``name``, ``owner``, ``enabled`` (bool),
 ``conninfo`` (password masked), ``publications`` (array), ``slot_name`` (string or
 null), ``origin_name``, ``options`` (object: every stored option with its
 effective value), ``skip_lsn`` (string or null), ``tables`` (object: state letter
--> number of tables, states with no table left out, in the order r s f d i), and
-``last_error`` (string or null).
+-> number of tables, states with no table left out, in the order r s f d i),
+``last_error`` (string or null), ``last_error_lsn`` (the finish LSN of the remote
+transaction it is about, the one ``--skip`` takes, or null) and
+``last_error_hint`` (the next action, see :func:`error_hint`, or null).
+
+``alter --owner ROLE`` comes last in the transaction; ``alter --rename NEW`` goes
+alone (as native's RENAME TO), stopping the workers first. What they mean and
+what a rename keeps is in :mod:`.naming`.
 """
 
 from __future__ import annotations
@@ -104,6 +112,7 @@ from pgferry.errors import (
     SlotInUse,
     SlotNotFound,
 )
+from pgferry.hints import error_hint
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
 from pgferry.publisher.shape import PublishedTable
 from pgferry.publisher.spec import parse_table_name
@@ -112,6 +121,7 @@ from pgferry.schema.dump import DumpTools, find_tools
 from pgferry.sqltext import ident, printable, qualified, quote_literal
 from pgferry.stream import PgoutputOptions, ReplicationConnection
 from pgferry.stream.commands import streaming_for
+from pgferry.subscription import naming
 from pgferry.subscription.options import (
     ALTER_KEYS,
     REFRESH_KEYS,
@@ -523,7 +533,7 @@ def _register(
     schema: schema_copy.Plan | None,
     warnings: list[str],
 ) -> list[SubscriptionTable]:
-    origin = origins.subscription_origin(name)
+    origin = naming.origin_for(local, name)
     state = TableState.INIT if opts.copy_data else TableState.READY
     rows = [_table_row(name, t, state) for t in published]
     with local.transaction():
@@ -549,7 +559,7 @@ def _register(
 
 
 def _check_origin_free(local: Conn, name: str) -> None:
-    origin = origins.subscription_origin(name)
+    origin = naming.origin_for(local, name)
     if origins.exists(local, origin):
         raise InterfaceError(
             f"replication origin {shown(origin)} already exists: replication origins are"
@@ -696,6 +706,10 @@ class AlterRequest:
     #: ``SCHEMA.TABLE=SPEC`` items: a table's own conflict resolution (``default``
     #: removes it, so the subscription's applies).
     table_resolutions: tuple[str, ...] = ()
+    #: ``--owner ROLE`` (native's OWNER TO).
+    owner: str | None = None
+    #: ``--rename NEW`` (native's RENAME TO), applied last.
+    rename: str | None = None
 
     @property
     def changes_publications(self) -> bool:
@@ -782,13 +796,19 @@ def _check_request(request: AlterRequest) -> dict[str, Any]:
         or request.skip is not None
         or options
         or request.table_resolutions
+        or request.owner is not None
+        or request.rename is not None
     ):
         raise InterfaceError(
             "nothing to alter",
             hint="give --enable, --disable, --connection, --set-publication,"
-            " --add-publication, --drop-publication, --refresh-publication, --skip, --with"
-            " or --table-resolution",
+            " --add-publication, --drop-publication, --refresh-publication, --skip, --with,"
+            " --table-resolution, --owner or --rename",
         )
+    if request.rename is not None:
+        check_name(request.rename)
+    if request.owner is not None and (not request.owner or "\0" in request.owner):
+        raise InterfaceError("invalid role name for --owner")
     for item in request.table_resolutions:
         _parse_table_resolution(item)
     if request.connection is not None:
@@ -798,6 +818,16 @@ def _check_request(request: AlterRequest) -> dict[str, Any]:
 
 def alter_subscription(dsn: str, name: str, request: AlterRequest) -> AlterResult:
     """Change subscription ``name`` (see the module docstring for the order and rules)."""
+    if request.rename is not None:
+        if request != AlterRequest(rename=request.rename):
+            raise InterfaceError(
+                "--rename cannot be combined with other changes",
+                hint="rename in a command of its own (as native's ALTER SUBSCRIPTION ..."
+                " RENAME TO), before or after the others",
+            )
+        check_name(request.rename)
+        notes = naming.rename_subscription(dsn, name, request.rename)
+        return AlterResult(name, (f"renamed to {shown(request.rename)}",), notes)
     options = _check_request(request)
     skip = _parse_skip(request.skip) if request.skip is not None else None
     refresh_wanted = request.refresh_publication or (
@@ -862,6 +892,9 @@ def alter_subscription(dsn: str, name: str, request: AlterRequest) -> AlterResul
                     )
                 store.set_enabled(local, name, True)
                 changes.append("enabled")
+            if request.owner is not None:
+                naming.set_owner(local, name, request.owner)
+                changes.append(f"owner set to {printable(ident(request.owner))}")
     return AlterResult(name, tuple(changes), tuple(warnings))
 
 
@@ -1027,10 +1060,38 @@ def _apply_skip(local: Conn, sub: Subscription, skip: Lsn | None, changes: list[
 class SubscriptionInfo:
     subscription: Subscription
     table_states: dict[TableState, int]
+    owner: str = ""
+    #: The finish LSN of the remote transaction the last error is about.
+    last_error_lsn: Lsn | None = None
 
     @property
     def states_summary(self) -> str:
         return " ".join(f"{s}:{n}" for s, n in self.table_states.items())
+
+    @property
+    def state(self) -> str:
+        """``enabled`` or ``disabled``; ``, failing`` while an error is recorded."""
+        sub = self.subscription
+        state = "enabled" if sub.enabled else "disabled"
+        if sub.enabled and sub.slot_name is None:
+            state += " (no slot: nothing runs)"
+        return state + (", failing" if sub.last_error else "")
+
+    @property
+    def changed_options(self) -> dict[str, Any]:
+        """The options that differ from their defaults."""
+        defaults = SubscriptionOptions().to_json()
+        return {k: v for k, v in self.subscription.options.to_json().items() if v != defaults[k]}
+
+    @property
+    def last_error_hint(self) -> str | None:
+        """The next action for the last error (None without one)."""
+        return error_hint(
+            self.subscription.name,
+            self.subscription.last_error,
+            self.last_error_lsn,
+            self.subscription.enabled,
+        )
 
 
 def list_subscriptions(dsn: str) -> list[SubscriptionInfo]:
@@ -1041,10 +1102,14 @@ def list_subscriptions(dsn: str) -> list[SubscriptionInfo]:
         ensure_catalog(local)
         counts = store.table_state_counts(local)
         subs = store.list_subscriptions(local)
+        owners = naming.owners(local)
+        failed = {sub.name: store.failed_lsn(local, sub.name) for sub in subs}
     return [
         SubscriptionInfo(
             sub,
             {s: counts[sub.name][s] for s in STATE_ORDER if counts.get(sub.name, {}).get(s)},
+            owners.get(sub.name, ""),
+            failed.get(sub.name),
         )
         for sub in subs
     ]
@@ -1060,6 +1125,7 @@ def to_json(infos: Sequence[SubscriptionInfo]) -> str:
         [
             {
                 "name": i.subscription.name,
+                "owner": i.owner,
                 "enabled": i.subscription.enabled,
                 "conninfo": ci.mask(i.subscription.conninfo),
                 "publications": list(i.subscription.publications),
@@ -1069,6 +1135,8 @@ def to_json(infos: Sequence[SubscriptionInfo]) -> str:
                 "skip_lsn": _text(i.subscription.skip_lsn),
                 "tables": i.table_states,
                 "last_error": i.subscription.last_error,
+                "last_error_lsn": _text(i.last_error_lsn),
+                "last_error_hint": i.last_error_hint,
             }
             for i in infos
         ],

@@ -172,6 +172,51 @@ _SEQUENCES = CHOICES["sequences"]
 _SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}", re.ASCII)
 
 
+#: What each key takes, for ``--help`` (the keys with a fixed set of words take
+#: them from the catalog model's :data:`~pgferry.catalog.model.CHOICES`).
+_VALUES: dict[str, str] = {
+    "slot_name": "a replication slot name, or NONE",
+    "conflict_resolution": "a resolution spec, e.g. last_update_wins",
+    "schema_skip": "objects the schema copy leaves out, ;-separated",
+    "sequences": "off, sync (sync by default with copy_schema)",
+}
+
+
+def default_text(key: str) -> str:
+    """The default of ``key`` as ``--with`` spells it (``slot_name``: NAME)."""
+    if key == "slot_name":
+        return "NAME"
+    if key == "refresh":
+        return "true"
+    value = DEFAULTS[key]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def values_text(key: str) -> str:
+    """What ``key`` takes, in a few words."""
+    if key in _VALUES:
+        return _VALUES[key]
+    if key in _BOOLEAN_KEYS:
+        return "boolean"
+    if key in CHOICES:
+        return ", ".join(CHOICES[key])
+    if key in _INTEGER_KEYS:
+        low, high = _INTEGER_KEYS[key]
+        return f"{low} to {high}"
+    return "text"
+
+
+def help_epilog(keys: Iterable[str], title: str) -> str:
+    """The ``--with`` keys with their defaults and values, as a ``--help`` epilog:
+    one line per key (click keeps the lines of a paragraph opened by ``\\b``)."""
+    rows = [(f"{key}={default_text(key)}", values_text(key)) for key in keys]
+    width = max(len(left) for left, _ in rows) + 2
+    lines = [f"  {left.ljust(width)}{right}" for left, right in rows]
+    return "\n".join(["\b", title, *lines])
+
+
 def parse_bool(key: str, value: str) -> bool:
     text = value.strip().lower()
     if text in _TRUE:

@@ -133,11 +133,12 @@ class TableSyncWorker:
         self._stop = True
 
     def run(self) -> None:
-        local = connect.session(self.subscriber_dsn)
+        # Named like its slot and origin, so that ``status`` finds this session.
+        local = connect.session(self.subscriber_dsn, application_name=self.slot)
         try:
             self._run(local)
         except ApplyError as exc:
-            logger.error("%s", exc)
+            # (Logged once, with its hint, by the worker process: pgferry.runner.child.)
             if not local.closed:
                 local.execute("ROLLBACK")
                 if store.record_failure(local, self.subscription, exc.message, sync=True):

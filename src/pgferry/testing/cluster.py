@@ -218,6 +218,19 @@ class Cluster:
         self._owner_pid = os.getpid()
         self._ids: tuple[int, int] | None = _os_user() if os.geteuid() == 0 else None
 
+    @classmethod
+    def adopt(cls, path: Path, install: PgInstall, socket_dir: Path, port: int) -> Cluster:
+        """A cluster another process created in ``path`` and :meth:`detach`-ed
+        (``pgferry demo --stop``): :meth:`destroy` stops and removes it, as root
+        too. The exit hook leaves it alone."""
+        cluster = cls(install)
+        cluster._dir = path
+        cluster._socket_dir = socket_dir
+        cluster._own_socket_dir = not socket_dir.is_relative_to(path)
+        cluster._port = port
+        cluster._initialized = cluster._started_once = True
+        return cluster
+
     # -- description ---------------------------------------------------------
 
     def __repr__(self) -> str:

@@ -1,0 +1,341 @@
+"""Fencing writes on the old primary, and redirecting the clients.
+
+Two fences, one interface (:class:`Fence`: :meth:`~Fence.take`,
+:meth:`~Fence.redirect`, :meth:`~Fence.release`):
+
+* :class:`DatabaseFence` (no PgBouncer): ``ALTER DATABASE ... SET
+  default_transaction_read_only = on`` for the whole database (every role), then
+  every client session of the database is ended (``pg_terminate_backend``) but
+  pgferry's own (application names starting with ``pgferry``: the launcher, the
+  sessions of the switchover) and walsenders, and the fence waits until they are
+  gone. A new session is read-only; an old one no longer exists. Releasing it is
+  ``ALTER DATABASE ... RESET default_transaction_read_only``. It needs the rights
+  of the database's owner (ending a superuser's session needs a superuser); a
+  refusal is :class:`FenceFailed`, with nothing changed. There is nothing to
+  redirect: the clients are the user's to point at the new primary.
+* :class:`BouncerFence` (``--pgbouncer``): a :class:`~.watchdog.Watchdog` process
+  is started first, then ``PAUSE db`` on PgBouncer's admin console (which returns
+  once every server connection of the database is released: transactions in
+  progress finish, new ones wait in PgBouncer). :meth:`~BouncerFence.redirect`
+  rewrites the database's line of the ini file (PgBouncer has no command to
+  change a ``[databases]`` entry; the file is replaced atomically, keeping its
+  owner and mode) and sends ``RELOAD``, then checks with ``SHOW DATABASES`` that
+  PgBouncer points at the new host, port and database (a failure from there on
+puts the old line back and reloads again: :meth:`~BouncerFence.unredirect`);
+:meth:`release` sends
+  ``RESUME db`` and disarms the watchdog. A ``PAUSE`` that does not return in
+  time, and a switchover that dies, are resumed by the watchdog.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import psycopg
+from psycopg import sql
+
+from pgferry import conninfo as ci
+from pgferry.errors import PgferryError
+from pgferry.sqltext import ident
+
+from .watchdog import Watchdog, admin_connection, quote_alias, resume
+
+logger = logging.getLogger("pgferry.switchover")
+
+Conn = psycopg.Connection[Any]
+
+#: Seconds the watchdog waits past the fence's own timeout before it resumes.
+WATCHDOG_MARGIN = 2.0
+
+
+class FenceFailed(PgferryError):
+    """The fence could not be taken or released (rights, PgBouncer, timeout)."""
+
+
+class Fence(Protocol):
+    def prepare(self) -> None: ...
+    def take(self, timeout: float) -> None: ...
+    def redirect(self, target: str) -> None: ...
+    def unredirect(self) -> None: ...
+    def release(self) -> None: ...
+    def close(self) -> None: ...
+
+
+# -- without PgBouncer -------------------------------------------------------------------
+
+_TERMINATE = """
+SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid))
+FROM pg_catalog.pg_stat_activity a
+WHERE a.datname = pg_catalog.current_database() AND a.pid <> pg_catalog.pg_backend_pid()
+  AND a.backend_type = 'client backend' AND a.application_name NOT LIKE 'pgferry%'
+"""
+_REMAINING = """
+SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a
+WHERE a.datname = pg_catalog.current_database() AND a.pid <> pg_catalog.pg_backend_pid()
+  AND a.backend_type = 'client backend' AND a.application_name NOT LIKE 'pgferry%'
+"""
+
+
+class DatabaseFence:
+    """Read-only default plus ending the database's sessions (see the module docstring)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.database = str(conn.info.dbname)
+        self.taken = False
+
+    def prepare(self) -> None:
+        """Nothing to prepare."""
+
+    def close(self) -> None:
+        """The connection is the caller's."""
+
+    def _alter(self, setting: sql.Composable) -> None:
+        self.conn.execute(
+            sql.SQL("ALTER DATABASE {} ").format(sql.Identifier(self.database)) + setting
+        )
+
+    def take(self, timeout: float) -> None:
+        try:
+            self._alter(sql.SQL("SET default_transaction_read_only = on"))
+        except psycopg.Error as exc:
+            raise FenceFailed(
+                f"cannot fence database {ident(self.database)} on the old primary:"
+                f" {' '.join(str(exc).split())}",
+                hint="the switchover's role on the old primary must own the database"
+                " (or be a superuser); or fence through PgBouncer (--pgbouncer)",
+            ) from None
+        self.taken = True
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                (left,) = self.conn.execute(_TERMINATE).fetchone() or (0,)
+                if not left and _count(self.conn, _REMAINING) == 0:
+                    return
+                if time.monotonic() > deadline:
+                    raise FenceFailed(
+                        f"sessions of database {ident(self.database)} still run after"
+                        f" {timeout:g} s of pg_terminate_backend",
+                        hint="a superuser must end superusers' sessions; see pg_stat_activity",
+                    )
+                time.sleep(0.005)
+        except psycopg.Error as exc:
+            raise FenceFailed(
+                f"cannot end the sessions of database {ident(self.database)}:"
+                f" {' '.join(str(exc).split())}",
+                hint="ending other roles' sessions needs pg_signal_backend (a superuser's"
+                " needs a superuser)",
+            ) from None
+
+    def redirect(self, target: str) -> None:
+        """Nothing to do: the clients are the user's to repoint."""
+
+    def unredirect(self) -> None:
+        """Nothing was redirected."""
+
+    def release(self) -> None:
+        if self.taken:
+            self._alter(sql.SQL("RESET default_transaction_read_only"))
+            self.taken = False
+
+
+def _count(conn: Conn, query: str) -> int:
+    row = conn.execute(query).fetchone()
+    return int(row[0]) if row else 0
+
+
+# -- with PgBouncer ------------------------------------------------------------------------
+
+
+def _line_pattern(alias: str) -> re.Pattern[str]:
+    name = re.escape(alias)
+    return re.compile(rf'^(?P<key>\s*(?:{name}|"{name}"))\s*=.*$', re.MULTILINE)
+
+
+def rewrite_ini(path: Path, alias: str, target: str) -> str:
+    """Point ``alias`` in the ini at ``target`` (a libpq conninfo); the old line.
+
+    The ``[databases]`` line ``alias = ...`` is replaced; the file is written to a
+    temporary file next to it and renamed over it, with the same owner and mode.
+    """
+    text = path.read_text()
+    found = _line_pattern(alias).search(text)
+    if found is None:
+        raise FenceFailed(
+            f"PgBouncer's ini {path} has no [databases] line for {alias!r}",
+            hint="--pgbouncer-database names the database as PgBouncer's ini does",
+        )
+    params = ci.parse(target)
+    entry = " ".join(f"{k}={_ini_value(v)}" for k, v in params.items())
+    _replace_file(
+        path, text[: found.start()] + f"{found.group('key')} = {entry}" + text[found.end() :]
+    )
+    return found.group(0)
+
+
+def _replace_file(path: Path, new: str) -> None:
+    """Write ``new`` to a temporary file next to ``path`` and rename it over it,
+    with ``path``'s owner and mode."""
+    stat = path.stat()
+    fd, temporary = tempfile.mkstemp(prefix=".pgferry-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(new)
+        os.chmod(temporary, stat.st_mode & 0o7777)
+        if os.geteuid() == 0:
+            os.chown(temporary, stat.st_uid, stat.st_gid)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _ini_value(value: str) -> str:
+    if value and not any(c.isspace() or c in "'\\" for c in value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class BouncerFence:
+    """PgBouncer ``PAUSE`` / repoint / ``RESUME`` with a watchdog (see the module docstring)."""
+
+    def __init__(self, admin: str, database: str, ini: Path | None) -> None:
+        self.admin_dsn = admin
+        self.database = database
+        self.ini = ini
+        self.watchdog: Watchdog | None = None
+        self.paused = False
+        self.armed = False
+        #: The ini's line for the database before :meth:`redirect` rewrote it.
+        self.previous: str | None = None
+        try:
+            self.conn = admin_connection(admin)
+        except psycopg.Error as exc:
+            raise FenceFailed(
+                f"cannot connect to PgBouncer's admin console ({ci.mask(admin)}):"
+                f" {' '.join(str(exc).split())}",
+                hint="--pgbouncer takes the admin console's conninfo (dbname=pgbouncer, a"
+                " role of admin_users); is PgBouncer running?",
+            ) from None
+        self.check()
+
+    def check(self) -> None:
+        """The database is known to PgBouncer (and the ini has its line)."""
+        if self.show() is None:
+            raise FenceFailed(
+                f"PgBouncer has no database {self.database!r}",
+                hint="--pgbouncer-database names the database as PgBouncer's ini does",
+            )
+        if self.ini is not None:
+            if not self.ini.is_file():
+                raise FenceFailed(
+                    f"PgBouncer's ini {self.ini} does not exist",
+                    hint="--pgbouncer-ini takes the ini file PgBouncer was started with",
+                )
+            if _line_pattern(self.database).search(self.ini.read_text()) is None:
+                raise FenceFailed(
+                    f"PgBouncer's ini {self.ini} has no [databases] line for {self.database!r}",
+                    hint="--pgbouncer-database names the database as PgBouncer's ini does",
+                )
+
+    def show(self) -> tuple[str, int, str] | None:
+        """(host, port, database) PgBouncer connects ``database`` to; None: unknown."""
+        cur = self.conn.execute("SHOW DATABASES")
+        names = [d.name for d in cur.description or []]
+        for row in cur.fetchall():
+            entry = dict(zip(names, row, strict=True))
+            if entry.get("name") == self.database:
+                return (str(entry.get("host") or ""), int(entry["port"]), str(entry["database"]))
+        return None
+
+    def prepare(self) -> None:
+        """Start the watchdog (before the fence: it takes a moment)."""
+        if self.watchdog is None:
+            self.watchdog = Watchdog(self.admin_dsn, self.database)
+
+    def take(self, timeout: float) -> None:
+        self.prepare()
+        assert self.watchdog is not None
+        self.watchdog.arm(timeout + WATCHDOG_MARGIN)
+        self.armed = True
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pgferry-pause")
+        pausing = pool.submit(self.conn.execute, f"PAUSE {quote_alias(self.database)}")
+        pool.shutdown(wait=False)
+        try:
+            pausing.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            self.watchdog.fire()
+            self.watchdog = None
+            self.armed = False
+            raise FenceFailed(
+                f"PgBouncer's PAUSE {self.database} did not return within {timeout:g} s"
+                " (a transaction still open); the database was resumed",
+                hint="find the long transaction on the old primary (pg_stat_activity);"
+                " --fence-timeout sets the wait",
+            ) from None
+        except psycopg.Error as exc:
+            self.release()
+            raise FenceFailed(
+                f"PgBouncer refused PAUSE {self.database}: {' '.join(str(exc).split())}",
+                hint="check --pgbouncer and --pgbouncer-database",
+            ) from None
+        self.paused = True
+
+    def redirect(self, target: str) -> None:
+        if self.ini is None:
+            raise FenceFailed(
+                "cannot repoint PgBouncer without its ini file",
+                hint="--pgbouncer-ini PATH: the file PgBouncer was started with",
+            )
+        self.previous = rewrite_ini(self.ini, self.database, target)
+        self.conn.execute("RELOAD")
+        params = ci.parse(target)
+        shown = self.show()
+        wanted_db = params.get("dbname")
+        if shown is None or (wanted_db and shown[2] != wanted_db):
+            raise FenceFailed(
+                f"PgBouncer did not take the new target of {self.database!r} after RELOAD"
+                f" (it shows {shown})",
+                hint="check the ini's [databases] line and PgBouncer's log",
+            )
+
+    def unredirect(self) -> None:
+        """Put the ini's line back as it was before :meth:`redirect`, and ``RELOAD``."""
+        if self.previous is None or self.ini is None:
+            return
+        text = self.ini.read_text()
+        found = _line_pattern(self.database).search(text)
+        if found is not None:
+            _replace_file(self.ini, text[: found.start()] + self.previous + text[found.end() :])
+            self.conn.execute("RELOAD")
+        self.previous = None
+
+    def release(self) -> None:
+        if not self.paused and not self.armed:
+            return
+        try:
+            resume(self.conn, self.database)
+        except psycopg.Error as exc:
+            logger.error("RESUME %s failed (%s): the watchdog resumes it", self.database, exc)
+            if self.watchdog is not None:
+                self.watchdog.fire()
+                self.watchdog = None
+        self.paused = self.armed = False
+        if self.watchdog is not None:
+            self.watchdog.disarm()
+
+    def close(self) -> None:
+        """Stop the watchdog (it resumes the database if still armed) and disconnect."""
+        if self.watchdog is not None:
+            if not self.armed:
+                self.watchdog.disarm()
+            self.watchdog.close()
+            self.watchdog = None
+        self.conn.close()

@@ -1,0 +1,591 @@
+"""The switchover's phases, in order, each timed and bounded.
+
+:func:`switchover` runs them for one :class:`Plan` and returns a :class:`Report`
+(each phase's duration, the write pause); a failure raises a
+:class:`SwitchoverFailed` after putting the old primary back in service (see
+:mod:`pgferry.switchover`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pgferry import connect
+from pgferry import conninfo as ci
+from pgferry.catalog import TableState, ensure_catalog, store
+from pgferry.catalog.schema import current_version
+from pgferry.catalog.store import Subscription, SubscriptionNotFound
+from pgferry.errors import InterfaceError, PgferryError
+from pgferry.protocol.lsn import INVALID_LSN, Lsn
+from pgferry.sequences import SyncReport, sync_sequences
+from pgferry.sqltext import ident, printable
+from pgferry.subscription.manage import shown
+
+from . import drain, reverse
+from .fence import BouncerFence, DatabaseFence, Fence
+
+logger = logging.getLogger("pgferry.switchover")
+
+Conn = psycopg.Connection[Any]
+
+APPLICATION_NAME = "pgferry switchover"
+#: The application name of ``pgferry run``'s catalog session.
+LAUNCHER_NAME = "pgferry"
+#: Seconds a worker row may be old and still count as running.
+WORKER_FRESH = 30.0
+#: Seconds the preflight waits for the apply worker to be running (one just
+#: started, e.g. by a switchover moments before, takes a second or two).
+WORKER_WAIT = 10.0
+
+
+class SwitchoverFailed(PgferryError):
+    """A phase failed; the old primary is in service again."""
+
+
+class PreflightFailed(SwitchoverFailed):
+    """A precondition does not hold; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Bouncer:
+    """``--pgbouncer``: the admin console, the database's name there, its ini, and
+    the conninfo PgBouncer is to use for the new primary."""
+
+    admin: str
+    database: str | None = None
+    ini: Path | None = None
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    #: The subscriber's (new primary's) conninfo, as given with -d.
+    dsn: str
+    name: str
+    rollback: bool = False
+    dry_run: bool = False
+    reverse_name: str | None = None
+    #: How the reverse subscription reaches the new primary (default: ``dsn``).
+    reverse_conninfo: str | None = None
+    bouncer: Bouncer | None = None
+    max_lag: int = 1024 * 1024
+    max_transaction_age: float = 5.0
+    #: Seconds each phase may take (the fence and the drain: ``fence_timeout``).
+    phase_timeout: float = 30.0
+    fence_timeout: float = 5.0
+    schema_check: bool = True
+    verify: bool = False
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+
+
+@dataclass
+class Report:
+    subscription: str
+    reverse: str
+    direction: str
+    phases: list[Phase] = field(default_factory=list)
+    #: From the fence taken to writes allowed again.
+    pause: float = 0.0
+    #: When the fence was taken (``time.monotonic()``).
+    fenced_at: float = 0.0
+    fence_lsn: Lsn = INVALID_LSN
+    sequences: int = 0
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
+    verify: Any = None
+
+    def phase(self, name: str) -> float:
+        return sum(p.seconds for p in self.phases if p.name == name)
+
+    def lines(self) -> list[str]:
+        what = "preflight passed" if self.dry_run else f"switchover done ({self.direction})"
+        out = [f"subscription {shown(self.subscription)}: {what}"]
+        out += [f"  {p.name:<12} {p.seconds * 1000:9.1f} ms" for p in self.phases]
+        if not self.dry_run:
+            out.append(f"  write pause  {self.pause * 1000:9.1f} ms (fence to writes resumed)")
+            out.append(
+                f"  fence at {self.fence_lsn}; {self.sequences} sequences synced;"
+                f" reverse replication: {shown(self.reverse)}"
+            )
+        if self.verify is not None:
+            from pgferry.verify import render_text
+
+            out += [f"  {line}" for line in render_text(self.verify)]
+        out += [f"  {n}" for n in self.notes]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "subscription": self.subscription,
+            "reverse": self.reverse,
+            "direction": self.direction,
+            "dry_run": self.dry_run,
+            "phases": {p.name: round(p.seconds, 6) for p in self.phases},
+            "pause": None if self.dry_run else round(self.pause, 6),
+            "fence_lsn": None if self.dry_run else str(self.fence_lsn),
+            "sequences": self.sequences,
+            "notes": self.notes,
+            "verify": None if self.verify is None else _verify_json(self.verify),
+        }
+
+
+def _verify_json(report: Any) -> Any:
+    from pgferry.verify.report import to_dict
+
+    return to_dict(report)
+
+
+@dataclass(frozen=True)
+class Sides:
+    """Which subscription is the forward one now, and where each side is."""
+
+    #: The subscriber database holding the forward subscription (becomes the primary).
+    new_dsn: str
+    forward: str
+    #: The old primary's database (the forward subscription's publisher).
+    old_dsn: str
+    reverse: str
+    #: How the reverse subscription reaches the new primary.
+    reverse_conninfo: str
+
+
+def sides(plan: Plan) -> Sides:
+    """Forward: ``-d`` holds NAME and the old primary NAME's publisher. Rollback:
+    the reverse subscription (in NAME's publisher's database) is the forward one,
+    and NAME becomes the reverse one again."""
+    reverse_name = plan.reverse_name or reverse.default_name(plan.name)
+    with connect.subscriber(plan.dsn) as local:
+        sub = _subscription(local, plan.name)
+    if not plan.rollback:
+        if not (plan.reverse_conninfo or plan.dsn):
+            raise InterfaceError(
+                "the reverse subscription needs a conninfo of the new primary",
+                hint="give -d (or --reverse-conninfo): it is stored in the old primary's catalog",
+            )
+        return Sides(
+            plan.dsn, plan.name, sub.conninfo, reverse_name, plan.reverse_conninfo or plan.dsn
+        )
+    return Sides(sub.conninfo, reverse_name, plan.dsn, plan.name, sub.conninfo)
+
+
+def _subscription(conn: Conn, name: str) -> Subscription:
+    if current_version(conn) == 0:
+        raise SubscriptionNotFound(
+            f"subscription {shown(name)} does not exist (no pgferry catalog in this database)",
+            hint="-d takes the database of the subscription (the new primary)",
+        )
+    ensure_catalog(conn)
+    return store.get_subscription(conn, name)
+
+
+def _open(dsn: str, side: str) -> Conn:
+    if side == "old":
+        conn = connect.publisher(dsn, application_name=APPLICATION_NAME)
+    else:
+        conn = connect.open_connection(dsn, side="subscriber", application_name=APPLICATION_NAME)
+    conn.execute("SET default_transaction_read_only = off")
+    return conn
+
+
+# -- preflight ------------------------------------------------------------------------------
+
+
+def _fail(message: str, hint: str | None = None) -> PreflightFailed:
+    return PreflightFailed(message, hint=hint)
+
+
+def check_subscription(new: Conn, sub: Subscription) -> None:
+    """Enabled, no error, a slot, every table ready, its apply worker running."""
+    name = sub.name
+    if not sub.enabled:
+        raise _fail(
+            f"subscription {shown(name)} is disabled",
+            hint=f"enable it (pgferry subscription alter {printable(name)} --enable) and let it"
+            " catch up (pgferry subscription wait)",
+        )
+    if sub.last_error is not None:
+        raise _fail(
+            f"subscription {shown(name)} is in error: {printable(sub.last_error)}",
+            hint="fix the error (pgferry status) and let it catch up first",
+        )
+    if sub.slot_name is None:
+        raise _fail(f"subscription {shown(name)} has no slot (slot_name = NONE)")
+    tables = store.tables(new, name)
+    waiting = [t for t in tables if t.state != TableState.READY]
+    if waiting:
+        listed = ", ".join(
+            f"{ident(t.local_schema)}.{ident(t.local_name)} ({t.state})" for t in waiting[:5]
+        )
+        raise _fail(
+            f"subscription {shown(name)}: {len(waiting)} of {len(tables)} tables not ready:"
+            f" {listed}",
+            hint=f"wait until they are (pgferry subscription wait {printable(name)})",
+        )
+    deadline = time.monotonic() + WORKER_WAIT
+    while not _worker_running(new, name):
+        if time.monotonic() < deadline:
+            time.sleep(0.05)
+            continue
+        raise _fail(
+            f"subscription {shown(name)} has no running apply worker",
+            hint="start the launcher for the new primary's database: pgferry -d NEW run",
+        )
+
+
+def _worker_running(new: Conn, name: str) -> bool:
+    row = new.execute(
+        "SELECT extract(epoch FROM now() - greatest(latest_end_time, last_msg_receipt_time,"
+        " started_at)) FROM pgferry.worker WHERE subscription = %s AND relation = ''",
+        (name,),
+    ).fetchone()
+    return row is not None and row[0] is not None and float(row[0]) <= WORKER_FRESH
+
+
+def check_lag(new: Conn, old: Conn, sub: Subscription, bound: int, wait: float) -> int:
+    """The subscription's lag (the old primary's WAL position less what is applied),
+    waited for up to ``wait`` seconds to fall to ``bound`` bytes or less: the drain
+    inside the fence then has that much at most to apply."""
+    assert sub.slot_name is not None
+    deadline = time.monotonic() + wait
+    while True:
+        position = Lsn.parse(_one(old, "SELECT pg_catalog.pg_current_wal_lsn()::text"))
+        applied = max(drain.applied(new, sub.name), drain.confirmed(old, sub.slot_name))
+        lag = max(0, int(position) - int(applied))
+        if lag <= bound:
+            return lag
+        if time.monotonic() > deadline:
+            raise _fail(
+                f"subscription {shown(sub.name)} is {lag} bytes behind the old primary"
+                f" after {wait:g} s (the bound is {bound})",
+                hint="wait until it catches up (pgferry subscription wait), or raise --max-lag",
+            )
+        time.sleep(0.02)
+
+
+def check_transactions(old: Conn, bound: float) -> None:
+    row = old.execute(
+        "SELECT a.pid, extract(epoch FROM now() - a.xact_start), a.usename, a.application_name"
+        " FROM pg_catalog.pg_stat_activity a"
+        " WHERE a.datname = pg_catalog.current_database()"
+        " AND a.pid <> pg_catalog.pg_backend_pid() AND a.backend_type = 'client backend'"
+        " AND a.xact_start < now() - make_interval(secs => %s)"
+        " ORDER BY a.xact_start LIMIT 1",
+        (bound,),
+    ).fetchone()
+    if row is not None:
+        raise _fail(
+            f"a transaction on the old primary is {float(row[1]):.1f} s old (pid {row[0]},"
+            f" role {ident(str(row[2]))}, application {printable(repr(row[3] or ''))}): the"
+            " fence would wait for it",
+            hint="end it or wait for it (pg_stat_activity); --max-transaction-age sets the bound",
+        )
+
+
+def check_publications(old: Conn, sub: Subscription) -> None:
+    """No publication FOR ALL TABLES: it would publish the pgferry catalog the
+    reverse subscription creates in the old primary's database."""
+    row = old.execute(
+        "SELECT pubname FROM pg_catalog.pg_publication WHERE puballtables"
+        " AND pubname = ANY(%s) ORDER BY 1 LIMIT 1",
+        (list(sub.publications),),
+    ).fetchone()
+    if row is not None:
+        raise _fail(
+            f"publication {shown(str(row[0]))} on the old primary is FOR ALL TABLES: it would"
+            " publish the pgferry catalog of the reverse subscription",
+            hint="publish the tables by name or schema (ALTER PUBLICATION ... SET TABLE ...)",
+        )
+
+
+def check_launcher(old: Conn, old_dsn: str) -> None:
+    """A ``pgferry run`` for the old primary's database: the reverse subscription's worker."""
+    row = old.execute(
+        "SELECT count(*) FROM pg_catalog.pg_stat_activity a"
+        " WHERE a.datname = pg_catalog.current_database() AND a.application_name = %s"
+        " AND a.backend_type = 'client backend' AND a.pid <> pg_catalog.pg_backend_pid()",
+        (LAUNCHER_NAME,),
+    ).fetchone()
+    if not row or not row[0]:
+        raise _fail(
+            "no pgferry launcher runs for the old primary's database: reverse replication"
+            " would not start",
+            hint=f"run `pgferry -d {ci.mask(old_dsn)!r} run` (it applies the reverse"
+            " subscription) and try again",
+        )
+
+
+def check_schema(new_dsn: str, name: str) -> None:
+    from pgferry.schema.diff import diff_subscription
+
+    diff = diff_subscription(new_dsn, name)
+    if not diff.equivalent:
+        raise _fail(
+            f"subscription {shown(name)}: the schemas differ in {len(diff.differences)} place(s)",
+            hint=f"pgferry schema diff {printable(name)} lists them; or --no-schema-check",
+        )
+
+
+def check_sequences(report: SyncReport, new: Conn) -> None:
+    """Every subscriber sequence at or past the publisher's (in its direction)."""
+    names = [(s.schema, s.name) for s in report.sequences if s.publisher_value is not None]
+    if not names:
+        return
+    rows = new.execute(
+        "SELECT n.nspname, c.relname, s.seqincrement FROM pg_catalog.pg_sequence s"
+        " JOIN pg_catalog.pg_class c ON c.oid = s.seqrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+        ([n[0] for n in names], [n[1] for n in names]),
+    ).fetchall()
+    descending = {(r[0], r[1]) for r in rows if int(r[2]) < 0}
+    for seq in report.sequences:
+        if seq.publisher_value is None:
+            continue
+        down = (seq.schema, seq.name) in descending
+        value = seq.subscriber_value
+        behind = value is None or (
+            value > seq.publisher_value if down else value < seq.publisher_value
+        )
+        if behind:
+            raise SwitchoverFailed(
+                f"sequence {seq.display} is behind on the new primary after the sync"
+                f" ({value} against {seq.publisher_value})",
+                hint="check the sequence's owner and bounds on the new primary",
+            )
+
+
+def _one(conn: Conn, query: str) -> str:
+    row = conn.execute(query.encode()).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self, report: Report) -> None:
+        self.report = report
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            seconds = time.monotonic() - started
+            self.report.phases.append(Phase(name, seconds))
+            logger.info("switchover phase %s: %.1f ms", name, seconds * 1000)
+
+
+def _bounded(name: str, limit: float, started: float) -> None:
+    spent = time.monotonic() - started
+    if spent > limit:
+        raise SwitchoverFailed(
+            f"the {name} phase took {spent:.3f} s, more than its {limit:g} s",
+            hint="see `pgferry -v switchover` for each step; --phase-timeout and"
+            " --fence-timeout set the bounds",
+        )
+
+
+class _Snapshots:
+    """``--verify``: a snapshot exported on each side inside the fence (both stand
+    at the fence's position then), compared once writes resumed."""
+
+    def __init__(self, new_dsn: str, old_dsn: str) -> None:
+        self.new = _open(new_dsn, "new")
+        self.old = _open(old_dsn, "old")
+        self.names: tuple[str, str] | None = None
+
+    def export(self) -> None:
+        names = []
+        for conn in (self.old, self.new):
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            names.append(_one(conn, "SELECT pg_catalog.pg_export_snapshot()"))
+        self.names = (names[0], names[1])
+
+    def compare(self, new_dsn: str, name: str, lsn: Lsn) -> Any:
+        from pgferry.verify import compare_snapshots
+
+        assert self.names is not None
+        return compare_snapshots(new_dsn, name, self.names[0], self.names[1], lsn=lsn)
+
+    def close(self) -> None:
+        for conn in (self.old, self.new):
+            conn.close()
+
+
+def make_fence(plan: Plan, old: Conn) -> Fence:
+    if plan.bouncer is None:
+        return DatabaseFence(old)
+    database = plan.bouncer.database or str(old.info.dbname)
+    return BouncerFence(plan.bouncer.admin, database, plan.bouncer.ini)
+
+
+def switchover(plan: Plan) -> Report:
+    """Run the switchover (or its preflight with ``plan.dry_run``)."""
+    where = sides(plan)
+    report = Report(
+        where.forward, where.reverse, "rollback" if plan.rollback else "forward",
+        dry_run=plan.dry_run,
+    )  # fmt: skip
+    clock = _Clock(report)
+    new = _open(where.new_dsn, "new")
+    old: Conn | None = None
+    fence: Fence | None = None
+    try:
+        with clock.phase("preflight"):
+            started = time.monotonic()
+            sub = _subscription(new, where.forward)
+            check_subscription(new, sub)
+            old = _open(sub.conninfo, "old")
+            check_transactions(old, plan.max_transaction_age)
+            check_lag(new, old, sub, plan.max_lag, plan.phase_timeout / 2)
+            check_publications(old, sub)
+            check_launcher(old, where.old_dsn)
+            if plan.schema_check:
+                check_schema(where.new_dsn, where.forward)
+            synced = sync_sequences(new, where.forward, publisher=old)
+            check_sequences(synced, new)
+            fence = make_fence(plan, old)
+            _bounded("preflight", plan.phase_timeout, started)
+        if plan.dry_run:
+            return report
+        with clock.phase("prepare"):
+            prepared = reverse.prepare(
+                new, sub, where.old_dsn, where.reverse, where.reverse_conninfo
+            )
+            if prepared.created:
+                report.notes.append(f"created reverse subscription {shown(where.reverse)}")
+            fence.prepare()
+        snapshots = _Snapshots(where.new_dsn, sub.conninfo) if plan.verify else None
+        try:
+            _cutover(plan, where, sub, new, old, fence, clock, report, snapshots)
+            if snapshots is not None:
+                with clock.phase("verify"):
+                    report.verify = snapshots.compare(where.new_dsn, sub.name, report.fence_lsn)
+        finally:
+            if snapshots is not None:
+                snapshots.close()
+        return report
+    finally:
+        if fence is not None:
+            fence.close()
+        if old is not None:
+            old.close()
+        new.close()
+
+
+def _cutover(
+    plan: Plan,
+    where: Sides,
+    sub: Subscription,
+    new: Conn,
+    old: Conn,
+    fence: Fence,
+    clock: _Clock,
+    report: Report,
+    snapshots: _Snapshots | None,
+) -> None:
+    """Fence, drain, sequences, reverse on, redirect, unfence; undone on failure."""
+    state = reverse.Switched(sub, where.reverse)
+    assert sub.slot_name is not None
+    redirected = False
+    fenced_at = time.monotonic()
+    old_catalog: Conn | None = None
+    stack = ExitStack()
+    try:
+        # Opened before the fence: the fence ends other sessions, not pgferry's.
+        old_catalog = _open(where.old_dsn, "old")
+        # The final sequence sync runs during the drain, on sessions of its own: once
+        # the fence holds, the old primary's sequences no longer move.
+        seq_new = stack.enter_context(_open(where.new_dsn, "new"))
+        seq_old = stack.enter_context(_open(sub.conninfo, "old"))
+        pool = ThreadPoolExecutor(1, thread_name_prefix="pgferry-sequences")
+        stack.callback(pool.shutdown, wait=False)
+        with clock.phase("fence"):
+            fenced_at = report.fenced_at = time.monotonic()
+            fence.take(plan.fence_timeout)
+        with clock.phase("drain"):
+            syncing = pool.submit(sync_sequences, seq_new, sub.name, publisher=seq_old)
+            report.fence_lsn = drain.mark(old)
+            remaining = plan.fence_timeout - (time.monotonic() - fenced_at)
+            drain.wait_applied(
+                new, old, sub.name, sub.slot_name, report.fence_lsn, max(remaining, 0.01)
+            )
+        with clock.phase("sequences"):
+            remaining = plan.fence_timeout - (time.monotonic() - fenced_at)
+            try:
+                synced = syncing.result(timeout=max(remaining, 0.01))
+            except concurrent.futures.TimeoutError:
+                raise SwitchoverFailed(
+                    "the final sequence sync did not end within the fence's"
+                    f" {plan.fence_timeout:g} s",
+                    hint="see pg_stat_activity on both sides; --fence-timeout sets the bound",
+                ) from None
+            check_sequences(synced, new)
+            report.sequences = len(synced.sequences)
+        if snapshots is not None:
+            with clock.phase("snapshots"):
+                snapshots.export()
+        with clock.phase("reverse"):
+            reverse.switch_forward(new, state)
+            if isinstance(fence, DatabaseFence):
+                # The reverse worker's sessions must not start read-only.
+                fence.release()
+            reverse.switch_reverse(old_catalog, state)
+            _bounded("reverse", plan.fence_timeout, fenced_at)
+        with clock.phase("redirect"):
+            target = (plan.bouncer.target if plan.bouncer else None) or where.new_dsn
+            redirected = True
+            fence.redirect(target)
+            fence.release()
+        report.pause = time.monotonic() - fenced_at
+    except BaseException as exc:
+        _put_back(fence, new, old_catalog, state, redirected)
+        if isinstance(exc, SwitchoverFailed) or not isinstance(exc, PgferryError | psycopg.Error):
+            raise
+        text = exc.message if isinstance(exc, PgferryError) else " ".join(str(exc).split())
+        hint = exc.hint if isinstance(exc, PgferryError) else None
+        raise SwitchoverFailed(
+            f"switchover of {shown(sub.name)} failed, the old primary is in service again: {text}",
+            hint=hint,
+        ) from None
+    finally:
+        stack.close()
+        if old_catalog is not None:
+            old_catalog.close()
+
+
+def _put_back(
+    fence: Fence, new: Conn, old_catalog: Conn | None, state: reverse.Switched, redirected: bool
+) -> None:
+    """After a failure before the clients were redirected: the old primary in service."""
+    try:
+        reverse.undo(new, old_catalog, state)
+    except (PgferryError, psycopg.Error) as exc:
+        logger.error("could not put the subscriptions back: %s", exc)
+    if redirected:
+        try:
+            fence.unredirect()
+        except (PgferryError, psycopg.Error, OSError) as exc:
+            logger.error("could not point PgBouncer back at the old primary: %s", exc)
+    try:
+        fence.release()
+    except (PgferryError, psycopg.Error) as exc:
+        logger.error("could not release the fence: %s", exc)

@@ -1,0 +1,412 @@
+"""The comparison of two snapshots: hash key ranges on both sides, bisect the
+ranges that differ, compare rows only there.
+
+Contract of :func:`compare_snapshots` (see the package docstring for its use):
+
+* ``jobs`` sessions on each side, each in ``REPEATABLE READ`` with the given
+  exported snapshot imported (and :data:`~.plan.SESSION_SETTINGS`), so they all
+  see the same data whatever replication does meanwhile; the exporting
+  transactions must stay open until the sessions have imported them (until this
+  function returns is simplest);
+* per table (see :mod:`.plan`): with a key, the publisher's rows are cut into
+  half-open key ranges of about :data:`RANGE_ROWS` rows; each range's row count
+  and sum of row hashes are computed on both sides at once, every range of every
+  table in parallel over the sessions; a range that differs is compared row by row
+  when it holds at most :data:`FETCH_ROWS` rows on each side, else cut into
+  :data:`SPLIT` ranges again (on the side with more rows) and so on. Without a
+  key, the whole table's count and sum are compared, and the rows' multisets
+  when they differ;
+* a key found missing in one range and extra in another (the two sides order it
+  differently, e.g. a text key under different collations) is one row compared
+  by its hash, not two differences;
+* read-only on both sides; a table that cannot be read is one
+  :class:`~pgferry.errors.PgferryError` naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import psycopg
+
+from pgferry import connect
+from pgferry.catalog import ensure_catalog, store
+from pgferry.conninfo import mask
+from pgferry.errors import InterfaceError, PgferryError
+from pgferry.protocol.lsn import Lsn
+from pgferry.publisher.shape import PublishedTable, published_tables
+from pgferry.sqltext import quote_literal
+
+from .plan import (
+    FULL,
+    SESSION_SETTINGS,
+    Key,
+    Range,
+    TablePlan,
+    choose_key,
+    key_query,
+    plan_table,
+)
+from .report import TableReport, VerifyReport
+
+logger = logging.getLogger("pgferry.verify")
+
+#: Rows per key range at the start (about; cut on the publisher's keys).
+RANGE_ROWS = 50_000
+#: Most ranges a table starts with.
+MAX_RANGES = 512
+#: A differing range with at most this many rows on each side is compared row by row.
+FETCH_ROWS = 5_000
+#: How many ranges a differing range is cut into.
+SPLIT = 16
+#: Key types cut by arithmetic (see Comparison._initial_ranges).
+_INTEGERS = frozenset({"smallint", "integer", "bigint"})
+#: Keys listed per table and kind (the counts are exact).
+DEFAULT_LIMIT = 1000
+
+Row = tuple[Any, ...]
+
+
+class Sessions:
+    """One side's comparing sessions, each in the snapshot; lent one query at a time."""
+
+    def __init__(self, conns: list[psycopg.Connection[Any]], side: str) -> None:
+        self.conns = conns
+        self.side = side
+        self._free: queue.Queue[psycopg.Connection[Any]] = queue.Queue()
+        for conn in conns:
+            self._free.put(conn)
+
+    @property
+    def major(self) -> int:
+        return self.conns[0].info.server_version // 10000
+
+    def query(self, text: str) -> list[Row]:
+        conn = self._free.get()
+        try:
+            return conn.execute(text.encode()).fetchall()
+        finally:
+            self._free.put(conn)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+
+
+def open_sessions(dsn: str, side: connect.Side, snapshot: str, jobs: int) -> Sessions:
+    """``jobs`` sessions importing ``snapshot`` (closed again on a failure)."""
+    conns: list[psycopg.Connection[Any]] = []
+    try:
+        for _ in range(jobs):
+            conn = connect.session(dsn, side=side, application_name="pgferry verify")
+            conns.append(conn)
+            for name, value in SESSION_SETTINGS:
+                conn.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            try:
+                conn.execute(f"SET TRANSACTION SNAPSHOT {quote_literal(snapshot)}".encode())
+            except psycopg.Error as exc:
+                raise InterfaceError(
+                    f"cannot import snapshot {snapshot!r} on the {side}: "
+                    + " ".join(str(exc).split()),
+                    hint="the transaction that exported it must still be open",
+                ) from None
+    except BaseException:
+        for conn in conns:
+            conn.close()
+        raise
+    return Sessions(conns, side)
+
+
+def parse_table(text: str) -> tuple[str | None, str]:
+    """``schema.name`` or ``name``, each part bare or double-quoted."""
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while i <= n:
+        if i < n and text[i] == '"':
+            j, out = i + 1, []
+            while True:
+                k = text.find('"', j)
+                if k < 0:
+                    raise InterfaceError(
+                        f"unterminated quoted name in table {text!r}",
+                        hint='write a table as schema.name, "quoted" where needed',
+                    )
+                out.append(text[j:k])
+                if text[k + 1 : k + 2] == '"':
+                    out.append('"')
+                    j = k + 2
+                    continue
+                i = k + 1
+                break
+            parts.append("".join(out))
+        else:
+            k = text.find(".", i)
+            k = n if k < 0 else k
+            parts.append(text[i:k].strip().lower())
+            i = k
+        if i >= n:
+            break
+        if text[i] != ".":
+            raise InterfaceError(
+                f"cannot read table name {text!r}",
+                hint='write a table as schema.name, "quoted" where needed',
+            )
+        i += 1
+    if len(parts) == 1 and parts[0]:
+        return None, parts[0]
+    if len(parts) == 2 and parts[0] and parts[1]:
+        return parts[0], parts[1]
+    raise InterfaceError(
+        f"cannot read table name {text!r}",
+        hint='write a table as schema.name, "quoted" where needed',
+    )
+
+
+def select_tables(
+    shapes: Sequence[PublishedTable], wanted: Sequence[str] | None, subscription: str
+) -> list[PublishedTable]:
+    if not wanted:
+        return list(shapes)
+    chosen: list[PublishedTable] = []
+    for text in wanted:
+        schema, name = parse_table(text)
+        found = [s for s in shapes if s.name == name and (schema is None or s.schema == schema)]
+        if not found:
+            raise InterfaceError(
+                f"subscription {subscription!r} has no published table {text!r}",
+                hint="name a table as schema.name (pgferry status NAME lists the tables)",
+            )
+        if len(found) > 1:
+            raise InterfaceError(
+                f"table name {text!r} is ambiguous in subscription {subscription!r}",
+                hint="qualify it with its schema: schema.name",
+            )
+        if found[0] not in chosen:
+            chosen.append(found[0])
+    return chosen
+
+
+def plans(
+    catalog: psycopg.Connection[Any],
+    subscription: str,
+    pub: Sessions,
+    tables: Sequence[str] | None,
+) -> list[TablePlan]:
+    """The tables to compare, as the publisher snapshot publishes them."""
+    sub = store.get_subscription(catalog, subscription)
+    local = {
+        (t.remote_schema, t.remote_name): (t.local_schema, t.local_name)
+        for t in store.tables(catalog, subscription)
+    }
+    shapes = published_tables(pub.query, pub.major, sub.publications)
+    shapes = [s for s in shapes if s.key in local]
+    result = []
+    for shape in select_tables(shapes, tables, subscription):
+        rows = pub.query(key_query(shape.schema, shape.name))
+        key = choose_key([(bool(r[0]), r[1]) for r in rows], shape.columns)
+        result.append(plan_table(shape, local[shape.key], key))
+    return result
+
+
+class Comparison:
+    """One comparison run over both sides' sessions."""
+
+    def __init__(self, pub: Sessions, sub: Sessions, jobs: int, limit: int) -> None:
+        self.pub = pub
+        self.sub = sub
+        self.limit = limit
+        self.pool = ThreadPoolExecutor(max_workers=2 * jobs, thread_name_prefix="verify-q")
+        self.jobs = jobs
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def both(self, query: Callable[[bool], str]) -> tuple[Future[list[Row]], Future[list[Row]]]:
+        return (
+            self.pool.submit(self.pub.query, query(True)),
+            self.pool.submit(self.sub.query, query(False)),
+        )
+
+    def run(self, plans: Sequence[TablePlan]) -> list[TableReport]:
+        with ThreadPoolExecutor(max_workers=max(1, self.jobs), thread_name_prefix="verify") as ex:
+            futures = [ex.submit(self.table, plan) for plan in plans]
+            return [f.result() for f in futures]
+
+    def table(self, plan: TablePlan) -> TableReport:
+        started = time.monotonic()
+        report = TableReport(plan.display, keyed=bool(plan.key))
+        try:
+            if plan.key:
+                self._keyed(plan, report)
+            else:
+                self._multiset(plan, report)
+        except psycopg.Error as exc:
+            raise PgferryError(
+                f"table {plan.display}: " + " ".join(str(exc).split()),
+                hint="check that the table has the published columns on both sides"
+                " (pgferry schema diff NAME)",
+            ) from None
+        report.seconds = time.monotonic() - started
+        logger.info("verify %s: %d differences", plan.display, report.differences)
+        return report
+
+    # -- keyed tables ---------------------------------------------------------------
+
+    def _initial_ranges(self, plan: TablePlan) -> list[Range]:
+        """The publisher's key order cut about every :data:`RANGE_ROWS` rows: by
+        arithmetic between the smallest and largest key for one integer column
+        (two index probes), else at every so many keys (one scan of the keys)."""
+        (row,) = self.pub.query(
+            "SELECT greatest(c.reltuples, 0)::bigint, (SELECT a.atttypid::regtype::text"
+            " FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid"
+            f" AND a.attname = {quote_literal(plan.key[0])})"
+            " FROM pg_catalog.pg_class c"
+            f" WHERE c.oid = {quote_literal(plan.relation(True))}::regclass"
+        )
+        estimate, key_type = int(row[0]), row[1]
+        if 0 < estimate <= RANGE_ROWS:
+            return [FULL]
+        count = min(MAX_RANGES, max(1, math.ceil(estimate / RANGE_ROWS)))
+        if estimate > 0 and len(plan.key) == 1 and key_type in _INTEGERS:
+            return self._integer_ranges(plan, count)
+        step = max(RANGE_ROWS, math.ceil(estimate / MAX_RANGES))
+        cuts = [tuple(r) for r in self.pub.query(plan.boundaries_query(True, FULL, step))]
+        return _between(FULL, cuts)
+
+    def _integer_ranges(self, plan: TablePlan, count: int) -> list[Range]:
+        ((low, high),) = self.pub.query(plan.bounds_query())
+        if low is None or count <= 1:
+            return [FULL]
+        low, high = int(low), int(high)
+        width = max(1, math.ceil((high - low + 1) / count))
+        cuts: list[Key] = [(str(v),) for v in range(low + width, high + 1, width)]
+        return _between(FULL, cuts)
+
+    def _keyed(self, plan: TablePlan, report: TableReport) -> None:
+        missing: dict[Key, int] = {}
+        extra: dict[Key, int] = {}
+        different: list[Key] = []
+        level = self._initial_ranges(plan)
+        first = True
+        while level:
+            hashed = [(rng, self.both(partial(plan.hash_query, rng=rng))) for rng in level]
+            report.ranges += len(level)
+            fetch: list[tuple[Range, Any, Any]] = []
+            split: list[Future[list[Range]]] = []
+            for rng, (fp, fs) in hashed:
+                ((count_p, sum_p),) = fp.result()
+                ((count_s, sum_s),) = fs.result()
+                if first:
+                    report.rows_publisher += count_p
+                    report.rows_subscriber += count_s
+                if count_p == count_s and sum_p == sum_s:
+                    continue
+                if max(count_p, count_s) <= FETCH_ROWS:
+                    fetch.append((rng, *self.both(partial(plan.rows_query, rng=rng))))
+                else:
+                    on_pub = count_p >= count_s
+                    step = math.ceil(max(count_p, count_s) / SPLIT)
+                    split.append(self.pool.submit(self._split, plan, rng, on_pub, step))
+            first = False
+            for _rng, fp, fs in fetch:
+                _diff_rows(fp.result(), fs.result(), missing, extra, different)
+            level = [r for f in split for r in f.result()]
+        for key in [k for k in missing if k in extra]:
+            if missing.pop(key) != extra.pop(key):
+                different.append(key)
+        for kind, keys in (("missing", missing), ("extra", extra), ("different", different)):
+            for key in keys:
+                report.add(kind, key, self.limit)
+
+    def _split(self, plan: TablePlan, rng: Range, on_pub: bool, step: int) -> list[Range]:
+        side = self.pub if on_pub else self.sub
+        cuts = [tuple(r) for r in side.query(plan.boundaries_query(on_pub, rng, step))]
+        return _between(rng, cuts)
+
+    # -- tables without a key -------------------------------------------------------
+
+    def _multiset(self, plan: TablePlan, report: TableReport) -> None:
+        fp, fs = self.both(partial(plan.hash_query, rng=FULL))
+        ((count_p, sum_p),) = fp.result()
+        ((count_s, sum_s),) = fs.result()
+        report.rows_publisher, report.rows_subscriber, report.ranges = count_p, count_s, 1
+        if count_p == count_s and sum_p == sum_s:
+            return
+        fp, fs = self.both(plan.multiset_query)
+        pub = Counter({text: int(n) for text, n in fp.result()})
+        sub = Counter({text: int(n) for text, n in fs.result()})
+        for text in sorted(set(pub) | set(sub)):
+            delta = pub[text] - sub[text]
+            for _ in range(abs(delta)):
+                report.add("missing" if delta > 0 else "extra", (text,), self.limit)
+
+
+def _between(rng: Range, cuts: list[Key]) -> list[Range]:
+    """``rng`` cut at ``cuts`` (in order, inside it) into half-open ranges."""
+    points: list[Key | None] = [rng.lo, *cuts, rng.hi]
+    out = [Range(points[i], points[i + 1]) for i in range(len(points) - 1)]
+    return [r for r in out if r.lo is None or r.lo != r.hi]
+
+
+def _diff_rows(
+    pub: list[Row],
+    sub: list[Row],
+    missing: dict[Key, int],
+    extra: dict[Key, int],
+    different: list[Key],
+) -> None:
+    theirs = {tuple(r[:-1]): int(r[-1]) for r in sub}
+    for row in pub:
+        key, digest = tuple(row[:-1]), int(row[-1])
+        other = theirs.pop(key, None)
+        if other is None:
+            missing[key] = digest
+        elif other != digest:
+            different.append(key)
+    extra.update(theirs)
+
+
+def compare_snapshots(
+    subscriber_dsn: str,
+    subscription: str,
+    publisher_snapshot: str,
+    subscriber_snapshot: str,
+    *,
+    tables: Sequence[str] | None = None,
+    jobs: int = 4,
+    limit: int = DEFAULT_LIMIT,
+    lsn: Lsn | None = None,
+) -> VerifyReport:
+    """Compare the subscription's tables as the two snapshots see them (see the
+    module docstring). The publisher is reached with the subscription's conninfo."""
+    if jobs < 1:
+        raise InterfaceError(f"--jobs must be at least 1, not {jobs}", hint="use --jobs 4")
+    started = time.monotonic()
+    with connect.subscriber(subscriber_dsn) as catalog:
+        ensure_catalog(catalog)
+        sub = store.get_subscription(catalog, subscription)
+        pub_sessions = open_sessions(sub.conninfo, "publisher", publisher_snapshot, jobs)
+        try:
+            sub_sessions = open_sessions(subscriber_dsn, "subscriber", subscriber_snapshot, jobs)
+            try:
+                chosen = plans(catalog, subscription, pub_sessions, tables)
+                comparison = Comparison(pub_sessions, sub_sessions, jobs, limit)
+                try:
+                    reports = comparison.run(chosen)
+                finally:
+                    comparison.close()
+            finally:
+                sub_sessions.close()
+        finally:
+            pub_sessions.close()
+    logger.debug("verify %s: publisher %s", subscription, mask(sub.conninfo))
+    return VerifyReport(subscription, lsn, reports, time.monotonic() - started)

@@ -1,0 +1,210 @@
+"""What verify compares of one table, and the SQL that reads it on either side.
+
+A :class:`TablePlan` is built on the publisher, inside the publisher snapshot:
+
+* the columns: those the subscription's publications send (column lists
+  respected, see :mod:`pgferry.publisher.shape`), in the publisher's order, read
+  by name on both sides (extra subscriber columns are ignored);
+* the rows: the publications' row filter on the publisher; every row on the
+  subscriber (a subscriber row the filter would not publish is a difference);
+* the key: the publisher's primary key, else its replica identity index, when
+  every one of its columns is published; otherwise none (whole-row multiset
+  compare).
+
+Row encoding: ``ROW(c1, ..., cn)::text`` (the record's text form quotes any value
+holding a separator, a quote or a parenthesis, and tells NULL from ''), hashed
+with ``hashtextextended(..., 0)`` (64 bits) and summed as ``numeric`` together
+with the row count: a sum, not XOR, so two equal rows cannot cancel out. Both
+sides' sessions use the same settings (:data:`SESSION_SETTINGS`), so the text of
+the same values is the same on PostgreSQL 15 and 18.
+
+Key ranges are half-open, ``lo <= key < hi`` in the key's btree order, written as
+row comparisons against literals (untyped, so each side reads them as its own
+column types). Keys travel as their text forms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pgferry.publisher.shape import PublishedTable
+from pgferry.sqltext import qualified, quote_ident, quote_literal
+
+#: The session settings of every comparing session, on both sides.
+SESSION_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
+)
+
+#: A key as its columns' text forms.
+Key = tuple[str | None, ...]
+
+
+@dataclass(frozen=True)
+class Range:
+    """``lo <= key < hi``; None: unbounded."""
+
+    lo: Key | None
+    hi: Key | None
+
+
+FULL = Range(None, None)
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    remote_schema: str
+    remote_name: str
+    local_schema: str
+    local_name: str
+    columns: tuple[str, ...]
+    #: Key columns in index order; empty: no key.
+    key: tuple[str, ...]
+    row_filter: str | None
+
+    @property
+    def display(self) -> str:
+        return qualified(self.remote_schema, self.remote_name)
+
+    def relation(self, publisher: bool) -> str:
+        if publisher:
+            return f"{quote_ident(self.remote_schema)}.{quote_ident(self.remote_name)}"
+        return f"{quote_ident(self.local_schema)}.{quote_ident(self.local_name)}"
+
+    # -- SQL pieces -----------------------------------------------------------------
+
+    def row_text(self) -> str:
+        return "ROW(" + ", ".join(quote_ident(c) for c in self.columns) + ")::text"
+
+    def row_hash(self) -> str:
+        return f"pg_catalog.hashtextextended({self.row_text()}, 0)"
+
+    def _key_list(self) -> str:
+        return ", ".join(quote_ident(c) for c in self.key)
+
+    def _key_texts(self) -> str:
+        # (Aliased: ORDER BY a key column must not mean its text output column.)
+        return ", ".join(f"{quote_ident(c)}::text AS pgferry_k{i}" for i, c in enumerate(self.key))
+
+    def _where(self, publisher: bool, rng: Range) -> str:
+        parts: list[str] = []
+        if publisher and self.row_filter is not None:
+            parts.append(f"({self.row_filter})")
+        if rng.lo is not None:
+            parts.append(f"({self._key_list()}) >= ({_literals(rng.lo)})")
+        if rng.hi is not None:
+            parts.append(f"({self._key_list()}) < ({_literals(rng.hi)})")
+        return " WHERE " + " AND ".join(parts) if parts else ""
+
+    # -- queries --------------------------------------------------------------------
+
+    def hash_query(self, publisher: bool, rng: Range) -> str:
+        """One row: the count and the sum of row hashes (text) of the range."""
+        return (
+            f"SELECT count(*), COALESCE(sum({self.row_hash()}::numeric), 0)::text"
+            f" FROM {self.relation(publisher)}{self._where(publisher, rng)}"
+        )
+
+    def boundaries_query(self, publisher: bool, rng: Range, step: int) -> str:
+        """Every ``step``-th key of the range in key order: split points."""
+        keys = self._key_list()
+        return (
+            f"SELECT {', '.join(f'k.{quote_ident(c)}::text' for c in self.key)} FROM"
+            f" (SELECT {keys}, row_number() OVER (ORDER BY {keys}) AS pgferry_rn"
+            f" FROM {self.relation(publisher)}{self._where(publisher, rng)}) k"
+            f" WHERE k.pgferry_rn % {int(step)} = 0 ORDER BY k.pgferry_rn"
+        )
+
+    def bounds_query(self) -> str:
+        """The publisher's smallest and largest key (of a one-column key), as text."""
+        key = quote_ident(self.key[0])
+        return (
+            f"SELECT min({key})::text, max({key})::text"
+            f" FROM {self.relation(True)}{self._where(True, FULL)}"
+        )
+
+    def rows_query(self, publisher: bool, rng: Range) -> str:
+        """Each row of the range: its key's text forms, then its row hash; in key order."""
+        return (
+            f"SELECT {self._key_texts()}, {self.row_hash()}"
+            f" FROM {self.relation(publisher)}{self._where(publisher, rng)}"
+            f" ORDER BY {self._key_list()}"
+        )
+
+    def multiset_query(self, publisher: bool) -> str:
+        """Without a key: each distinct row text with its count."""
+        return (
+            f"SELECT {self.row_text()}, count(*) FROM {self.relation(publisher)}"
+            f"{self._where(publisher, FULL)} GROUP BY 1"
+        )
+
+    def key_predicate(self, key: Key) -> str:
+        return f"({self._key_list()}) = ({_literals(key)})"
+
+    def values_query(self, publisher: bool, keys: Sequence[Key]) -> str:
+        """The published columns' text forms of the rows with these keys, key first."""
+        wanted = " OR ".join(self.key_predicate(k) for k in keys) or "false"
+        where = self._where(publisher, FULL)
+        where = f"{where} AND ({wanted})" if where else f" WHERE ({wanted})"
+        columns = ", ".join(f"{quote_ident(c)}::text" for c in self.columns)
+        return (
+            f"SELECT {self._key_texts()}{', ' if columns else ''}{columns}"
+            f" FROM {self.relation(publisher)}{where}"
+        )
+
+    def rows_by_text_query(self, publisher: bool, texts: Sequence[str]) -> str:
+        """Without a key: the published columns' text forms of rows by row text."""
+        wanted = ", ".join(quote_literal(t) for t in texts) or "NULL"
+        where = self._where(publisher, FULL)
+        test = f"{self.row_text()} IN ({wanted})"
+        where = f"{where} AND {test}" if where else f" WHERE {test}"
+        columns = ", ".join(f"{quote_ident(c)}::text" for c in self.columns)
+        return (
+            f"SELECT {self.row_text()}{', ' if columns else ''}{columns}"
+            f" FROM {self.relation(publisher)}{where}"
+        )
+
+
+def _literals(key: Key) -> str:
+    return ", ".join("NULL" if v is None else quote_literal(v) for v in key)
+
+
+def key_query(schema: str, name: str) -> str:
+    """The primary key's and the replica identity index's columns, in index order."""
+    return _KEY_QUERY.format(schema=quote_literal(schema), name=quote_literal(name))
+
+
+_KEY_QUERY = """
+SELECT i.indisprimary, a.attname::text
+FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, pos)
+LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE n.nspname = {schema} AND c.relname = {name} AND (i.indisprimary OR i.indisreplident)
+  AND i.indpred IS NULL
+ORDER BY i.indisprimary DESC, i.indexrelid, k.pos
+"""
+
+
+def choose_key(rows: Sequence[tuple[bool, str | None]], columns: Sequence[str]) -> tuple[str, ...]:
+    """The key from :func:`key_query`'s rows: the primary key's columns, else the
+    replica identity index's; none if an expression or an unpublished column is in it."""
+    if not rows:
+        return ()
+    primary = rows[0][0]
+    names = [name for is_primary, name in rows if is_primary == primary]
+    if any(name is None or name not in columns for name in names):
+        return ()
+    return tuple(n for n in names if n is not None)
+
+
+def plan_table(shape: PublishedTable, local: tuple[str, str], key: tuple[str, ...]) -> TablePlan:
+    return TablePlan(
+        shape.schema, shape.name, local[0], local[1], shape.columns, key, shape.row_filter
+    )

@@ -1,0 +1,167 @@
+"""The counters the catalog keeps for the metrics endpoint, against a running
+subscription: transactions and rows applied (exact once the worker wrote them,
+kept across a worker's restart and ``pgferry run``'s), conflicts by type and
+resolution, and worker restarts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from psycopg import sql
+
+from pgferry.testing import Cluster
+from tests.conformance.conftest import Ferry
+from tests.metrics.conftest import Samples, exporting, value, wait_scrape
+from tests.support import wait_for
+
+SUB = "counters_sub"
+#: Row changes of each transaction of :func:`_transactions`.
+ROWS = 5
+
+
+@pytest.fixture
+def ferry(cluster: Cluster, dbname: str) -> Iterator[Ferry]:
+    """A publisher database and a subscriber database, both on the shared cluster."""
+    sub_db = dbname[:50] + "_sub"
+    cluster.create_database(sub_db)
+    try:
+        yield Ferry(cluster, dbname, cluster, sub_db)
+    finally:
+        cluster.drop_database(sub_db)
+
+
+def _transactions(ferry: Ferry, first: int, number: int) -> None:
+    """``number`` transactions of :data:`ROWS` row changes each: three inserts, an
+    update and a delete."""
+    for i in range(first, first + number):
+        base = 10 * i
+        ferry.on_pub(
+            "BEGIN;"
+            f" INSERT INTO t VALUES ({base + 1}, 'a'), ({base + 2}, 'a'), ({base + 3}, 'a');"
+            f" UPDATE t SET v = 'b' WHERE id = {base + 1};"
+            f" DELETE FROM t WHERE id = {base + 2};"
+            " COMMIT"
+        )
+
+
+def _applied(transactions: int) -> object:
+    def check(s: Samples) -> bool:
+        return (
+            value(s, "pgferry_transactions_applied_total", subscription=SUB) == transactions
+            and value(s, "pgferry_rows_applied_total", subscription=SUB) == transactions * ROWS
+        )
+
+    return check
+
+
+def test_applied_conflict_and_restart_counters(ferry: Ferry) -> None:
+    ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)"
+    ferry.on_pub(ddl)
+    ferry.on_sub(ddl)
+    ferry.on_pub("CREATE PUBLICATION p FOR TABLE t")
+    # (So that a transaction of a few thousand rows is streamed.)
+    ferry.pub.sql(
+        sql.SQL("ALTER DATABASE {} SET logical_decoding_work_mem = '64kB'").format(
+            sql.Identifier(ferry.pub_db)
+        ),
+        dbname=ferry.pub_db,
+    )
+    ferry.subscribe(SUB, ["p"], "copy_data=false")
+    with exporting(ferry) as (_, server):
+        s = wait_scrape(
+            server,
+            lambda s: value(s, "pgferry_transactions_applied_total", subscription=SUB) == 0,
+            "the counters at 0",
+        )
+        assert value(s, "pgferry_rows_applied_total", subscription=SUB) == 0
+        assert value(s, "pgferry_worker_restarts_total", subscription=SUB, kind="apply") is None
+        _transactions(ferry, 0, 7)
+        wait_scrape(server, _applied(7), "7 transactions of 5 rows applied")
+
+        # A row that exists already: the worker stops on insert_exists, and is
+        # restarted until the row is gone.
+        ferry.on_sub("INSERT INTO t VALUES (1000, 'local')")
+        ferry.on_pub("INSERT INTO t VALUES (1000, 'remote')")
+        s = wait_scrape(
+            server,
+            lambda s: (
+                (value(s, "pgferry_worker_restarts_total", subscription=SUB, kind="apply") or 0)
+                >= 2
+            ),
+            "the apply worker restarted twice",
+        )
+        ferry.on_sub("DELETE FROM t WHERE id = 1000")
+        s = wait_scrape(
+            server,
+            lambda s: value(s, "pgferry_transactions_applied_total", subscription=SUB) == 8,
+            "the transaction applied at last",
+        )
+        assert value(s, "pgferry_rows_applied_total", subscription=SUB) == 7 * ROWS + 1
+        # An update of a row the subscriber lacks: update_missing, skipped.
+        ferry.on_sub("DELETE FROM t WHERE id = 11")
+        ferry.on_pub("UPDATE t SET v = 'c' WHERE id = 11")
+        s = wait_scrape(
+            server,
+            lambda s: value(s, "pgferry_transactions_applied_total", subscription=SUB) == 9,
+            "the update applied (skipped)",
+        )
+        # (The row changes of the applied transactions, those a conflict skipped too.)
+        assert value(s, "pgferry_rows_applied_total", subscription=SUB) == 7 * ROWS + 2
+        # By type and resolution, as the conflict log has them: each conflict once.
+        logged = ferry.on_sub(
+            "SELECT conflict_type, resolution, count(*) FROM pgferry.conflict GROUP BY 1, 2"
+        )
+        assert {t for t, _, _ in logged} == {"insert_exists", "update_missing"}
+        for ctype, resolution, count in logged:
+            assert count == 1
+            assert (
+                value(
+                    s,
+                    "pgferry_conflict_resolutions_total",
+                    subscription=SUB,
+                    type=ctype,
+                    resolution=resolution,
+                )
+                == count
+            )
+        restarts = value(s, "pgferry_worker_restarts_total", subscription=SUB, kind="apply")
+        assert restarts is not None and restarts >= 2
+
+    # pgferry run stopped and started again: the counters go on from where they were.
+    with exporting(ferry) as (_, server):
+        s = wait_scrape(
+            server,
+            lambda s: value(s, "pgferry_transactions_applied_total", subscription=SUB) == 9,
+            "the counters kept",
+        )
+        assert value(s, "pgferry_worker_restarts_total", subscription=SUB, kind="apply") == restarts
+        _transactions(ferry, 100, 2)
+        s = wait_scrape(
+            server,
+            lambda s: value(s, "pgferry_transactions_applied_total", subscription=SUB) == 11,
+            "two more transactions",
+        )
+        assert value(s, "pgferry_rows_applied_total", subscription=SUB) == 9 * ROWS + 2
+        # A transaction large enough to be streamed (applied as it arrives, on
+        # the worker's second session): one transaction, all its rows.
+        ferry.on_pub(
+            "INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(10000, 12999) g"
+        )
+        s = wait_scrape(
+            server,
+            lambda s: value(s, "pgferry_transactions_applied_total", subscription=SUB) == 12,
+            "the streamed transaction",
+        )
+        assert value(s, "pgferry_rows_applied_total", subscription=SUB) == 9 * ROWS + 2 + 3000
+        slot = ferry.subscription(SUB).slot_name
+        wait_for(
+            lambda: (
+                ferry.on_pub(
+                    "SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = %s",
+                    (slot,),
+                )
+                == [(1,)]
+            ),
+            "the publisher's count of streamed transactions",
+        )
