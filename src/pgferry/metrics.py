@@ -65,6 +65,7 @@ from pgferry.conflict import CONFLICT_TYPES
 from pgferry.errors import InterfaceError, PgferryError
 from pgferry.origins import sync_origin
 from pgferry.status import report
+from pgferry.status.activity import estimated_rows
 from pgferry.status.report import STALE_AFTER, PublisherStatus, SubscriptionStatus
 from pgferry.subscription.manage import STATE_ORDER
 
@@ -85,8 +86,6 @@ STATEMENT_TIMEOUT_MS = 2000
 PUBLISHER_DEADLINE = 4.0
 #: ``application_name`` of the scrape's sessions.
 APPLICATION_NAME = "pgferry metrics"
-#: The subscriber version from which ``pg_stat_progress_copy`` exists.
-PROGRESS_COPY_VERSION = 140000
 #: The catalog version with ``subscription_table.size_bytes``.
 SIZES_VERSION = 6
 #: A table of the catalog version with the applied, conflict and restart counters.
@@ -141,6 +140,13 @@ METRICS: tuple[MetricSpec, ...] = (
         "gauge",
         _SUB,
         "Seconds since the apply worker last refreshed its row",
+    ),
+    MetricSpec(
+        "pgferry_spool_bytes",
+        "gauge",
+        _SUB,
+        "Bytes the apply worker holds in spools: streamed and prepared transactions"
+        " waiting for their outcome (memory, or the temporary file past the memory limit)",
     ),
     MetricSpec(
         "pgferry_received_lsn_bytes",
@@ -346,13 +352,7 @@ class PublisherReading:
     #: Its slots that exist: its own, and its table sync workers'.
     slots: tuple[Slot, ...] = ()
     #: (schema, table) -> estimated rows, for tables still to copy.
-    estimated_rows: dict[tuple[str, str], float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CopyProgress:
-    rows: int
-    bytes: int
+    estimated_rows: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -377,8 +377,6 @@ class Reading:
     publishers: dict[str, PublisherReading] = field(default_factory=dict)
     #: (subscription, schema, table) -> the publisher's size of a table not ready.
     sizes: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    #: (subscription, schema, table) -> its running initial copy.
-    copies: dict[tuple[str, str, str], CopyProgress] = field(default_factory=dict)
     #: (subscription, kind) -> worker processes running.
     workers: dict[tuple[str, str], int] = field(default_factory=dict)
     #: (subscription, kind, table) -> failed exits since the last clean exit.
@@ -418,7 +416,6 @@ def _open(dsn: str, side: connect.Side) -> Conn:
 class _Local:
     subscriptions: list[report.CatalogSubscription]
     sizes: dict[tuple[str, str, str], int]
-    copies: dict[tuple[str, str, str], CopyProgress]
     counters: Counters | None = None
 
 
@@ -430,31 +427,14 @@ def _sizes(local: Conn) -> dict[tuple[str, str, str], int]:
     return {(sub, schema, name): int(size) for sub, schema, name, size in rows}
 
 
-def _copies(local: Conn) -> dict[tuple[str, str, str], CopyProgress]:
-    """The COPY FROM of each table being copied (state d), from pg_stat_progress_copy."""
-    rows = local.execute(
-        "SELECT t.subscription, t.remote_schema, t.remote_name, p.tuples_processed,"
-        " p.bytes_processed"
-        " FROM pg_catalog.pg_stat_progress_copy p"
-        " JOIN pg_catalog.pg_class c ON c.oid = p.relid"
-        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-        " JOIN pgferry.subscription_table t"
-        "  ON t.local_schema = n.nspname AND t.local_name = c.relname"
-        " WHERE p.command = 'COPY FROM' AND t.state = 'd'"
-        " AND p.datname = pg_catalog.current_database()"
-    ).fetchall()
-    return {(sub, s, n): CopyProgress(int(r), int(b)) for sub, s, n, r, b in rows}
-
-
 def _read_local(dsn: str) -> _Local:
     with _open(dsn, "subscriber") as local:
         version = current_version(local)
         if version == 0:
-            return _Local([], {}, {})
+            return _Local([], {})
         subscriptions = report.read_catalog(local, STALE_AFTER, version)
         sizes = _sizes(local) if version >= SIZES_VERSION else {}
-        copying = local.info.server_version >= PROGRESS_COPY_VERSION
-        return _Local(subscriptions, sizes, _copies(local) if copying else {}, _counters(local))
+        return _Local(subscriptions, sizes, _counters(local))
 
 
 def _counters(local: Conn) -> Counters | None:
@@ -499,24 +479,6 @@ def _slots(remote: Conn, names: list[str]) -> tuple[Slot, ...]:
     )
 
 
-def _estimated_rows(remote: Conn, tables: list[tuple[str, str]]) -> dict[tuple[str, str], float]:
-    """reltuples of each table (of a partitioned table: its leaf partitions'), where
-    known (not before the table's first VACUUM or ANALYZE)."""
-    if not tables:
-        return {}
-    rows = remote.execute(
-        "SELECT v.s, v.n, (SELECT CASE WHEN bool_or(c.reltuples < 0) THEN NULL"
-        "  ELSE sum(c.reltuples) END FROM pg_catalog.pg_class c"
-        "  WHERE c.oid = r.oid AND r.relkind <> 'p' OR c.oid IN (SELECT p.relid"
-        "   FROM pg_catalog.pg_partition_tree(r.oid) p WHERE p.isleaf))"
-        " FROM unnest(%s::text[], %s::text[]) AS v(s, n)"
-        " JOIN pg_catalog.pg_namespace ns ON ns.nspname = v.s"
-        " JOIN pg_catalog.pg_class r ON r.relnamespace = ns.oid AND r.relname = v.n",
-        ([s for s, _ in tables], [n for _, n in tables]),
-    ).fetchall()
-    return {(s, n): float(est) for s, n, est in rows if est is not None}
-
-
 def _ask(remote: Conn, conninfo: str, sub: report.CatalogSubscription) -> PublisherReading:
     try:
         status = report.read_publisher(remote, conninfo, sub.slot_name)
@@ -524,7 +486,7 @@ def _ask(remote: Conn, conninfo: str, sub: report.CatalogSubscription) -> Publis
         to_copy = [
             (t.schema, t.name) for t in sub.tables if t.state in (TableState.INIT, TableState.DATA)
         ]
-        return PublisherReading(status, slots, _estimated_rows(remote, to_copy))
+        return PublisherReading(status, slots, estimated_rows(remote, to_copy))
     except psycopg.Error as exc:
         return _down(conninfo, report.scrub(str(exc), conninfo))
 
@@ -643,7 +605,6 @@ def read(dsn: str, launcher: Launcher | None = None, probes: Probes | None = Non
         tuple(statuses),
         asked,
         local.sizes,
-        local.copies,
         workers,
         failures,
         _since(started),
@@ -691,6 +652,7 @@ def _subscription(out: _Families, s: SubscriptionStatus) -> None:
     for state in WORKER_STATES:
         out.add("pgferry_apply_worker", int(s.worker.state == state), name, state)
     out.add("pgferry_apply_worker_report_age_seconds", s.worker.seconds_since_report, name)
+    out.add("pgferry_spool_bytes", s.worker.spool_bytes, name)
     out.add("pgferry_received_lsn_bytes", s.worker.received_lsn, name)
     out.add("pgferry_applied_lsn_bytes", s.worker.applied_lsn, name)
     out.add("pgferry_apply_errors_total", s.stats.get("apply_error_count"), name)
@@ -752,9 +714,11 @@ def families(reading: Reading) -> list[Metric]:
         _publisher(out, s, reading.publishers[s.name])
     for (sub, schema, table), size in reading.sizes.items():
         out.add("pgferry_table_size_bytes", size, sub, schema, table)
-    for (sub, schema, table), copy in reading.copies.items():
-        out.add("pgferry_table_copy_rows", copy.rows, sub, schema, table)
-        out.add("pgferry_table_copy_bytes", copy.bytes, sub, schema, table)
+    for s in reading.subscriptions:
+        for w in s.copies:
+            assert w.copy is not None
+            out.add("pgferry_table_copy_rows", w.copy.rows, s.name, w.schema, w.name)
+            out.add("pgferry_table_copy_bytes", w.copy.bytes, s.name, w.schema, w.name)
     for (sub, kind), number in sorted(reading.workers.items()):
         out.add("pgferry_workers", number, sub, kind)
     for (sub, kind, table), count in sorted(reading.failures.items()):

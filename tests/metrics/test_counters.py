@@ -165,3 +165,41 @@ def test_applied_conflict_and_restart_counters(ferry: Ferry) -> None:
             ),
             "the publisher's count of streamed transactions",
         )
+
+
+def test_spool_bytes_while_a_streamed_transaction_waits(ferry: Ferry) -> None:
+    """``streaming=on`` spools a streamed transaction until its commit: the gauge
+    shows the spooled bytes while it is open on the publisher, 0 once applied."""
+    name = "spool_sub"
+    ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)"
+    ferry.on_pub(ddl)
+    ferry.on_sub(ddl)
+    ferry.on_pub("CREATE PUBLICATION p FOR TABLE t")
+    ferry.pub.sql(
+        sql.SQL("ALTER DATABASE {} SET logical_decoding_work_mem = '64kB'").format(
+            sql.Identifier(ferry.pub_db)
+        ),
+        dbname=ferry.pub_db,
+    )
+    ferry.subscribe(name, ["p"], "copy_data=false", "streaming=on")
+    with exporting(ferry) as (_, server), ferry.pub.connect(ferry.pub_db) as open_tx:
+        wait_scrape(
+            server,
+            lambda s: value(s, "pgferry_spool_bytes", subscription=name) == 0,
+            "an empty spool reported",
+        )
+        open_tx.execute("BEGIN")
+        open_tx.execute("INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 3000) g")
+        wait_scrape(
+            server,
+            lambda s: (value(s, "pgferry_spool_bytes", subscription=name) or 0) > 3000 * 100,
+            "the open streamed transaction's changes spooled",
+        )
+        assert ferry.on_sub("SELECT count(*) FROM t") == [(0,)]
+        open_tx.execute("COMMIT")
+        ferry.wait_rows("SELECT count(*) FROM t", [(3000,)])
+        wait_scrape(
+            server,
+            lambda s: value(s, "pgferry_spool_bytes", subscription=name) == 0,
+            "the spool emptied by the commit",
+        )

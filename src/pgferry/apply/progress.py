@@ -99,6 +99,7 @@ class DurableProgress:
             stream.flush_lsn,
             max(self.committed, stream.flush_lsn),
             self._since(totals),
+            self.assembler.spooled_bytes,
         )
         self._counted = totals
 

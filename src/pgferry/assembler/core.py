@@ -204,6 +204,14 @@ class Assembler:
         streamed or prepared transactions may still wait for their outcome)."""
         return self._begin is None and self._prepare is None and self._stream_xid is None
 
+    @property
+    def spooled_bytes(self) -> int:
+        """The bytes held in spools by pending streamed and prepared transactions."""
+        pending = [*self._streams.values(), *self._prepared.values()]
+        if self._prepare is not None:
+            pending.append(self._prepare)
+        return sum(p.spool.nbytes for p in pending)
+
     def restart_floor(self) -> Lsn | None:
         """The lowest position a restart must replay from, if anything is pending."""
         firsts = [p.first_lsn for p in self._streams.values()]

@@ -46,6 +46,11 @@ class Spool:
     def spilled(self) -> bool:
         return self._file is not None
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes held: in memory (with the per-record overhead) or in the file."""
+        return self._size if self._file is not None else self._memory
+
     def append(self, subxid: int, payload: bytes) -> None:
         self.count += 1
         if self._file is None:

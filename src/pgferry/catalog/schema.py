@@ -343,6 +343,11 @@ MIGRATIONS: tuple[str, ...] = (
     FROM pgferry.subscription s
     JOIN pgferry.subscription_stats st ON st.subscription = s.name;
     """,
+    # The bytes the apply worker holds in spools (streamed and prepared
+    # transactions waiting for their outcome), as reported with its positions.
+    """
+    ALTER TABLE pgferry.worker ADD COLUMN spool_bytes bigint;
+    """,
 )
 
 

@@ -47,24 +47,25 @@ def report_worker(
     latest_end_lsn: Lsn,
     committed_lsn: Lsn | None = None,
     applied: tuple[int, int] = (0, 0),
+    spool_bytes: int | None = None,
 ) -> None:
     """Upsert a worker's live statistics (``pgferry.worker``, like pg_stat_subscription);
     ``committed_lsn``: every transaction committed before it is durably applied;
     ``applied``: (remote transactions, row changes) applied since the last report,
-    added to the subscription's counters."""
+    added to the subscription's counters; ``spool_bytes``: what its spools hold."""
     conn.execute(
         _COUNT_APPLIED
         + "INSERT INTO pgferry.worker AS w (subscription, relation, pid, received_lsn,"
         " last_msg_send_time, last_msg_receipt_time, latest_end_lsn, latest_end_time,"
-        " committed_lsn)"
+        " committed_lsn, spool_bytes)"
         " VALUES (%(subscription)s, %(relation)s, %(pid)s, %(received)s::pg_lsn, %(sent)s,"
-        " now(), %(end)s::pg_lsn, now(), %(committed)s::pg_lsn)"
+        " now(), %(end)s::pg_lsn, now(), %(committed)s::pg_lsn, %(spool)s)"
         " ON CONFLICT (subscription, relation) DO UPDATE SET pid = excluded.pid,"
         " received_lsn = excluded.received_lsn,"
         " last_msg_send_time = excluded.last_msg_send_time,"
         " last_msg_receipt_time = excluded.last_msg_receipt_time,"
         " latest_end_lsn = excluded.latest_end_lsn, latest_end_time = excluded.latest_end_time,"
-        " committed_lsn = excluded.committed_lsn",
+        " committed_lsn = excluded.committed_lsn, spool_bytes = excluded.spool_bytes",
         {
             "subscription": subscription,
             "relation": relation,
@@ -75,6 +76,7 @@ def report_worker(
             "committed": None if committed_lsn is None else str(committed_lsn),
             "transactions": applied[0],
             "rows": applied[1],
+            "spool": spool_bytes,
         },
     )
 

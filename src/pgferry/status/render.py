@@ -49,6 +49,7 @@ def _worker_json(worker: WorkerStatus) -> dict[str, Any]:
         "last_msg_receipt_time": _time(worker.last_msg_receipt_time),
         "latest_end_time": _time(worker.latest_end_time),
         "seconds_since_report": worker.seconds_since_report,
+        "spool_bytes": worker.spool_bytes,
         "retry": _retry_json(worker.retry),
     }
 

@@ -160,6 +160,9 @@ class WorkerStatus:
     #: The launcher's planned retry of a worker that failed (kept until it has
     #: run healthy for a while, so also while a restarted worker runs).
     retry: RetryStatus | None = None
+    #: Bytes held in the worker's spools (streamed and prepared transactions
+    #: waiting for their outcome), as last reported; None before catalog version 11.
+    spool_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -309,6 +312,8 @@ _STATS_KEYS = store.STATS_KEYS
 SEQUENCE_STATE_VERSION = 6
 #: The catalog version with ``subscription.last_error_lsn``.
 ERROR_LSN_VERSION = 7
+#: The catalog version with ``worker.spool_bytes``.
+SPOOL_VERSION = 11
 
 
 def _read_sequences(local: Conn) -> dict[str, list[SequenceStatus]]:
@@ -343,13 +348,14 @@ def read_catalog(local: Conn, stale_after: float, version: int) -> list[CatalogS
             " LEFT JOIN pgferry.subscription_stats st ON st.subscription = s.name"
             " ORDER BY s.name"
         ).fetchall()
+        spool = "spool_bytes" if version >= SPOOL_VERSION else "NULL::int8"
         workers = {
             r[0]: r[1:]
             for r in local.execute(
                 "SELECT subscription, pid, started_at, received_lsn::text, last_msg_send_time,"
                 " last_msg_receipt_time, latest_end_lsn::text, latest_end_time,"
                 " extract(epoch FROM now() - greatest(latest_end_time, last_msg_receipt_time,"
-                " started_at))"
+                f" started_at)), {spool}"
                 " FROM pgferry.worker WHERE relation = ''"
             ).fetchall()
         }
@@ -400,7 +406,7 @@ def _worker(
 ) -> WorkerStatus:
     if row is None:
         return WorkerStatus("stopped" if retry is None else "retrying", retry=retry)
-    pid, started, received, send_time, receipt_time, applied, end_time, age = row
+    pid, started, received, send_time, receipt_time, applied, end_time, age, spool = row
     seconds = _float(age)
     state = "running" if seconds is not None and seconds <= stale_after else "stale"
     return WorkerStatus(
@@ -414,6 +420,7 @@ def _worker(
         last_msg_receipt_time=receipt_time,
         latest_end_time=end_time,
         seconds_since_report=seconds,
+        spool_bytes=None if spool is None else int(spool),
     )
 
 
