@@ -13,7 +13,9 @@ embedded 18): pgbench at ``--scale`` on the publisher, a pgferry subscription wi
   differences (the median of ``--runs``); target: within 2x the floor;
 * ``planted``: 100 differences planted on the subscriber's pgbench_accounts (34
   rows deleted, 33 inserted, 33 changed), one verify, which must list exactly
-  those keys; then ``--repair`` and one more verify, which must be clean.
+  those keys; then ``--repair`` and one more verify, which must be clean;
+* ``load``: ``--load-verifies`` verifies (20) one after another while pgbench
+  writes on the publisher (``-c 2``, TPC-B), each of which must find nothing.
 
     python -m bench.verify                      # scale 20, 18 -> 18
     python -m bench.verify --publisher-bindir /usr/lib/postgresql/15/bin
@@ -28,13 +30,14 @@ import datetime
 import statistics
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 
 from bench.common import Publisher, Timer, machine, prepare_pgbench
 from pgferry.runner import Launcher
 from pgferry.status.wait import wait_ready
 from pgferry.subscription.manage import create_subscription
-from pgferry.testing import Cluster, find_install
+from pgferry.testing import Cluster, PgInstall, find_install
 from pgferry.verify import verify_subscription
 
 SUBSCRIPTION = "bench_verify"
@@ -87,6 +90,33 @@ def plant(sub: Cluster) -> set[tuple[str, str]]:
     return planted
 
 
+def under_load(
+    pub: Cluster, install: PgInstall, sub: Cluster, args: argparse.Namespace
+) -> tuple[int, list[float], list[float]]:
+    """Verifies while pgbench writes: (how many found differences, held s, verify s)."""
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            Publisher(pub.dsn(), install).pgbench("-n", "-c", "2", "-T", "5")
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    false, held, seconds = 0, [], []
+    try:
+        time.sleep(2)
+        for _ in range(args.load_verifies):
+            with Timer() as timer:
+                report = verify_subscription(sub.dsn(), SUBSCRIPTION, jobs=args.jobs)
+            false += 0 if report.identical else 1
+            held.append(report.held_seconds or 0.0)
+            seconds.append(timer.seconds)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    return false, held, seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bindir", help="subscriber's PostgreSQL bin directory")
@@ -94,6 +124,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--load-verifies", type=int, default=20)
     args = parser.parse_args()
     sub_install = find_install(args.bindir)
     pub_install = find_install(args.publisher_bindir or args.bindir)
@@ -131,6 +162,7 @@ def main() -> None:
             exact = found == planted and report.differences == 100
             repaired = verify_subscription(sub.dsn(), SUBSCRIPTION, jobs=args.jobs, repair=True)
             clean = verify_subscription(sub.dsn(), SUBSCRIPTION, jobs=args.jobs).identical
+            loaded = under_load(pub, pub_install, sub, args)
         finally:
             launcher.request_stop()
             thread.join(timeout=60)
@@ -158,6 +190,13 @@ def main() -> None:
         fixed = sum(sum(t.repaired.values()) for t in repaired.tables)
         verdict = "clean" if clean else "NOT clean"
         print(f"| --repair, then verify | {fixed} fixed, {verdict} | clean |")
+        false, held_load, seconds = loaded
+        print(
+            f"| {args.load_verifies} verifies under pgbench -c 2 | {false} with differences;"
+            f" held p50 {statistics.median(held_load) * 1000:.0f} ms,"
+            f" max {max(held_load) * 1000:.0f} ms; verify p50 {statistics.median(seconds):.2f} s"
+            " | none with differences |"
+        )
 
 
 if __name__ == "__main__":

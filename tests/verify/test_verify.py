@@ -96,8 +96,12 @@ def test_planted_differences_found_exactly_and_repaired(ferry: Ferry) -> None:
     assert fixed["public.nokey"] == {"missing": 1, "extra": 1}
     again = verify_subscription(ferry.sub_dsn, ferry.name)
     assert again.identical, _found(again)
-    # The subscriber's own column is left alone; the fixes carry the repair origin.
+    # The subscriber's own column is left alone; the fixes carry an origin of their own.
     assert ferry.on_sub("SELECT extra_sub FROM cols WHERE id = 1") == [(99,)]
+    origin = f"pgferry_repair_{ferry.name}"
+    assert ferry.on_sub(
+        "SELECT count(*) FROM pg_replication_origin WHERE roname = %s", (origin,)
+    ) == [(1,)]
 
 
 def test_small_ranges_bisect_down_to_the_rows(
@@ -181,7 +185,8 @@ def test_the_hold_lease_expires(ferry: Ferry) -> None:
     """A requester that dies without releasing holds apply no longer than its lease."""
     _caught_up(ferry)
     with psycopg.connect(ferry.sub_dsn, autocommit=True) as conn:
-        token = catalog_hold.request(conn, ferry.name, 2.0)
+        token = catalog_hold.request(conn, ferry.name, 4.0)
+        assert token is not None
         wait_for(
             lambda: catalog_hold.acknowledged(conn, ferry.name, token)[0] == catalog_hold.PAUSED,
             "the apply worker paused",
@@ -191,6 +196,8 @@ def test_the_hold_lease_expires(ferry: Ferry) -> None:
         marker = ferry.on_pub("INSERT INTO load (c) VALUES (-2) RETURNING id")[0][0]
         time.sleep(1.0)
         assert ferry.on_sub("SELECT count(*) FROM load WHERE id = %s", (marker,)) == [(0,)]
+        with pytest.raises(PgferryError, match="is held by another verify or switchover"):
+            verify_subscription(ferry.sub_dsn, ferry.name)
         wait_for(
             lambda: ferry.on_sub("SELECT count(*) FROM load WHERE id = %s", (marker,)) == [(1,)],
             "apply going on after the lease",

@@ -50,18 +50,21 @@ class Hold:
     state: str | None
 
 
-def request(conn: psycopg.Connection[Any], subscription: str, lease: float) -> str:
-    """Ask for a pause (step 1); returns the request's token. Replaces an older row."""
+def request(conn: psycopg.Connection[Any], subscription: str, lease: float) -> str | None:
+    """Ask for a pause (step 1); returns the request's token, or None while another
+    request's lease runs (a row whose lease ran out is replaced)."""
     token = uuid.uuid4().hex
-    conn.execute(
+    row = conn.execute(
         "INSERT INTO pgferry.apply_hold (subscription, token, target_lsn, expires_at)"
         " VALUES (%s, %s, NULL, now() + make_interval(secs => %s))"
         " ON CONFLICT (subscription) DO UPDATE SET token = EXCLUDED.token,"
         " target_lsn = NULL, expires_at = EXCLUDED.expires_at, state = NULL,"
-        " acked_lsn = NULL, acked_at = NULL",
+        " acked_lsn = NULL, acked_at = NULL"
+        " WHERE pgferry.apply_hold.expires_at <= now()"
+        " RETURNING token",
         (subscription, token, lease),
-    )
-    return token
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def set_target(

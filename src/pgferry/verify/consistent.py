@@ -98,7 +98,13 @@ class _Requester:
         self.name = name
         self.lease = lease
         self.timeout = timeout
-        self.token = catalog_hold.request(conn, name, lease)
+        token = catalog_hold.request(conn, name, lease)
+        if token is None:
+            raise PgferryError(
+                f"subscription {name!r} is held by another verify or switchover",
+                hint="run it again once that one is done (a hold lasts at most its lease)",
+            )
+        self.token = token
         self._renewed = time.monotonic()
 
     def renew_if_due(self) -> None:
