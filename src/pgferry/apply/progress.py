@@ -109,16 +109,19 @@ class DurableProgress:
         workers.forget_worker(self.local, self.subscription, "", self._since(totals))
         self._counted = totals
 
-    def confirm(self, idle: bool = False) -> None:
+    def confirm(self, idle: bool = False, report: bool = True) -> None:
         """Tell the publisher what is durably applied; ``idle``: nothing more has
-        arrived, so flush the local WAL for it now."""
+        arrived, so flush the local WAL for it now; ``report``: also write the
+        worker's row (not for a keepalive alone: that write is WAL, which a peer
+        subscribed to this database would be told of in a keepalive, confirm and
+        write in turn, and two such workers would keep each other busy)."""
         applier = self.applier
         if self.assembler.between_transactions:
             applier.flush()  # what is applied gets confirmed, and the worker row written
         applier.wait()  # the connection is used here
         durable = self._durable(idle)
         self.committed = max(self.committed, self.pump.confirm(durable, idle=not self._unflushed))
-        if not applier.in_transaction:
+        if report and not applier.in_transaction:
             self.report()
         if idle:
             self.unconfirmed = bool(self._unflushed)

@@ -373,7 +373,7 @@ class ApplyWorker:
                 # nothing for us, such as a switchover's marker): confirming it at
                 # once is what lets a switchover's drain end in milliseconds.
                 idle_seen = pump.idle_lsn
-                progress.confirm(idle=True)
+                progress.confirm(idle=True, report=progress.unconfirmed)
             if between and (applier.due or (pumped.items < READ_BATCH and applier.live)):
                 # At the limit, or live: everything received is applied and the
                 # last commit is recent, so waiting would only add lag.

@@ -10,12 +10,13 @@ unless asked), so the walsender skips that empty transaction, reaches **M**, and
 tells the apply worker its WAL end in a keepalive; the apply worker confirms a
 keepalive's position past its own at once (:mod:`pgferry.apply.worker`: not at
 its next idle look, up to half a second later), once everything before it is
-durably applied, and writes it to its row (``pgferry.worker.committed_lsn``,
-see :mod:`pgferry.apply.progress`). :func:`wait_applied` polls that row every
-:data:`POLL_INTERVAL` seconds until it reaches **M**: then every transaction
-committed on the old primary before the fence is durably applied on the new one,
-not "lag looks like zero". The slot's ``confirmed_flush_lsn`` on the old primary
-counts too (whichever shows **M** first).
+durably applied: the slot's ``confirmed_flush_lsn`` on the old primary shows it
+at once. (The worker's row, ``pgferry.worker.committed_lsn``, shows it at the
+worker's next report, about a second later: a keepalive alone writes no row, see
+:mod:`pgferry.apply.progress`.) :func:`wait_applied` polls both, the row every
+:data:`POLL_INTERVAL` seconds and the slot every :data:`SLOT_EVERY` looks, until
+one reaches **M**: then every transaction committed on the old primary before
+the fence is durably applied on the new one, not "lag looks like zero".
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ MARKER_PREFIX = "pgferry.switchover"
 #: Seconds between two looks at the apply worker's position.
 POLL_INTERVAL = 0.002
 #: Looks at the worker's row per look at the slot (a second server).
-SLOT_EVERY = 10
+SLOT_EVERY = 2
 
 Conn = psycopg.Connection[Any]
 
