@@ -28,7 +28,7 @@ KEYS = {
 }  # fmt: skip
 WORKER_KEYS = {
     "state", "pid", "started_at", "received_lsn", "applied_lsn", "last_msg_send_time",
-    "last_msg_receipt_time", "latest_end_time", "seconds_since_report", "retry",
+    "last_msg_receipt_time", "latest_end_time", "seconds_since_report", "spool_bytes", "retry",
 }  # fmt: skip
 SLOT_KEYS = {
     "name", "exists", "active", "active_pid", "restart_lsn", "confirmed_flush_lsn",
