@@ -287,7 +287,7 @@ def test_usage_errors(cluster: Cluster, dbname: str) -> None:
         (("create", "p", "--all-tables", "--table", "t"), "cannot be combined"),
         (
             ("alter", "p"),
-            "give --add-table, --drop-table, --set-table, --with, --owner or --rename",
+            "give --add-table, --drop-table, --set-table, --with, --ddl, --owner or --rename",
         ),
         (("alter", "p", "--set-table", "t", "--add-table", "u"), "cannot be combined"),
     ]

@@ -180,6 +180,8 @@ def test_create_with_defaults(published: Env) -> None:
         "sequences": "off",
         "sequence_sync_interval": 5,
         "sequence_headroom": 0,
+        "missing_columns": "error",
+        "ddl_unsafe": "stop",
     }
     assert published.tables() == {"public.t1": "i", "public.t2": "i"}
     assert "pgferry_ferry" in published.origins()
@@ -969,7 +971,8 @@ def test_option_rules() -> None:
         "valid keys: copy_data, create_slot, enabled, connect, slot_name, binary, streaming,"
         " two_phase, disable_on_error, synchronous_commit, origin, password_required,"
         " run_as_owner, conflict_resolution, apply_mode, batch_transactions, batch_latency_ms,"
-        " copy_schema, schema_skip, sequences, sequence_sync_interval, sequence_headroom"
+        " copy_schema, schema_skip, sequences, sequence_sync_interval, sequence_headroom,"
+        " missing_columns, ddl_unsafe"
     )
     with pytest.raises(InterfaceError, match="given twice"):
         create_options("s", ["binary=true", "BINARY=false"])

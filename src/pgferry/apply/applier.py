@@ -29,7 +29,10 @@ conflict types and policies, :mod:`.rowwise` for how each is detected):
 * TRUNCATE truncates every listed table it applies, in one statement, with
   RESTART IDENTITY when the publisher used it and without CASCADE (native does not
   cascade on the subscriber);
-* logical messages are not applied.
+* logical messages are not applied;
+* an insert into the publisher's DDL queue runs its statement at that place
+  (:mod:`pgferry.ddl.execute`), after what comes before it, and the remote
+  transaction holding it ends its batch.
 
 In batch mode (:class:`Batching`) several remote transactions share one local
 transaction; each eligible table's changes are then staged and applied set-based,
@@ -61,6 +64,8 @@ from pgferry import origins
 from pgferry.assembler import Transaction
 from pgferry.catalog import store
 from pgferry.conflict import CONFLICT_TYPES, ConflictType, Policy, Resolution
+from pgferry.ddl.execute import DdlApplier, is_queue
+from pgferry.errors import PgferryError
 from pgferry.protocol.lsn import Lsn
 from pgferry.protocol.messages import (
     Change,
@@ -74,9 +79,10 @@ from pgferry.protocol.messages import (
 from pgferry.protocol.relations import RelationCache
 from pgferry.protocol.timestamps import now_pg_us, to_datetime
 
+from . import columns
 from .conflict_context import ConflictContext, LocalRow
 from .errors import apply_error, mapping_error
-from .mapping import MappingError, Stamps, TableMap, build_map, text_value
+from .mapping import ColumnsMissing, MappingError, Stamps, TableMap, build_map, text_value
 from .pipeline import Pipeline
 from .routing import Routing, TableFilter, all_tables
 from .rowwise import Provisional, RowChanges
@@ -187,6 +193,7 @@ class Applier:
         filter_changed: Callable[[], bool] | None = None,
         keepalive: Callable[[], None] | None = None,
         provisional: bool = False,
+        ddl: DdlApplier | None = None,
     ) -> None:
         """``keepalive``: called every :data:`KEEPALIVE_EVERY` changes (a long
         transaction, a streamed one replayed at its commit, must not let the
@@ -199,7 +206,8 @@ class Applier:
         none`` on a publisher older than 16, which cannot filter them itself).
         ``background``: staged statements and batch commits may run in a thread
         of their own (see :class:`~.writer.Writer`); then the owner waits (:meth:`wait`)
-        before using the connection itself."""
+        before using the connection itself. ``ddl``: runs the statements of the
+        publisher's DDL queue (None: they are not applied)."""
         if not conn.autocommit:
             raise ValueError("the applier manages its transactions: pass an autocommit connection")
         self._conn = conn
@@ -251,6 +259,10 @@ class Applier:
         self._batch_started = 0.0
         self.keepalive = keepalive
         self._changes = 0
+        self.ddl = ddl
+        # A DDL statement ran in the open batch: it commits at this remote
+        # transaction's end (a new enum value, say, is usable only after that).
+        self._ddl_ran = False
 
     # -- TransactionConsumer --------------------------------------------------------
 
@@ -333,6 +345,8 @@ class Applier:
         relation_id = change.relation_id
         table = self._map(tx, relation_id, change)
         if table is None:
+            if isinstance(change, Insert) and is_queue(self.relations.relation(relation_id)):
+                self._ddl(tx, change)
             return
         self._batch_rows += 1
         if self._mode.staged:
@@ -592,7 +606,12 @@ class Applier:
         self._batched += 1
         self._batch_transactions += not self._mode.skip
         self._last = (tx, end_lsn)
-        if self._mode.exact or self._batched >= self.batching.max_transactions or self.due:
+        if (
+            self._mode.exact
+            or self._batched >= self.batching.max_transactions
+            or self.due
+            or self._ddl_ran
+        ):
             self.flush(background=True)
 
     @property
@@ -746,6 +765,7 @@ class Applier:
         self._discard_stages()
 
     def _forget_batch(self) -> None:
+        self._ddl_ran = False
         self._state = BatchState.IDLE
         self._begun = False
         self._pipelining = False
@@ -763,7 +783,15 @@ class Applier:
         it (see :mod:`.routing`); ``op`` names what is applied, for errors."""
 
         def build(relation: Relation) -> TableMap:
+            began = self._begun
             try:
+                try:
+                    return build_map(
+                        self.conn, relation, self.conflicts.stamps, self.conflicts.origin_id
+                    )
+                except ColumnsMissing as missing:
+                    if not self._add_columns(tx, missing, began, op):
+                        raise
                 return build_map(
                     self.conn, relation, self.conflicts.stamps, self.conflicts.origin_id
                 )
@@ -779,9 +807,68 @@ class Applier:
 
         return self.routing.table(tx, relation_id, build, reshaped)
 
+    def _add_columns(
+        self, tx: Transaction, missing: ColumnsMissing, began: bool, op: str | Change
+    ) -> bool:
+        """With ``missing_columns = add``, add the columns the local table lacks
+        (see :mod:`.columns`): in a transaction of their own when the batch had not
+        begun (``began``: before the failed map's reads), else in it. False: the
+        option is ``error``."""
+        if not began:
+            # The batch's transaction holds only the map's reads: end it.
+            if self._conn.info.transaction_status != IDLE:
+                self._conn.execute("ROLLBACK")
+            self._begun = False
+        elif self._pipeline.is_open:
+            try:
+                self._pipeline.collect()
+                self._pipeline.close_strict()
+            except psycopg.Error:
+                self._batch_failed(tx)
+        conn = self._conn
+        sub = columns.wanted(conn, self.subscription)
+        if sub is None:
+            return False
+        relation = missing.relation
+        try:
+            new = columns.describe(conn, sub, relation, missing.missing)
+            columns.add(conn, relation, new, in_transaction=began)
+        except PgferryError as exc:
+            error = MappingError(f"cannot add the missing columns: {exc.message}")
+            error.hint = exc.hint
+            raise error from None
+        except psycopg.Error as exc:
+            name = op if isinstance(op, str) else type(op).__name__.upper()
+            table = f"{relation.namespace}.{relation.name}"
+            raise apply_error(self.subscription, exc, tx, table, name) from None
+        return True
+
     def refilter(self) -> None:
         """The table filter may answer otherwise now: ask it again."""
         self.routing.refilter()
+
+    def _ddl(self, tx: Transaction, change: Insert) -> None:
+        """The one place DDL is applied: a statement of the publisher's DDL queue
+        runs after everything before it is applied; the relations' maps and
+        stages are made again afterwards (the next Relation messages describe
+        the new shapes)."""
+        if self.ddl is None:
+            return
+        if self.rows.provisional:
+            # Streamed and applied as it arrives: applied at its commit instead.
+            raise Provisional("a DDL statement in a transaction still streaming")
+        self.checkpoint(tx)
+        if self._pipeline.is_open:
+            try:
+                self._pipeline.close_strict()
+            except psycopg.Error:
+                self._batch_failed(tx)
+        self._pipelining = False
+        relation = self.relations.relation(change.relation_id)
+        if self.ddl.apply(self.conn, tx, relation, change.new):
+            self._ddl_ran = True
+            self._stages.clear()
+            self.routing.reset()
 
     def _truncate(self, tx: Transaction, change: Truncate) -> None:
         targets = []

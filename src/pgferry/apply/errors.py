@@ -63,5 +63,6 @@ def mapping_error(
         table=f"{relation.namespace}.{relation.name}",
         xid=tx.xid,
         finish_lsn=str(tx.commit_lsn),
-        hint="create the table or column on the subscriber; replication resumes on the next retry",
+        hint=exc.hint
+        or "create the table or column on the subscriber; replication resumes on the next retry",
     )

@@ -31,7 +31,8 @@ Contract (:class:`LiveStreams` is the assembler's
   does after a parallel apply worker failed: a conflict (it is logged with the
   commit's LSN and time, and commit-time policies decide by them), an error (it is
   reported with the commit LSN), a table whose sync state decides differently once
-  the commit LSN is known, a lock wait past :data:`LOCK_WAIT`.
+  the commit LSN is known, a lock wait past :data:`LOCK_WAIT`, a replicated DDL
+  statement (see :mod:`pgferry.ddl.execute`).
 """
 
 from __future__ import annotations
@@ -182,6 +183,7 @@ class LiveStreams:
             background=True,
             keepalive=main.keepalive,
             provisional=True,
+            ddl=main.ddl,
         )
         self._main_lock_wait(LOCK_WAIT)
         self._guard(applier.begin, self._tx)

@@ -5,7 +5,8 @@ catalog, the way native's ``logicalrep_rel_open`` does:
 
 * the local table has the remote schema and name;
 * columns are matched by name, whatever their order; extra local columns take
-  their defaults; a published column missing locally is an error naming it;
+  their defaults; a published column missing locally is an error naming it
+  (:class:`ColumnsMissing`: ``missing_columns = add`` adds it, see :mod:`.columns`);
 * values travel in their text form and are cast to the *local* column type, so a
   different but text-compatible type works (int4 -> int8, varchar -> text...);
 * UPDATE and DELETE find the row by the replica identity the publisher sent: its
@@ -33,11 +34,24 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgferry.protocol.messages import UNCHANGED_TOAST, Relation, Value
+from pgferry.protocol.messages import UNCHANGED_TOAST, Column, Relation, Value
 
 
 class MappingError(Exception):
-    """The local table does not fit the remote relation (missing table or column)."""
+    """The local table does not fit the remote relation (missing table or column);
+    ``hint`` says what to do, when it is more than creating what is missing."""
+
+    hint: str | None = None
+
+
+class ColumnsMissing(MappingError):
+    """Published columns the local table lacks (``missing`` of ``relation``), which
+    ``missing_columns = add`` adds (see :mod:`.columns`)."""
+
+    def __init__(self, message: str, relation: Relation, missing: tuple[Column, ...]) -> None:
+        super().__init__(message)
+        self.relation = relation
+        self.missing = missing
 
 
 class Stamps(enum.Enum):
@@ -549,12 +563,14 @@ def build_map(
             " does not exist"
         )
     local = {str(r[0]): (str(r[1]), bool(r[2]), bool(r[3])) for r in rows if r[0] is not None}
-    missing = [c.name for c in relation.columns if c.name not in local]
+    missing = tuple(c for c in relation.columns if c.name not in local)
     if missing:
-        listed = ", ".join(f'"{m}"' for m in missing)
-        raise MappingError(
+        listed = ", ".join(f'"{m.name}"' for m in missing)
+        raise ColumnsMissing(
             f'logical replication target relation "{relation.namespace}.{relation.name}"'
-            f" is missing replicated column{'s' if len(missing) > 1 else ''}: {listed}"
+            f" is missing replicated column{'s' if len(missing) > 1 else ''}: {listed}",
+            relation,
+            missing,
         )
     names = tuple(c.name for c in relation.columns)
     uniques, exact = _unique_indexes(conn, target.as_string(conn), names)

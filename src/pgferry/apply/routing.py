@@ -87,3 +87,9 @@ class Routing:
     def refilter(self) -> None:
         """The table filter may answer otherwise now: ask it again."""
         self.decided.clear()
+
+    def reset(self) -> None:
+        """Local tables may have changed (a replicated DDL): ask the filter again
+        and map every relation anew."""
+        self.decided.clear()
+        self._maps.clear()

@@ -20,7 +20,7 @@ catalog invalidations at the start of each transaction.
 from __future__ import annotations
 
 from pgferry.assembler import Transaction
-from pgferry.catalog import TableState
+from pgferry.catalog import TableState, handover
 from pgferry.catalog.watch import CatalogWatch
 from pgferry.protocol.messages import Relation
 
@@ -41,6 +41,12 @@ class SubscribedTables:
 
     def reload(self) -> None:
         self.states = self.watch.states(self.subscription)
+
+    def adopt(self, states: dict[tuple[str, str], handover.TableState]) -> None:
+        """Take the states the apply session wrote itself and has not committed
+        yet (a replicated DDL that created, renamed or dropped a table): the
+        watch would not see them before the commit."""
+        self.states = states
 
     def changed(self) -> bool:
         """Before a remote transaction: True when the states were read again

@@ -8,6 +8,9 @@ Contract:
   tables in state ``r`` (ready) in the catalog, and serves the table sync workers'
   handovers between transactions (see :mod:`.handover`); the tables it applies
   follow the catalog (see :mod:`.tables`);
+* runs the DDL statements a ``--ddl`` publication carries, each at its place
+  among the changes, for the subscription's publications only (see
+  :mod:`pgferry.ddl.execute`, and ``ddl_unsafe``);
 * in batch mode (the default ``apply_mode``) groups consecutive remote
   transactions into one local commit, committed at the batch limits and whenever
   the stream pauses or a handover needs a commit point;
@@ -43,6 +46,7 @@ from pgferry import connect, origins
 from pgferry.assembler import Assembler
 from pgferry.catalog import TableState, conflict_log, store
 from pgferry.catalog.watch import CatalogWatch
+from pgferry.ddl.execute import DdlApplier
 from pgferry.errors import ApplyError, ConnectionFailed, PgferryError
 from pgferry.protocol.lsn import Lsn
 from pgferry.protocol.relations import RelationCache
@@ -269,6 +273,7 @@ class ApplyWorker:
                 background=True,
                 filter_changed=tables.changed,
                 keepalive=stream.send_status_if_due,
+                ddl=DdlApplier(self.name, sub.publications, sub.options.ddl_unsafe, tables.adopt),
             )
             self.applier = applier
             live = LiveStreams(

@@ -49,6 +49,8 @@ Origin = Literal["any", "none"]
 ApplyMode = Literal["batch", "exact"]
 CopySchema = Literal["false", "true", "all"]
 SequenceSync = Literal["off", "sync"]
+MissingColumns = Literal["error", "add"]
+DdlUnsafe = Literal["stop", "skip"]
 
 #: The values of each option that is one of a few words.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -58,6 +60,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "apply_mode": get_args(ApplyMode),
     "copy_schema": get_args(CopySchema),
     "sequences": get_args(SequenceSync),
+    "missing_columns": get_args(MissingColumns),
+    "ddl_unsafe": get_args(DdlUnsafe),
 }
 #: The (lowest, highest) value of each integer option.
 INTEGER_RANGES: dict[str, tuple[int, int]] = {
@@ -102,6 +106,8 @@ class SubscriptionOptions:
     sequences: SequenceSync = "off"
     sequence_sync_interval: int = 5
     sequence_headroom: int = 0
+    missing_columns: MissingColumns = "error"
+    ddl_unsafe: DdlUnsafe = "stop"
 
     @classmethod
     def from_json(cls, stored: Mapping[str, Any]) -> SubscriptionOptions:

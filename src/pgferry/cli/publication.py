@@ -87,6 +87,11 @@ def publication() -> None:
     metavar="KEY=VALUE",
     help="publish=insert,update,... or publish_via_partition_root=true|false.",
 )
+@click.option(
+    "--ddl",
+    is_flag=True,
+    help="Replicate DDL on its tables too (installs event triggers: superuser).",
+)
 @click.pass_obj
 def create(
     obj: dict[str, str],
@@ -95,6 +100,7 @@ def create(
     all_tables: bool,
     schemas: tuple[str, ...],
     with_: tuple[str, ...],
+    ddl: bool,
 ) -> None:
     """Create publication NAME."""
     if all_tables and (tables or schemas):
@@ -106,9 +112,15 @@ def create(
     options = parse_with(with_)
     with connect(obj["dsn"]) as conn:
         result = create_publication(
-            conn, name, tables=specs, schemas=schema_names, all_tables=all_tables, options=options
+            conn,
+            name,
+            tables=specs,
+            schemas=schema_names,
+            all_tables=all_tables,
+            options=options,
+            ddl=ddl,
         )
-    click.echo(f"created publication {shown(name)}")
+    click.echo(f"created publication {shown(name)}" + (" (with DDL)" if ddl else ""))
     _warn(result.warnings)
 
 
@@ -134,6 +146,12 @@ def create(
 )
 @click.option("--owner", metavar="ROLE", help="Make ROLE the owner (OWNER TO).")
 @click.option("--rename", metavar="NEW", help="Rename it to NEW (RENAME TO), last.")
+@click.option(
+    "--ddl",
+    type=click.Choice(["on", "off"]),
+    default=None,
+    help="Replicate DDL on its tables too (on), or no longer (off).",
+)
 @click.pass_obj
 def alter(
     obj: dict[str, str],
@@ -144,12 +162,15 @@ def alter(
     with_: tuple[str, ...],
     owner: str | None,
     rename: str | None,
+    ddl: str | None,
 ) -> None:
-    """Change publication NAME: options first, then set, drop and add tables, then
-    owner and name."""
-    if not (add or drop or set_ or with_ or owner is not None or rename is not None):
+    """Change publication NAME: options first, then set, drop and add tables, DDL
+    capture, then owner and name."""
+    if not (
+        add or drop or set_ or with_ or owner is not None or rename is not None or ddl is not None
+    ):
         raise click.UsageError(
-            "give --add-table, --drop-table, --set-table, --with, --owner or --rename"
+            "give --add-table, --drop-table, --set-table, --with, --ddl, --owner or --rename"
         )
     if set_ and (add or drop):
         raise click.UsageError("--set-table cannot be combined with --add-table or --drop-table")
@@ -167,10 +188,12 @@ def alter(
             options=options,
             owner=owner,
             rename=rename,
+            ddl=None if ddl is None else ddl == "on",
         )
     renamed = f" (renamed to {shown(rename)})" if rename is not None else ""
     owned = f" (owner {printable(ident(owner))})" if owner is not None else ""
-    click.echo(f"altered publication {shown(name)}{owned}{renamed}")
+    captured = "" if ddl is None else f" (DDL {ddl})"
+    click.echo(f"altered publication {shown(name)}{owned}{captured}{renamed}")
     _warn(result.warnings)
 
 

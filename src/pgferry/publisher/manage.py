@@ -20,6 +20,9 @@ Contract:
   changed (``publish`` may now include UPDATE or DELETE) about every table of the
   publication; after a rename, when the database has pgoutput slots, that their
   subscriptions must name the new publication (subscribers name publications).
+* ``ddl`` (``create --ddl``, ``alter --ddl on|off``): the DDL capture of
+  :mod:`pgferry.ddl.capture` is installed if needed and the queue table joins
+  the publication (or leaves it), in the same transaction as the rest.
 * A missing publication is :class:`~pgferry.errors.PublicationNotFound`, a taken
   name :class:`~pgferry.publisher.validate.PublicationAlreadyExists`; other
   server errors become :class:`~pgferry.errors.ServerError` with PostgreSQL's
@@ -53,6 +56,7 @@ import psycopg
 from psycopg import sql
 
 from pgferry.connect import publisher as connect_publisher
+from pgferry.ddl import capture
 from pgferry.errors import (
     ConnectionFailed,
     InterfaceError,
@@ -262,6 +266,7 @@ def create_publication(
     schemas: Sequence[str] = (),
     all_tables: bool = False,
     options: PublicationOptions | None = None,
+    ddl: bool = False,
 ) -> ChangeResult:
     """``CREATE PUBLICATION name FOR ...``; see the module docstring."""
     options = options or PublicationOptions()
@@ -295,6 +300,8 @@ def create_publication(
     warnings: list[str] = []
     with conn.transaction():
         _run(conn, statement, "cannot create the publication", name)
+        if ddl:
+            _ddl(conn, name, True)
         if all_tables:
             warnings.append(
                 f"publication {shown(name)} is FOR ALL TABLES: every table created in this "
@@ -314,6 +321,7 @@ def alter_publication(
     options: PublicationOptions | None = None,
     owner: str | None = None,
     rename: str | None = None,
+    ddl: bool | None = None,
 ) -> ChangeResult:
     """``ALTER PUBLICATION``: options, then set, drop and add tables, then ``OWNER
     TO`` and ``RENAME TO``; one transaction."""
@@ -332,10 +340,10 @@ def alter_publication(
             "--add-table or --drop-table"
         )
     renaming = owner is not None or rename is not None
-    if not (add or drop or set_tables or renaming) and options.empty:
+    if not (add or drop or set_tables or renaming or ddl is not None) and options.empty:
         raise InterfaceError(
             "nothing to change: give --add-table, --drop-table, --set-table, --with,"
-            " --owner or --rename"
+            " --ddl, --owner or --rename"
         )
     if any(s.columns is not None or s.row_filter is not None for s in drop):
         raise InterfaceError("--drop-table takes a table name only")
@@ -388,6 +396,8 @@ def alter_publication(
                     conn, (t.oid for t in new_tables)
                 )
             warnings = _warnings(conn, name, only)
+        if ddl is not None:
+            _ddl(conn, name, ddl)
         if owner is not None:
             _run(
                 conn,
@@ -402,8 +412,20 @@ def alter_publication(
                 context,
                 name,
             )
+            capture.renamed(conn, name, rename)
             warnings += _rename_warnings(conn, name, rename)
     return ChangeResult(name if rename is None else rename, tuple(warnings))
+
+
+def _ddl(conn: Conn, name: str, on: bool) -> None:
+    """Capture DDL for the publication, or stop (see :mod:`pgferry.ddl.capture`)."""
+    try:
+        if on:
+            capture.enable(conn, name)
+        else:
+            capture.disable(conn, name)
+    except psycopg.Error as exc:
+        raise _server_error(exc, "cannot set up the DDL capture", name) from None
 
 
 def _rename_warnings(conn: Conn, old: str, new: str) -> list[str]:
@@ -442,6 +464,7 @@ def drop_publication(conn: Conn, name: str, *, if_exists: bool = False) -> bool:
             "cannot drop the publication",
             name,
         )
+        capture.dropped(conn, name)
     return True
 
 

@@ -14,6 +14,8 @@ snapshot), so both agree with each other and with what pgoutput sends:
   be equal (native refuses different lists, a publication without a list counting
   as "every column"), the row filters are OR-ed, and no filter at all if one
   publication has none.
+* the DDL queue (``pgferry_ddl.queue``, see :mod:`pgferry.ddl.capture`) is
+  published for the statements it carries, never a table of a subscription.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pgferry.ddl.capture import QUEUE_SCHEMA
 from pgferry.errors import ServerError
 from pgferry.sqltext import qualified, quote_literal
 
@@ -82,6 +85,8 @@ def _query(major: int, publications: Sequence[str], table: tuple[str, str] | Non
         " JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname"
         " JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename"
         f" WHERE t.pubname IN ({listed}){only}"
+        # The DDL queue is published for its statements, not as a table to copy.
+        f" AND t.schemaname <> {quote_literal(QUEUE_SCHEMA)}"
         " ORDER BY 1, 2, t.pubname"
     )
 

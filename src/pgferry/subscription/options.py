@@ -44,6 +44,12 @@ sequences            off       sync: keep the subscriber's sequences of the
 sequence_sync_interval 5       0 to 86400 seconds between sequence syncs (0:
                                only at the end of the initial sync and on demand)
 sequence_headroom    0         0 to 1000000000: added to each synced value
+missing_columns      error     error: a published column the subscriber table
+                               lacks stops apply, as native; add: it is added
+                               first (pgferry's own, see :mod:`pgferry.apply.columns`)
+ddl_unsafe           stop      stop, skip: what the apply worker does with a
+                               replicated DDL whose replay would not give the
+                               same data (see :mod:`pgferry.ddl.classify`)
 ===================  ========  ==================================================
 
 Booleans are spelled as PostgreSQL accepts them: ``true/false``, ``on/off``,
@@ -110,6 +116,8 @@ CREATE_KEYS = (
     "sequences",
     "sequence_sync_interval",
     "sequence_headroom",
+    "missing_columns",
+    "ddl_unsafe",
 )
 #: Keys ``alter --with`` sets on an existing subscription (two_phase only while disabled).
 ALTER_KEYS = (
@@ -131,6 +139,8 @@ ALTER_KEYS = (
     "sequences",
     "sequence_sync_interval",
     "sequence_headroom",
+    "missing_columns",
+    "ddl_unsafe",
 )
 #: Keys ``alter --with`` takes for a publication change or refresh.
 REFRESH_KEYS = ("refresh", "copy_data")
@@ -293,6 +303,10 @@ def normalise(key: str, value: str) -> Any:
         return str(Resolution.parse(value)) or "error"
     if key == "apply_mode":
         return _choice(key, value, _APPLY_MODE)
+    if key == "missing_columns":
+        return _choice(key, value, CHOICES["missing_columns"])
+    if key == "ddl_unsafe":
+        return _choice(key, value, CHOICES["ddl_unsafe"])
     if key in TEXT_KEYS:
         if "\0" in value:
             raise InterfaceError(f"{key} contains a NUL character")

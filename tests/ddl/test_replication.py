@@ -1,0 +1,342 @@
+"""DDL replication end to end: publisher (each ``--pg`` major) -> pgferry -> 18.
+
+The corpus of :mod:`tests.ddl.corpus` runs on the publisher under a write load:
+no apply stop, every row equal, ``schema diff`` clean, no echo into a capture on
+the subscriber, and the DDL lag no larger than the row lag. Then unsafe
+statements (stop, ``--skip``, ``ddl_unsafe=skip``), a DDL inside a streamed
+transaction, and the CLI.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgferry.catalog import handover, store
+from pgferry.ddl import capture
+from pgferry.publisher import manage
+from pgferry.schema.diff import diff_subscription
+from pgferry.subscription.manage import create_subscription
+from pgferry.testing import Cluster, install_for_major
+from tests.conformance.conftest import Ferry
+from tests.ddl.conftest import unique
+from tests.ddl.corpus import CORPUS, LOAD, SCHEMA
+from tests.support import pgferry, wait_for
+
+
+class Load:
+    """The corpus's write load, one transaction per statement, in a thread."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.done = threading.Event()
+        self.count = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                while not self.done.is_set():
+                    statement = LOAD[self.count % len(LOAD)].format(i=self.count)
+                    conn.execute(statement.encode())
+                    self.count += 1
+                    time.sleep(0.002)
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(timeout=30)
+
+
+def _rows(dsn: str, table: tuple[str, str]) -> list[Any]:
+    with psycopg.connect(dsn, autocommit=True, options="-c TimeZone=UTC") as conn:
+        query = sql.SQL("SELECT to_jsonb(t)::text FROM {} t ORDER BY 1")
+        return conn.execute(query.format(sql.Identifier(*table))).fetchall()
+
+
+def _no_stops(ferry: Ferry, name: str) -> None:
+    sub = ferry.subscription(name)
+    assert sub.last_error is None, sub.last_error
+    with ferry.sub.connect(ferry.sub_db) as conn:
+        assert store.stats(conn, name)["apply_error_count"] == 0
+
+
+def _tables(ferry: Ferry, name: str) -> set[tuple[str, str]]:
+    with ferry.sub.connect(ferry.sub_db) as conn:
+        return set(handover.states(conn, name))
+
+
+def _caught_up(ferry: Ferry, marker: str) -> None:
+    ferry.on_pub("INSERT INTO events (kind) VALUES (%s)", (marker,))
+    ferry.wait_rows(f"SELECT count(*) FROM events WHERE kind = '{marker}'", [(1,)], timeout=120)
+
+
+def _lags(ferry: Ferry, probes: int = 5) -> tuple[float, float]:
+    """Median seconds from a publisher commit to its effect on the subscriber: of
+    a row insert, and of a DDL statement (alternating, one at a time)."""
+    row_lags: list[float] = []
+    ddl_lags: list[float] = []
+
+    def seen(query: str) -> float:
+        while not ferry.on_sub(query)[0][0]:
+            time.sleep(0.005)
+        return time.monotonic()
+
+    for k in range(probes):
+        start = time.monotonic()
+        ferry.on_pub("INSERT INTO events (kind) VALUES (%s)", (f"probe {k}",))
+        row_lags.append(seen(f"SELECT count(*) FROM events WHERE kind = 'probe {k}'") - start)
+        start = time.monotonic()
+        ferry.on_pub(f"ALTER TABLE events ADD COLUMN probe_{k} int")
+        ddl_lags.append(
+            seen(
+                "SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.events'::regclass"
+                f" AND attname = 'probe_{k}'"
+            )
+            - start
+        )
+    return statistics.median(row_lags), statistics.median(ddl_lags)
+
+
+def test_corpus_under_load(ddl_ferry: Ferry) -> None:
+    ferry = ddl_ferry
+    ddl_statements = [s for _, s in CORPUS if not s.startswith(("INSERT", "UPDATE"))]
+    assert len(ddl_statements) >= 50
+    name = unique("corpus", ferry)
+    ferry.on_pub(SCHEMA)
+    ferry.on_pub("CREATE PUBLICATION app FOR ALL TABLES WITH (publish_via_partition_root = true)")
+    with manage.connect(ferry.pub.dsn(ferry.pub_db)) as conn:
+        manage.alter_publication(conn, "app", ddl=True)
+    ferry.subscribe(name, ["app"], "copy_schema=true", "sequences=off")
+    with ferry.running():
+        ferry.wait_ready(name, timeout=120)
+        # A capture on the subscriber too, as in a two-way setup: what the apply
+        # worker replays must not be captured again (no echo).
+        ferry.on_sub("CREATE PUBLICATION back FOR TABLE events")
+        with manage.connect(ferry.sub_dsn) as conn:
+            manage.alter_publication(conn, "back", ddl=True)
+        with Load(ferry.pub.dsn(ferry.pub_db)) as load:
+            for framework, statement in CORPUS:
+                try:
+                    ferry.on_pub(statement)
+                except psycopg.Error as exc:
+                    raise AssertionError(f"{framework}: {statement}: {exc}") from exc
+                time.sleep(0.01)
+        assert load.error is None, load.error
+        assert load.count > 0
+        _caught_up(ferry, "after the corpus")
+        row_lag, ddl_lag = _lags(ferry)
+        _no_stops(ferry, name)
+    tables = _tables(ferry, name)
+    # New tables joined the subscription; a renamed one followed; dropped ones left.
+    assert {("public", "app_publisher"), ("public", "accounts")} <= tables
+    assert not {("public", "app_tag"), ("public", "app_label"), ("public", "app_book_tags")} & (
+        tables
+    )
+    for table in sorted(tables):
+        assert _rows(ferry.sub_dsn, table) == _rows(ferry.pub.dsn(ferry.pub_db), table), table
+    diff = diff_subscription(ferry.sub_dsn, name)
+    assert diff.equivalent, diff.differences
+    assert ferry.on_sub("SELECT count(*) FROM pgferry_ddl.queue") == [(0,)]
+    # (The subscriber's own capture works: a local statement is recorded.)
+    ferry.on_sub("COMMENT ON TABLE events IS 'local'")
+    assert ferry.on_sub("SELECT count(*) FROM pgferry_ddl.queue") == [(1,)]
+    # In stream order with the rows: a DDL is not later than a row would be
+    # (one polling interval of tolerance).
+    print(f"median lag: row {row_lag * 1000:.0f} ms, DDL {ddl_lag * 1000:.0f} ms")
+    assert ddl_lag <= row_lag + 0.05, (ddl_lag, row_lag)
+
+
+def _table_list_setup(ferry: Ferry, name: str, *options: str) -> None:
+    ferry.on_pub("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    ferry.on_sub("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    dsn = ferry.pub.dsn(ferry.pub_db)
+    run = pgferry(dsn, "publication", "create", "p", "--table", "t", "--ddl")
+    assert run.returncode == 0, run.stderr
+    assert "(with DDL)" in run.stdout
+    ferry.subscribe(name, ["p"], *options)
+
+
+def test_unsafe_statement_stops_then_skip(ddl_ferry: Ferry) -> None:
+    ferry = ddl_ferry
+    name = unique("unsafe", ferry)
+    _table_list_setup(ferry, name)
+    statement = "DO $$ BEGIN EXECUTE 'CREATE INDEX t_d ON t (v)'; END $$"
+    with ferry.running():
+        ferry.wait_ready(name)
+        ferry.on_pub("INSERT INTO t VALUES (1, 'before')")
+        ferry.on_pub(statement)
+        ferry.on_pub("INSERT INTO t VALUES (2, 'after')")
+        wait_for(lambda: ferry.subscription(name).last_error is not None, "the apply error", 60)
+        error = ferry.subscription(name).last_error or ""
+        assert "DDL not replicated" in error and "DO statement" in error, error
+        with ferry.sub.connect(ferry.sub_db) as conn:
+            lsn = store.failed_lsn(conn, name)
+        assert lsn is not None and str(lsn) in error
+        ferry.wait_rows("SELECT id FROM t ORDER BY id", [(1,)])
+        ferry.alter(name, skip=str(lsn))
+        ferry.wait_rows("SELECT id FROM t ORDER BY id", [(1,), (2,)])
+        # With ddl_unsafe=skip the statement is left out and replication goes on.
+        ferry.alter(name, with_options=("ddl_unsafe=skip",))
+        ferry.on_pub(statement.replace("t_d", "t_e"))
+        ferry.on_pub("INSERT INTO t VALUES (3, 'skipped past')")
+        ferry.wait_rows("SELECT id FROM t ORDER BY id", [(1,), (2,), (3,)])
+    assert ferry.on_sub("SELECT count(*) FROM pg_indexes WHERE indexname IN ('t_d', 't_e')") == [
+        (0,)
+    ]
+
+
+def test_a_failing_statement_stops_with_the_statement(ddl_ferry: Ferry) -> None:
+    ferry = ddl_ferry
+    name = unique("failing", ferry)
+    _table_list_setup(ferry, name)
+    with ferry.running():
+        ferry.wait_ready(name)
+        ferry.on_pub("CREATE INDEX t_v ON t (v)")
+        ferry.wait_rows("SELECT count(*) FROM pg_indexes WHERE indexname = 't_v'", [(1,)])
+        ferry.on_sub("DROP INDEX t_v")  # the subscriber differs
+        ferry.on_pub('ALTER INDEX t_v RENAME TO "t v"')
+        ferry.on_pub("INSERT INTO t VALUES (1, 'after')")
+        wait_for(lambda: ferry.subscription(name).last_error is not None, "the apply error", 60)
+        error = ferry.subscription(name).last_error or ""
+        assert 'relation "t_v" does not exist' in error, error
+        assert "applying DDL 'ALTER INDEX t_v RENAME TO \"t v\"'" in error, error
+        with ferry.sub.connect(ferry.sub_db) as conn:
+            lsn = store.failed_lsn(conn, name)
+        assert lsn is not None and f"finished at {lsn}" in error
+        # Once the subscriber has what the statement expects, it goes on by itself.
+        ferry.on_sub("CREATE INDEX t_v ON t (v)")
+        ferry.wait_rows("SELECT id FROM t", [(1,)])
+    assert ferry.on_sub("SELECT indexname FROM pg_indexes WHERE tablename = 't' ORDER BY 1") == [
+        ("t v",),
+        ("t_pkey",),
+    ]
+
+
+def test_ddl_in_a_streamed_transaction(ddl_ferry: Ferry) -> None:
+    """Streamed while in progress (a small logical_decoding_work_mem): a
+    transaction holding DDL is applied at its commit, whole."""
+    ferry = ddl_ferry
+    if ferry.pub.major < 14:
+        pytest.skip("streaming needs a publisher of 14 or later")
+    name = unique("streamed", ferry)
+    ferry.on_pub("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    ferry.on_sub("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    ferry.on_pub("CREATE PUBLICATION p FOR TABLE t")
+    with manage.connect(ferry.pub.dsn(ferry.pub_db)) as conn:
+        manage.alter_publication(conn, "p", ddl=True)
+    conninfo = ferry.pub.dsn(ferry.pub_db) + " options='-c logical_decoding_work_mem=64kB'"
+    create_subscription(ferry.sub_dsn, name, conninfo, ["p"], ["streaming=parallel"])
+    with ferry.running():
+        ferry.wait_ready(name)
+        with ferry.pub.connect(ferry.pub_db) as conn, conn.transaction():
+            conn.execute("INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 3000) g")
+            conn.execute("ALTER TABLE t ADD COLUMN w int")
+            conn.execute("INSERT INTO t SELECT g, 'y', g FROM generate_series(3001, 6000) g")
+        wait_for(
+            lambda: ferry.on_sub("SELECT count(*) FROM t") == [(6000,)], "the streamed rows", 120
+        )
+        assert ferry.on_sub("SELECT sum(w) FROM t") == [(sum(range(3001, 6001)),)]
+        _no_stops(ferry, name)
+
+
+def test_publication_ddl_on_off(ddl_ferry: Ferry) -> None:
+    ferry = ddl_ferry
+    dsn = ferry.pub.dsn(ferry.pub_db)
+    ferry.on_pub('CREATE TABLE "we ird" (id int PRIMARY KEY)')
+    run = pgferry(dsn, "publication", "create", 'pub"x', "--table", '"we ird"')
+    assert run.returncode == 0, run.stderr
+    run = pgferry(dsn, "publication", "alter", 'pub"x', "--ddl", "on")
+    assert run.returncode == 0, run.stderr
+    with manage.connect(dsn) as conn:
+        assert capture.enabled(conn, 'pub"x')
+    ferry.on_pub('ALTER TABLE "we ird" ADD COLUMN c int')
+    rows = ferry.on_pub("SELECT publications, command FROM pgferry_ddl.queue")
+    assert rows == [('["pub\\"x"]', 'ALTER TABLE "we ird" ADD COLUMN c int')]
+    run = pgferry(dsn, "publication", "alter", 'pub"x', "--ddl", "off")
+    assert run.returncode == 0, run.stderr
+    ferry.on_pub('ALTER TABLE "we ird" ADD COLUMN d int')
+    assert len(ferry.on_pub("SELECT 1 FROM pgferry_ddl.queue")) == 1
+    assert ferry.on_pub(
+        "SELECT count(*) FROM pg_publication_tables WHERE schemaname = 'pgferry_ddl'"
+    ) == [(0,)]
+    ferry.on_pub("CREATE PUBLICATION updates FOR TABLE \"we ird\" WITH (publish = 'update')")
+    run = pgferry(dsn, "publication", "alter", "updates", "--ddl", "on")
+    assert run.returncode == 1
+    assert "does not publish inserts" in run.stderr and "hint:" in run.stderr, run.stderr
+    # Not readable by PUBLIC.
+    assert ferry.on_pub("SELECT has_schema_privilege('public', 'pgferry_ddl', 'USAGE')") == [
+        (False,)
+    ]
+
+
+def test_ddl_during_the_initial_sync(ddl_ferry: Ferry) -> None:
+    """The apply worker runs each DDL at its position whatever the table's sync
+    state; the copy and its catch-up follow the table's shape (retried while the
+    two disagree), and the table ends equal on both sides."""
+    ferry = ddl_ferry
+    name = unique("sync", ferry)
+    ferry.on_pub(
+        "CREATE TABLE big (id int PRIMARY KEY, v text);"
+        " INSERT INTO big SELECT g, repeat('v', 50) FROM generate_series(1, 30000) g"
+    )
+    ferry.on_pub("CREATE PUBLICATION p FOR TABLE big")
+    with manage.connect(ferry.pub.dsn(ferry.pub_db)) as conn:
+        manage.alter_publication(conn, "p", ddl=True)
+    ferry.subscribe(name, ["p"], "copy_schema=true")
+    with ferry.running():
+        ferry.on_pub("ALTER TABLE big ADD COLUMN c int DEFAULT 7 NOT NULL")
+        ferry.on_pub("INSERT INTO big VALUES (30001, 'after', 8)")
+        ferry.on_pub("CREATE INDEX big_c ON big (c)")
+        ferry.on_pub("UPDATE big SET c = 9 WHERE id <= 10")
+        ferry.wait_ready(name, timeout=120)
+        ferry.wait_rows("SELECT count(*), sum(c) FROM big", [(30001, 29990 * 7 + 8 + 90)], 120)
+    assert _rows(ferry.sub_dsn, ("public", "big")) == _rows(
+        ferry.pub.dsn(ferry.pub_db), ("public", "big")
+    )
+    diff = diff_subscription(ferry.sub_dsn, name)
+    assert diff.equivalent, diff.differences
+
+
+def test_publisher_13_smoke(sub18: Cluster) -> None:
+    """The oldest publisher pgferry supports: pgoutput 1, no logical messages; the
+    queue table carries the statements all the same."""
+    with Cluster(install_for_major(13)) as pub:
+        pub.create_database("app")
+        sub18.create_database("ddl_sub_pg13")
+        try:
+            ferry = Ferry(pub, "app", sub18, "ddl_sub_pg13")
+            ferry.on_pub(
+                "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')"
+            )
+            with manage.connect(pub.dsn("app")) as conn:
+                manage.create_publication(conn, "p", all_tables=True, ddl=True)
+            ferry.subscribe("ddl_pg13", ["p"], "copy_schema=true")
+            with ferry.running():
+                ferry.wait_ready("ddl_pg13")
+                ferry.on_pub("ALTER TABLE t ADD COLUMN w int DEFAULT 0 NOT NULL")
+                ferry.on_pub("CREATE TABLE u (id int PRIMARY KEY)")
+                ferry.on_pub("INSERT INTO u VALUES (5)")
+                # A query string of DDL only is replayed whole.
+                ferry.on_pub("ALTER TABLE t ADD COLUMN x int; CREATE INDEX t_x ON t (x)")
+                ferry.on_pub("INSERT INTO t VALUES (2, 'b', 3, 4)")
+                ferry.wait_rows("SELECT * FROM t ORDER BY id", [(1, "a", 0, None), (2, "b", 3, 4)])
+                ferry.wait_rows("SELECT * FROM u", [(5,)])
+                _no_stops(ferry, "ddl_pg13")
+            diff = diff_subscription(ferry.sub_dsn, "ddl_pg13")
+            assert diff.equivalent, diff.differences
+        finally:
+            sub18.drop_database("ddl_sub_pg13")
+            sub18.sql("SELECT pg_replication_origin_drop('pgferry_ddl_pg13')")
