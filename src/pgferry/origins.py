@@ -51,6 +51,13 @@ def sync_origin(subscription: str, schema: str, name: str) -> str:
     return f"{SYNC_PREFIX}{digest}"
 
 
+def repair_origin(subscription: str) -> str:
+    """The origin ``pgferry verify --repair`` writes its fixes under (not the
+    subscription's own, which its apply worker holds; still not local, so peers
+    filtering on ``origin = none`` leave the fixes out)."""
+    return f"pgferry_repair_{subscription}"
+
+
 def is_sync(origin: str) -> bool:
     """Whether ``origin`` is a table sync worker's."""
     return origin.startswith(SYNC_PREFIX)

@@ -99,9 +99,11 @@ def test_planted_differences_found_exactly_and_repaired(ferry: Ferry) -> None:
     # The subscriber's own column is left alone; the fixes carry an origin of their own.
     assert ferry.on_sub("SELECT extra_sub FROM cols WHERE id = 1") == [(99,)]
     origin = f"pgferry_repair_{ferry.name}"
-    assert ferry.on_sub(
-        "SELECT count(*) FROM pg_replication_origin WHERE roname = %s", (origin,)
-    ) == [(1,)]
+    count = "SELECT count(*) FROM pg_replication_origin WHERE roname = %s"
+    assert ferry.on_sub(count, (origin,)) == [(1,)]
+    # Dropping the subscription drops the repair origin with its own.
+    drop_subscription(ferry.sub_dsn, ferry.name)
+    assert ferry.on_sub(count, (origin,)) == [(0,)]
 
 
 def test_small_ranges_bisect_down_to_the_rows(

@@ -42,10 +42,6 @@ logger = logging.getLogger("pgferry.verify")
 CHUNK = 500
 
 
-def repair_origin(subscription: str) -> str:
-    return f"pgferry_repair_{subscription}"
-
-
 def _literal(value: str | None) -> str:
     return "NULL" if value is None else quote_literal(value)
 
@@ -89,7 +85,7 @@ def _fix_all(
     for setting, value in SESSION_SETTINGS:
         local.execute("SELECT pg_catalog.set_config(%s, %s, false)", (setting, value))
     local.execute("SET session_replication_role = replica")
-    origin = repair_origin(name)
+    origin = origins.repair_origin(name)
     origins.ensure(local, origin)
     origins.bind(local, origin)
     try:
