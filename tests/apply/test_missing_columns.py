@@ -340,6 +340,50 @@ def test_a_column_added_while_the_table_syncs(ferry: Ferry) -> None:
     ferry.same("t")
 
 
+def test_a_column_added_before_the_copy(ferry: Ferry) -> None:
+    """The publisher gained columns after the subscription was created: the sync
+    worker adds them before its copy, which then carries their values."""
+    ferry.on_pub(TABLES + "CREATE PUBLICATION pub FOR TABLE t")
+    ferry.on_sub(TABLES)
+    weird = WEIRD.replace('"', '""')
+    ferry.on_pub(
+        "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;"
+        f""" ALTER TABLE t ADD COLUMN m mood DEFAULT 'ok', ADD COLUMN "{weird}" """
+        " varchar(12) NOT NULL DEFAULT 'w';"
+        " INSERT INTO t VALUES (101, 'late', 'happy', 'x')"
+    )
+    create_slot(ferry.pub, ferry.pub_db, ferry.name)
+    with ferry.sub.connect(ferry.sub_db) as conn:
+        ensure_catalog(conn)
+        store.create_subscription(
+            conn,
+            Subscription(
+                ferry.name,
+                ferry.pub.dsn(ferry.pub_db),
+                ("pub",),
+                ferry.name,
+                f"pgferry_{ferry.name}",
+                options=SubscriptionOptions(missing_columns="add"),
+            ),
+        )
+        store.upsert_table(
+            conn, SubscriptionTable(ferry.name, "public", "t", "public", "t", TableState.INIT, None)
+        )
+
+    def states() -> set[str]:
+        with ferry.sub.connect(ferry.sub_db) as conn:
+            return {s.state for s in handover.states(conn, ferry.name).values()}
+
+    runner = Runner()
+    try:
+        runner.start(TableSyncWorker(ferry.sub.dsn(ferry.sub_db), ferry.name, "public", "t"))
+        wait_for(lambda: states() == {"f"} or bool(runner.errors), "the copy")
+        assert not runner.errors, runner.errors
+    finally:
+        runner.stop()
+    ferry.same("t")
+
+
 def test_the_option_is_parsed() -> None:
     assert create_options("s", []).options.missing_columns == "error"
     assert create_options("s", ["missing_columns=ADD"]).options.missing_columns == "add"

@@ -248,6 +248,49 @@ def add(
             )
 
 
+def add_before_copy(
+    local: psycopg.Connection[Any],
+    remote: psycopg.Connection[Any],
+    sub: store.Subscription,
+    table: tuple[str, str],
+    published: list[str],
+) -> None:
+    """Before a table's initial copy: add the ``published`` columns the local
+    table lacks (``missing_columns = add``; nothing otherwise). ``remote`` is the
+    copy's session, in its snapshot: the types are read there. A table sync
+    worker meets them when a column was added on the publisher after the
+    subscription was created (``create`` checks every column up front)."""
+    if sub.options.missing_columns != "add":
+        return
+    schema, name = table
+    have = {
+        str(r[0])
+        for r in local.execute(
+            "SELECT a.attname FROM pg_catalog.pg_attribute a"
+            " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+            (schema, name),
+        ).fetchall()
+    }
+    lacking = [c for c in published if c not in have]
+    if not lacking:
+        return
+    rows = remote.execute(
+        "SELECT c.oid, a.attname, a.atttypid, a.atttypmod FROM pg_catalog.pg_attribute a"
+        " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND a.attname = ANY(%s)"
+        " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        (schema, name, lacking),
+    ).fetchall()
+    if not rows:
+        return
+    columns = tuple(Column(str(n), int(typ), int(mod), False) for _, n, typ, mod in rows)
+    relation = Relation(None, int(rows[0][0]), schema, name, "d", columns)
+    add(local, relation, describe(local, sub, relation, columns), in_transaction=False)
+
+
 def _in_savepoint(conn: psycopg.Connection[Any], statements: list[sql.Composed]) -> None:
     """Run ``statements`` under a savepoint of the open transaction with the lock
     timeout, which is then set back to what it was (or all is rolled back to the

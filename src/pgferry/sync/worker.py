@@ -38,6 +38,7 @@ import psycopg
 from psycopg import sql
 
 from pgferry import connect, origins
+from pgferry.apply import columns as missing_columns
 from pgferry.apply import session as apply_session
 from pgferry.apply.applier import Applier
 from pgferry.apply.conflict_context import session_context
@@ -160,7 +161,7 @@ class TableSyncWorker:
                 local, self.subscription, self.schema, self.name, TableState.DATA, None
             )
             self._forget_previous_attempt(local, sub.conninfo)
-            consistent = self._copy(local, sub.conninfo, sub.publications, synchronous_commit)
+            consistent = self._copy(local, sub, synchronous_commit)
         else:
             assert state.state == TableState.FINISHED and state.state_lsn is not None
             consistent = state.state_lsn
@@ -210,13 +211,10 @@ class TableSyncWorker:
         return list(found[0].columns), found[0].row_filter
 
     def _copy(
-        self,
-        local: psycopg.Connection[Any],
-        conninfo: str,
-        publications: tuple[str, ...],
-        synchronous_commit: str,
+        self, local: psycopg.Connection[Any], sub: store.Subscription, synchronous_commit: str
     ) -> Lsn:
         """Steps 2 and 3; returns the consistent point C."""
+        conninfo = sub.conninfo
         with ReplicationConnection.connect(
             conninfo, application_name=f"{self.subscription} sync"
         ) as repl:
@@ -237,7 +235,10 @@ class TableSyncWorker:
                 remote.execute(
                     sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(slot.snapshot_name))
                 )
-                columns, row_filter = self._remote_shape(remote, publications)
+                columns, row_filter = self._remote_shape(remote, sub.publications)
+                missing_columns.add_before_copy(
+                    local, remote, sub, (self.schema, self.name), columns
+                )
                 binary = copy_in_binary(remote, local, self.schema, self.name, columns)
                 options = sql.SQL(" (FORMAT binary)" if binary else "")
                 column_list = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
