@@ -145,11 +145,13 @@ def test_run_logs_one_json_line_per_event(setup: Setup, launch: Callable[..., Ru
     setup.ready("logs_json")
     apply_started = find(message="started apply worker*", subscription="logs_json")
     assert apply_started and apply_started[0]["worker"] == "apply"
-    # The worker's own lines carry what it is.
+    # The worker's own lines carry what it is, and the position they speak of.
     run.until(
         lambda: bool(find(worker="apply", subscription="logs_json", logger="pgferry.apply")),
         "a line of the apply worker",
     )
+    (streaming, *_) = find(message="subscription logs_json: apply worker streaming from*")
+    assert streaming["message"].endswith(f"streaming from {streaming['lsn']}")
 
     # An apply error (a PostgreSQL error with a DETAIL), retried.
     setup.cluster.sql("ALTER TABLE t ADD CONSTRAINT no_bad CHECK (v <> 'bad')", dbname=setup.sub)

@@ -77,7 +77,12 @@ class HandoverServer:
                 # it: meanwhile nothing of that table may pass us by.
                 handover.set_catchup(local, name, key[0], key[1], position)
                 logger.info(
-                    "subscription %s: table %s.%s catches up to %s", name, key[0], key[1], position
+                    "subscription %s: table %s.%s catches up to %s",
+                    name,
+                    key[0],
+                    key[1],
+                    position,
+                    extra={"lsn": str(position)},
                 )
             # With the position given before (by this worker's predecessor, which
             # stopped right there), wait all the same.

@@ -297,7 +297,12 @@ class ApplyWorker:
         except BaseException:
             remote.close()
             raise
-        logger.info("subscription %s: apply worker streaming from %s", self.name, start)
+        logger.info(
+            "subscription %s: apply worker streaming from %s",
+            self.name,
+            start,
+            extra={"lsn": str(start)},
+        )
         assembler = Assembler(applier, stream.protocol_version, relations=relations, streams=live)
         pump = Pump(stream, assembler)
         progress = DurableProgress(local, self.name, applier, assembler, pump, synchronous_commit)

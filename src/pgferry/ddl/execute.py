@@ -115,6 +115,7 @@ class DdlApplier:
                     self.subscription,
                     reason,
                     describe(command.command),
+                    extra={"lsn": str(tx.commit_lsn)},
                 )
                 return False
             raise self._error(tx, f"DDL not replicated: {reason}", command, None)
@@ -129,7 +130,12 @@ class DdlApplier:
         self._run(conn, tx, command)
         self._follow(conn, tx, command, before)
         self.applied += 1
-        logger.info("subscription %s: applied DDL %s", self.subscription, describe(command.command))
+        logger.info(
+            "subscription %s: applied DDL %s",
+            self.subscription,
+            describe(command.command),
+            extra={"lsn": str(tx.commit_lsn)},
+        )
         return True
 
     def _nothing_to_drop(self, conn: psycopg.Connection[Any], command: DdlCommand) -> bool:

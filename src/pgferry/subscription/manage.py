@@ -611,9 +611,7 @@ def drop_subscription(
             try:
                 with local.transaction():
                     store.lock_subscription(local, name)
-                    origins.drop(
-                        local, [sub.origin_name, origins.repair_origin(name), *syncing]
-                    )
+                    origins.drop(local, [sub.origin_name, origins.repair_origin(name), *syncing])
                     store.delete_subscription(local, name)
                 break
             except psycopg.errors.ObjectInUse as exc:

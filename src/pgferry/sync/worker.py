@@ -180,7 +180,12 @@ class TableSyncWorker:
         store.set_table_state(
             local, self.subscription, self.schema, self.name, TableState.SYNCDONE, handover_lsn
         )
-        logger.info("table %s: synchronized, handed over at %s", self.display, handover_lsn)
+        logger.info(
+            "table %s: synchronized, handed over at %s",
+            self.display,
+            handover_lsn,
+            extra={"lsn": str(handover_lsn)},
+        )
         self._forget_previous_attempt(local, sub.conninfo)
 
     def _forget_previous_attempt(self, local: psycopg.Connection[Any], conninfo: str) -> None:
@@ -302,6 +307,7 @@ class TableSyncWorker:
             rows,
             slot.consistent_point,
             "binary" if binary else "text",
+            extra={"lsn": str(slot.consistent_point)},
         )
         return slot.consistent_point
 
