@@ -16,7 +16,7 @@ from pgferry.testing.pytest_plugin import ClusterFactory
 from tests.support import PGFERRY
 
 PASSWORD = "s3cret-Pa55"  # noqa: S105 - never a real password
-JSON_KEYS = {"name", "owner", "all_tables", "publish", "via_root", "schemas", "tables"}
+JSON_KEYS = {"name", "owner", "all_tables", "publish", "via_root", "ddl", "schemas", "tables"}
 TABLE_KEYS = {"schema", "table", "columns", "row_filter"}
 
 

@@ -9,6 +9,7 @@ transaction, and the CLI.
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
@@ -262,6 +263,11 @@ def test_publication_ddl_on_off(ddl_ferry: Ferry) -> None:
     assert run.returncode == 0, run.stderr
     with manage.connect(dsn) as conn:
         assert capture.enabled(conn, 'pub"x')
+    # Listed as a publication with DDL; the queue is not among its tables.
+    run = pgferry(dsn, "publication", "list", "--json")
+    (listed,) = [p for p in json.loads(run.stdout) if p["name"] == 'pub"x']
+    assert listed["ddl"] is True
+    assert [(t["schema"], t["table"]) for t in listed["tables"]] == [("public", "we ird")]
     ferry.on_pub('ALTER TABLE "we ird" ADD COLUMN c int')
     rows = ferry.on_pub("SELECT publications, command FROM pgferry_ddl.queue")
     assert rows == [('["pub\\"x"]', 'ALTER TABLE "we ird" ADD COLUMN c int')]

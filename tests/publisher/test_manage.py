@@ -613,6 +613,7 @@ def test_list(conn: Conn, cluster: Cluster) -> None:
         "all_tables": False,
         "publish": ["insert"],
         "via_root": False,
+        "ddl": False,
         "schemas": [],
         "tables": [
             {"schema": "public", "table": "t", "columns": None, "row_filter": None},

@@ -213,7 +213,8 @@ def drop(obj: dict[str, str], name: str, if_exists: bool) -> None:
 
 def _render(publications: list[PublicationInfo]) -> Table:
     table = Table(show_lines=True)
-    for header in ("Name", "Owner", "All tables", "Publish", "Via root", "Schemas", "Tables"):
+    headers = ("Name", "Owner", "All tables", "Publish", "Via root", "DDL", "Schemas", "Tables")
+    for header in headers:
         table.add_column(header, overflow="fold")
     # Text cells, never markup: names may contain [brackets].
     for pub in publications:
@@ -223,6 +224,7 @@ def _render(publications: list[PublicationInfo]) -> Table:
             Text("yes" if pub.all_tables else "no"),
             Text(", ".join(pub.publish) or "(nothing)"),
             Text("yes" if pub.via_root else "no"),
+            Text("yes" if pub.ddl else "no"),
             Text("\n".join(printable(s) for s in pub.schemas)),
             Text("\n".join(printable(str(t.spec)) for t in pub.tables)),
         )

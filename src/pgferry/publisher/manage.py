@@ -35,6 +35,8 @@ one object per publication ordered by name, with exactly these keys:
 * ``publish``: the published actions, a subset of ``["insert", "update",
   "delete", "truncate"]`` in that order,
 * ``via_root`` (bool): ``publish_via_partition_root``,
+* ``ddl`` (bool): it carries its tables' DDL (``--ddl``; the DDL queue, one of
+  its tables, is not listed in ``tables``),
 * ``schemas``: names of the ``TABLES IN SCHEMA`` schemas (always ``[]`` before 15),
 * ``tables``: one object per published table, ordered by schema then table, as
   ``pg_publication_tables`` lists them (all tables for FOR ALL TABLES; partitions
@@ -127,6 +129,9 @@ class PublicationInfo:
     via_root: bool
     schemas: tuple[str, ...] = ()
     tables: tuple[PublishedTable, ...] = field(default=())
+    #: It carries its tables' DDL (``--ddl``: the DDL queue is one of its tables,
+    #: not listed in ``tables``).
+    ddl: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -135,6 +140,7 @@ class PublicationInfo:
             "all_tables": self.all_tables,
             "publish": list(self.publish),
             "via_root": self.via_root,
+            "ddl": self.ddl,
             "schemas": list(self.schemas),
             "tables": [
                 {
@@ -527,6 +533,8 @@ def list_publications(conn: Conn) -> list[PublicationInfo]:
     # Sorted here, not in SQL: the order must not depend on the database collation.
     for name, owner, all_tables, ins, upd, dele, trunc, via_root in sorted(pubs):
         flags = dict(zip(PUBLISH_ACTIONS, (ins, upd, dele, trunc), strict=True))
+        published = tables.get(name, [])
+        queue = [t for t in published if t.schema == capture.QUEUE_SCHEMA]
         infos.append(
             PublicationInfo(
                 name=name,
@@ -535,7 +543,13 @@ def list_publications(conn: Conn) -> list[PublicationInfo]:
                 publish=tuple(a for a in PUBLISH_ACTIONS if flags[a]),
                 via_root=via_root,
                 schemas=tuple(sorted(schemas.get(name, []))),
-                tables=tuple(sorted(tables.get(name, []), key=lambda t: (t.schema, t.table))),
+                tables=tuple(
+                    sorted(
+                        (t for t in published if t not in queue),
+                        key=lambda t: (t.schema, t.table),
+                    )
+                ),
+                ddl=bool(queue),
             )
         )
     return infos
