@@ -13,7 +13,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,30 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> N
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
         time.sleep(0.1)
+
+
+def drop_origins(cluster: Cluster, like: str = "pgferry\\_%") -> None:
+    """Drop the cluster's replication origins named LIKE ``like`` (none may be in
+    use). Origins belong to the cluster, not to a database: dropping a test's
+    databases leaves them, and each that has progress holds one of the cluster's
+    max_active_replication_origins (max_replication_slots before 18) until dropped."""
+    cluster.sql(
+        "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname LIKE %s",
+        (like,),
+    )
+
+
+@contextmanager
+def subscriber_database(cluster: Cluster, dbname: str) -> Iterator[str]:
+    """A subscriber database next to the test's database ``dbname`` on the shared
+    cluster; dropped afterwards with every pgferry origin (see :func:`drop_origins`)."""
+    sub_db = dbname[:50] + "_sub"
+    cluster.create_database(sub_db)
+    try:
+        yield sub_db
+    finally:
+        cluster.drop_database(sub_db)
+        drop_origins(cluster)
 
 
 def current_lsn(cluster: Cluster, dbname: str = "postgres") -> Lsn:

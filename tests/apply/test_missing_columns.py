@@ -33,7 +33,7 @@ from pgferry.protocol import Lsn
 from pgferry.subscription.options import create_options
 from pgferry.sync import TableSyncWorker
 from pgferry.testing import Cluster, install_for_major
-from tests.support import create_slot, current_lsn, wait_for
+from tests.support import create_slot, current_lsn, drop_origins, wait_for
 from tests.sync.test_table_sync import Runner
 
 _names = itertools.count()
@@ -144,6 +144,7 @@ def ferry(cluster: Cluster, dbname: str, cluster18: list[Cluster]) -> Iterator[F
         yield Ferry(cluster, dbname, sub, sub_db, name[:60])
     finally:
         sub.drop_database(sub_db)
+        drop_origins(sub)
 
 
 def subscribe(ferry: Ferry, sub_ddl: str, **options: object) -> None:

@@ -17,7 +17,7 @@ from pgferry.origins import sync_origin
 from pgferry.protocol.lsn import Lsn
 from pgferry.testing import Cluster
 from tests.conformance.conftest import Ferry
-from tests.support import wait_for
+from tests.support import subscriber_database, wait_for
 
 SUB = "views_sub"
 
@@ -25,12 +25,8 @@ SUB = "views_sub"
 @pytest.fixture
 def ferry(cluster: Cluster, dbname: str) -> Iterator[Ferry]:
     """A publisher database and a subscriber database, both on the shared cluster."""
-    sub_db = dbname[:50] + "_sub"
-    cluster.create_database(sub_db)
-    try:
+    with subscriber_database(cluster, dbname) as sub_db:
         yield Ferry(cluster, dbname, cluster, sub_db)
-    finally:
-        cluster.drop_database(sub_db)
 
 
 def _columns(ferry: Ferry, relation: str) -> list[tuple[str, str]]:

@@ -17,7 +17,7 @@ from pgferry.catalog import SubscriptionOptions, store
 from pgferry.cli.main import main
 from pgferry.subscription.options import ALTER_KEYS, CREATE_KEYS
 from pgferry.testing import Cluster
-from tests.support import Run, pgferry
+from tests.support import Run, drop_origins, pgferry
 
 PASSWORD = "s3cret-Pa55"  # noqa: S105 - never a real password
 UNREACHABLE = f"host=127.0.0.1 port=1 user=postgres password={PASSWORD} connect_timeout=3"
@@ -68,11 +68,7 @@ class Env:
 def env(cluster: Cluster, dbname: str) -> Iterator[Env]:
     sub = dbname[:50] + "_sub"
     cluster.create_database(sub)
-    drop_origins = (
-        "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin"
-        " WHERE roname LIKE 'pgferry\\_%'"
-    )
-    cluster.sql(drop_origins)
+    drop_origins(cluster)
     ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY)"
     cluster.sql(ddl, dbname=dbname)
     cluster.sql(ddl, dbname=sub)
@@ -81,7 +77,7 @@ def env(cluster: Cluster, dbname: str) -> Iterator[Env]:
         yield Env(cluster, dbname, sub)
     finally:
         cluster.drop_database(sub)
-        cluster.sql(drop_origins)
+        drop_origins(cluster)
 
 
 def test_create_list_alter_drop(env: Env) -> None:

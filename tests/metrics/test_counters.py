@@ -13,7 +13,7 @@ from psycopg import sql
 from pgferry.testing import Cluster
 from tests.conformance.conftest import Ferry
 from tests.metrics.conftest import Samples, exporting, value, wait_scrape
-from tests.support import wait_for
+from tests.support import subscriber_database, wait_for
 
 SUB = "counters_sub"
 #: Row changes of each transaction of :func:`_transactions`.
@@ -23,12 +23,8 @@ ROWS = 5
 @pytest.fixture
 def ferry(cluster: Cluster, dbname: str) -> Iterator[Ferry]:
     """A publisher database and a subscriber database, both on the shared cluster."""
-    sub_db = dbname[:50] + "_sub"
-    cluster.create_database(sub_db)
-    try:
+    with subscriber_database(cluster, dbname) as sub_db:
         yield Ferry(cluster, dbname, cluster, sub_db)
-    finally:
-        cluster.drop_database(sub_db)
 
 
 def _transactions(ferry: Ferry, first: int, number: int) -> None:

@@ -24,12 +24,9 @@ from pgferry.schema.diff import (
 )
 from pgferry.subscription import create_subscription
 from pgferry.testing import Cluster
+from tests.support import drop_origins
 
 NO_SLOT = ("create_slot=false", "enabled=false", "slot_name=none", "copy_data=false")
-DROP_ORIGINS = (
-    "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin"
-    " WHERE roname LIKE 'pgferry\\_%'"
-)
 
 
 @dataclass
@@ -74,12 +71,12 @@ class Env:
 def env(cluster: Cluster, dbname: str) -> Iterator[Env]:
     sub = dbname[:50] + "_sub"
     cluster.create_database(sub)
-    cluster.sql(DROP_ORIGINS)
+    drop_origins(cluster)
     try:
         yield Env(cluster, dbname, sub)
     finally:
         cluster.drop_database(sub)
-        cluster.sql(DROP_ORIGINS)
+        drop_origins(cluster)
 
 
 RICH = """

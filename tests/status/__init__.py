@@ -17,14 +17,10 @@ from psycopg.abc import Params, QueryNoTemplate
 
 from pgferry.subscription import CreateResult, create_subscription
 from pgferry.testing import Cluster
-from tests.support import PGFERRY, wait_for
+from tests.support import PGFERRY, drop_origins, wait_for
 
 PASSWORD = "s3cret-Pa55"  # noqa: S105 - never a real password
 DDL = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY)"
-_DROP_ORIGINS = (
-    "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin"
-    " WHERE roname LIKE 'pgferry\\_%'"
-)
 
 
 def until(condition: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
@@ -95,7 +91,7 @@ def environment(cluster: Cluster, dbname: str, logs: Path) -> Iterator[Env]:
     sub = dbname[:50] + "_sub"
     cluster.create_database(sub)
     # Replication origins belong to the cluster; other tests leave theirs behind.
-    cluster.sql(_DROP_ORIGINS)
+    drop_origins(cluster)
     cluster.sql(DDL, dbname=dbname)
     cluster.sql(DDL, dbname=sub)
     cluster.sql("CREATE PUBLICATION pub FOR TABLE t, u", dbname=dbname)
@@ -112,4 +108,4 @@ def environment(cluster: Cluster, dbname: str, logs: Path) -> Iterator[Env]:
                     proc.kill()
                     proc.wait()
         cluster.drop_database(sub)
-        cluster.sql(_DROP_ORIGINS)
+        drop_origins(cluster)

@@ -48,7 +48,7 @@ from pgferry.subscription.manage import PublisherCannotRead
 from pgferry.subscription.options import create_options
 from pgferry.testing import Cluster
 from pgferry.testing.pytest_plugin import ClusterFactory
-from tests.support import create_slot, current_lsn
+from tests.support import create_slot, current_lsn, drop_origins
 
 PASSWORD = "s3cret-Pa55"  # noqa: S105 - never a real password
 UNREACHABLE = f"host=127.0.0.1 port=1 user=postgres password={PASSWORD} connect_timeout=3"
@@ -112,25 +112,16 @@ class Env:
         return int(rows[0][0])
 
 
-def _drop_origins(cluster: Cluster) -> None:
-    # Replication origins belong to the cluster, not to a database: other tests
-    # on the shared cluster leave theirs behind, and so would these.
-    cluster.sql(
-        "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin"
-        " WHERE roname LIKE 'pgferry\\_%'"
-    )
-
-
 @pytest.fixture
 def env(cluster: Cluster, dbname: str) -> Iterator[Env]:
     sub = dbname[:50] + "_sub"
     cluster.create_database(sub)
-    _drop_origins(cluster)
+    drop_origins(cluster)
     try:
         yield Env(cluster, dbname, sub)
     finally:
         cluster.drop_database(sub)
-        _drop_origins(cluster)
+        drop_origins(cluster)
 
 
 @pytest.fixture

@@ -204,6 +204,10 @@ class Cluster:
     ) -> None:
         self.install = install if install is not None else find_install()
         self.settings: dict[str, str] = dict(BASE_SETTINGS)
+        if self.install.major >= 18:
+            # From 18 replication origins have a limit of their own (default 10),
+            # before it they share max_replication_slots: the same on every major.
+            self.settings["max_active_replication_origins"] = BASE_SETTINGS["max_replication_slots"]
         for name, value in (settings or {}).items():
             _check_setting_name(name)
             self.settings[name] = str(value)
