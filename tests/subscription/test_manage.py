@@ -448,10 +448,13 @@ def test_catalog_is_not_readable_by_public(published: Env) -> None:
 
 def test_drop_removes_slot_origin_and_row(published: Env) -> None:
     published.create()
+    # (The origin verify --repair writes under, as if it had run.)
+    published.on_sub("SELECT pg_replication_origin_create('pgferry_repair_ferry')")
     result = drop_subscription(published.sub_dsn, "ferry")
     assert result.dropped and result.slot_dropped == "ferry" and not result.warnings
     assert published.slots() == {}
     assert "pgferry_ferry" not in published.origins()
+    assert "pgferry_repair_ferry" not in published.origins()
     assert published.catalog_rows() == 0
     assert published.on_sub("SELECT count(*) FROM pgferry.subscription_table") == [(0,)]
 

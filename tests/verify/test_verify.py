@@ -16,7 +16,7 @@ from pgferry.catalog import hold as catalog_hold
 from pgferry.catalog import store
 from pgferry.errors import PgferryError
 from pgferry.subscription import create_subscription, drop_subscription
-from pgferry.verify import VerifyReport, compare, verify_subscription
+from pgferry.verify import VerifyReport, compare, repair, verify_subscription
 from tests.support import pgferry, wait_for
 from tests.verify.conftest import Ferry
 
@@ -101,9 +101,26 @@ def test_planted_differences_found_exactly_and_repaired(ferry: Ferry) -> None:
     origin = f"pgferry_repair_{ferry.name}"
     count = "SELECT count(*) FROM pg_replication_origin WHERE roname = %s"
     assert ferry.on_sub(count, (origin,)) == [(1,)]
-    # Dropping the subscription drops the repair origin with its own.
-    drop_subscription(ferry.sub_dsn, ferry.name)
-    assert ferry.on_sub(count, (origin,)) == [(0,)]
+
+
+def test_a_repair_commits_only_while_the_hold_lasts(
+    ferry: Ferry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hold that would lapse before the commit (here: a margin longer than any
+    lease) rolls every fix back, with one error."""
+    _caught_up(ferry)
+    ferry.on_sub("UPDATE plain SET v = 'lapsed' WHERE id = 7")
+    try:
+        report = verify_subscription(ferry.sub_dsn, ferry.name, tables=["plain"])
+        assert _found(report) == {"public.plain": {"different": [["7"]]}}
+        monkeypatch.setattr(repair, "COMMIT_MARGIN", 10_000.0)
+        with pytest.raises(PgferryError, match="hold lapsed"):
+            verify_subscription(ferry.sub_dsn, ferry.name, tables=["plain"], repair=True)
+        assert ferry.on_sub("SELECT v FROM plain WHERE id = 7") == [("lapsed",)]
+    finally:
+        monkeypatch.undo()
+        verify_subscription(ferry.sub_dsn, ferry.name, tables=["plain"], repair=True)
+    assert ferry.on_sub("SELECT v FROM plain WHERE id = 7") != [("lapsed",)]
 
 
 def test_small_ranges_bisect_down_to_the_rows(

@@ -88,6 +88,19 @@ def renew(conn: psycopg.Connection[Any], subscription: str, token: str, lease: f
     )
 
 
+def still_held(conn: psycopg.Connection[Any], subscription: str, token: str, margin: float) -> bool:
+    """Whether the worker still holds for ``token`` with at least ``margin`` seconds
+    of lease left, by the clock now (not the transaction's start): what a
+    requester writing under the hold checks in its transaction before it commits."""
+    row = conn.execute(
+        "SELECT 1 FROM pgferry.apply_hold WHERE subscription = %s AND token = %s"
+        " AND state = %s"
+        " AND expires_at > pg_catalog.clock_timestamp() + make_interval(secs => %s)",
+        (subscription, token, HELD, margin),
+    ).fetchone()
+    return row is not None
+
+
 def release(conn: psycopg.Connection[Any], subscription: str, token: str) -> None:
     """Step 3: the worker goes on (a no-op when the row is gone or replaced)."""
     conn.execute(

@@ -64,6 +64,8 @@ class Pair:
     held_seconds: float = 0.0
     #: Renews the hold's lease (``keep_held``: call it during long work).
     renew: Callable[[], None] = field(default=lambda: None)
+    #: The hold's token (``keep_held``: see :func:`pgferry.catalog.hold.still_held`).
+    token: str = ""
 
 
 def check_subscription(conn: psycopg.Connection[Any], name: str) -> store.Subscription:
@@ -208,7 +210,9 @@ def held_pair(
             holder_sub.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             row = holder_sub.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
             assert row is not None
-            pair = Pair(lsn, pub_snapshot, str(row[0]), renew=requester.renew_if_due)
+            pair = Pair(
+                lsn, pub_snapshot, str(row[0]), renew=requester.renew_if_due, token=requester.token
+            )
             if not keep_held:
                 requester.release()
                 released = True

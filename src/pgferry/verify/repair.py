@@ -15,6 +15,12 @@ Contract of :func:`repair`:
   own, ``pgferry_repair_<subscription>``, with ``session_replication_role =
   replica`` as apply has: a two-way peer that filters on origin (``origin =
   none``) does not send them back;
+* it commits only while the worker still holds (the lease renewed as it goes,
+  and checked in the transaction just before the commit, with a margin): a hold
+  that lapsed (the worker applies again) rolls the fixes back, for they could
+  overwrite newer changes. Row locks are waited for at most
+  :data:`LOCK_TIMEOUT` seconds (a streamed transaction the held worker has open
+  may hold some): that too rolls back, with one error;
 * the counts fixed go into each table's report (``repaired``).
 """
 
@@ -28,11 +34,13 @@ from typing import Any
 import psycopg
 
 from pgferry import connect, origins
+from pgferry.catalog import hold as catalog_hold
 from pgferry.catalog import store
+from pgferry.errors import PgferryError
 from pgferry.sqltext import quote_ident, quote_literal
 
 from .compare import Sessions, open_sessions, plans
-from .consistent import held_pair
+from .consistent import Pair, held_pair
 from .plan import SESSION_SETTINGS, Key, TablePlan
 from .report import VerifyReport
 
@@ -40,6 +48,10 @@ logger = logging.getLogger("pgferry.verify")
 
 #: Keys read or written per statement.
 CHUNK = 500
+#: Seconds a fix waits for a row lock.
+LOCK_TIMEOUT = 5
+#: Seconds of lease that must be left when the fixes commit.
+COMMIT_MARGIN = 2.0
 
 
 def _literal(value: str | None) -> str:
@@ -66,7 +78,7 @@ def repair(subscriber_dsn: str, report: VerifyReport, *, lease: float, timeout: 
             chosen = plans(catalog, name, pub, [t.table for t in wanted])
             local = connect.session(subscriber_dsn, application_name="pgferry verify repair")
             try:
-                _fix_all(local, name, pub, {p.display: p for p in chosen}, report, pair.renew)
+                _fix_all(local, name, pub, {p.display: p for p in chosen}, report, pair)
             finally:
                 local.close()
         finally:
@@ -80,7 +92,7 @@ def _fix_all(
     pub: Sessions,
     by_name: dict[str, TablePlan],
     report: VerifyReport,
-    renew: Callable[[], None],
+    pair: Pair,
 ) -> None:
     for setting, value in SESSION_SETTINGS:
         local.execute("SELECT pg_catalog.set_config(%s, %s, false)", (setting, value))
@@ -90,29 +102,42 @@ def _fix_all(
     origins.bind(local, origin)
     try:
         with local.transaction():
+            local.execute(
+                "SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{LOCK_TIMEOUT}s",)
+            )
             for table in report.tables:
                 plan = by_name.get(table.table)
                 if plan is None or not table.differences:
                     continue
                 listed = [k for kind in ("missing", "extra", "different") for k in table.keys[kind]]
                 if plan.key:
-                    fixed = _fix_keyed(local, pub, plan, listed)
+                    fixed = _fix_keyed(local, pub, plan, listed, pair.renew)
                 else:
                     texts = sorted({k[0] for k in listed if k[0] is not None})
-                    fixed = _fix_multiset(local, pub, plan, texts)
+                    fixed = _fix_multiset(local, pub, plan, texts, pair.renew)
                 table.repaired.update(fixed)
-                renew()
+            if not catalog_hold.still_held(local, name, pair.token, COMMIT_MARGIN):
+                raise PgferryError(
+                    f"subscription {name!r}: the apply hold lapsed while the fixes were"
+                    " made; nothing was fixed (they could overwrite newer changes)",
+                    hint="run verify --repair again (--lease gives the hold longer)",
+                )
     finally:
         origins.release(local)
 
 
 def _fix_keyed(
-    local: psycopg.Connection[Any], pub: Sessions, plan: TablePlan, keys: list[Key]
+    local: psycopg.Connection[Any],
+    pub: Sessions,
+    plan: TablePlan,
+    keys: list[Key],
+    renew: Callable[[], None],
 ) -> dict[str, int]:
     fixed = Counter({"missing": 0, "extra": 0, "different": 0})
     width = len(plan.key)
     target = plan.relation(False)
     for chunk in _chunks(keys):
+        renew()
         theirs = {
             tuple(r[:width]): tuple(r[width:]) for r in pub.query(plan.values_query(True, chunk))
         }
@@ -140,11 +165,16 @@ def _fix_keyed(
 
 
 def _fix_multiset(
-    local: psycopg.Connection[Any], pub: Sessions, plan: TablePlan, texts: list[str]
+    local: psycopg.Connection[Any],
+    pub: Sessions,
+    plan: TablePlan,
+    texts: list[str],
+    renew: Callable[[], None],
 ) -> dict[str, int]:
     fixed = Counter({"missing": 0, "extra": 0})
     target = plan.relation(False)
     for chunk in _chunks(texts):
+        renew()
         theirs: dict[str, list[tuple[Any, ...]]] = {}
         for row in pub.query(plan.rows_by_text_query(True, chunk)):
             theirs.setdefault(row[0], []).append(tuple(row[1:]))
