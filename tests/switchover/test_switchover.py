@@ -5,7 +5,9 @@ in service."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -254,3 +256,43 @@ def test_a_fence_without_the_rights_is_refused(upgrade: Upgrade) -> None:
     finally:
         upgrade.on_old('DROP ROLE "we ird"')
     _in_service(upgrade)
+
+
+def test_the_database_fence_converges_while_clients_reconnect(upgrade: Upgrade) -> None:
+    """Sessions from before the fence are ended, later ones are read-only and are
+    left alone: a client reconnecting in a loop does not keep it from holding."""
+    dsn = upgrade.old.dsn("app")
+    stop = threading.Event()
+    sessions = [0]
+
+    def reconnect() -> None:
+        while not stop.is_set():
+            with (
+                contextlib.suppress(psycopg.Error),
+                psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn,
+            ):
+                conn.execute("SELECT 1")
+                sessions[0] += 1
+
+    before = psycopg.connect(dsn, autocommit=True)
+    thread = threading.Thread(target=reconnect, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: sessions[0] > 10, "the client reconnecting", 10)
+        with psycopg.connect(dsn, autocommit=True) as owner:
+            fence = DatabaseFence(owner)
+            fence.take(5.0)
+            try:
+                with psycopg.connect(dsn, autocommit=True) as later:
+                    read_only = later.execute("SHOW default_transaction_read_only").fetchone()
+                    assert read_only == ("on",)
+                with pytest.raises(psycopg.OperationalError):
+                    before.execute("SELECT 1")
+            finally:
+                fence.release()
+    finally:
+        stop.set()
+        thread.join(10)
+        before.close()
+    with psycopg.connect(dsn, autocommit=True) as after:
+        assert after.execute("SHOW default_transaction_read_only").fetchone() == ("off",)

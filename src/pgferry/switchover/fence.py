@@ -70,16 +70,21 @@ class Fence(Protocol):
 
 # -- without PgBouncer -------------------------------------------------------------------
 
+# Sessions that started before the read-only default was in place (%s: a time
+# taken once the ALTER DATABASE committed): the later ones are read-only already,
+# and a client reconnecting at once must not keep the fence from converging.
 _TERMINATE = """
 SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid))
 FROM pg_catalog.pg_stat_activity a
 WHERE a.datname = pg_catalog.current_database() AND a.pid <> pg_catalog.pg_backend_pid()
-  AND a.backend_type = 'client backend' AND a.application_name NOT LIKE 'pgferry%'
+  AND a.backend_type = 'client backend' AND a.application_name NOT LIKE 'pgferry%%'
+  AND a.backend_start < %s
 """
 _REMAINING = """
 SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a
 WHERE a.datname = pg_catalog.current_database() AND a.pid <> pg_catalog.pg_backend_pid()
-  AND a.backend_type = 'client backend' AND a.application_name NOT LIKE 'pgferry%'
+  AND a.backend_type = 'client backend' AND a.application_name NOT LIKE 'pgferry%%'
+  AND a.backend_start < %s
 """
 
 
@@ -115,9 +120,12 @@ class DatabaseFence:
         self.taken = True
         deadline = time.monotonic() + timeout
         try:
+            row = self.conn.execute("SELECT pg_catalog.clock_timestamp()").fetchone()
+            assert row is not None
+            fenced = row[0]
             while True:
-                (left,) = self.conn.execute(_TERMINATE).fetchone() or (0,)
-                if not left and _count(self.conn, _REMAINING) == 0:
+                (left,) = self.conn.execute(_TERMINATE, (fenced,)).fetchone() or (0,)
+                if not left and _count(self.conn, _REMAINING, fenced) == 0:
                     return
                 if time.monotonic() > deadline:
                     raise FenceFailed(
@@ -146,8 +154,8 @@ class DatabaseFence:
             self.taken = False
 
 
-def _count(conn: Conn, query: str) -> int:
-    row = conn.execute(query).fetchone()
+def _count(conn: Conn, query: str, *params: Any) -> int:
+    row = conn.execute(query, params or None).fetchone()
     return int(row[0]) if row else 0
 
 
