@@ -13,6 +13,7 @@ import json
 import statistics
 import threading
 import time
+import uuid
 from typing import Any
 
 import psycopg
@@ -224,6 +225,48 @@ def test_a_failing_statement_stops_with_the_statement(ddl_ferry: Ferry) -> None:
         ("t v",),
         ("t_pkey",),
     ]
+
+
+def test_ddl_runs_as_the_role_that_ran_it(ddl_ferry: Ferry) -> None:
+    """Not as the apply worker's role: the publisher's role must exist on the
+    subscriber (one error with what to do until it does), and its rights there
+    are what the statement has."""
+    ferry = ddl_ferry
+    name = unique("role", ferry)
+    tag = uuid.uuid4().hex[:8]
+    owner, member = f"ddl_owner_{tag}", f"ddl member {tag}"
+    for run_on in (ferry.on_pub, ferry.on_sub):
+        run_on(
+            f'CREATE ROLE "{owner}"; CREATE TABLE t (id int PRIMARY KEY, v text);'
+            f' ALTER TABLE t OWNER TO "{owner}"'
+        )
+    ferry.on_pub(f'CREATE ROLE "{member}" LOGIN IN ROLE "{owner}"')
+    run = pgferry(
+        ferry.pub.dsn(ferry.pub_db), "publication", "create", "p", "--table", "t", "--ddl"
+    )
+    assert run.returncode == 0, run.stderr
+    ferry.subscribe(name, ["p"])
+    try:
+        with ferry.running():
+            ferry.wait_ready(name)
+            with psycopg.connect(ferry.pub.dsn(ferry.pub_db), user=member) as conn:
+                conn.execute("ALTER TABLE t ADD COLUMN w int")
+                conn.commit()
+            ferry.on_pub("INSERT INTO t VALUES (1, 'after', 7)")
+            wait_for(lambda: ferry.subscription(name).last_error is not None, "the error", 60)
+            error = ferry.subscription(name).last_error or ""
+            assert f"role '{member}' does not exist on the subscriber" in error, error
+            # With the role (and so the rights) it has on the publisher, it goes on.
+            ferry.on_sub(f'CREATE ROLE "{member}" IN ROLE "{owner}"')
+            column = (
+                "SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'w'"
+            )
+            wait_for(lambda: ferry.on_sub(column) == [(1,)], "the column added", 60)
+            ferry.wait_rows("SELECT id, w FROM t", [(1, 7)])
+    finally:
+        for run_on in (ferry.on_pub, ferry.on_sub):
+            run_on(f'DROP TABLE IF EXISTS t; DROP ROLE IF EXISTS "{member}"')
+            run_on(f'DROP ROLE IF EXISTS "{owner}"')
 
 
 def test_ddl_in_a_streamed_transaction(ddl_ferry: Ferry) -> None:

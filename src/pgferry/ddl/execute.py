@@ -13,8 +13,10 @@ around it; the applier has applied everything before it):
 * otherwise the statement runs (:func:`~.classify.runnable`: non-concurrently)
   in a savepoint with the publisher's ``search_path`` and a bounded
   ``lock_timeout`` (:data:`LOCK_TIMEOUT`), retried :data:`RETRIES` times while
-  it cannot get its locks; it runs as the subscriber's role, not the
-  publisher's. Its failure is an ``ApplyError`` naming the statement;
+  it cannot get its locks; it runs as the role that ran it on the publisher
+  (``SET LOCAL ROLE``: the same rights there as here, never the apply worker's,
+  which may be a superuser's), which must exist on the subscriber. Its failure
+  is an ``ApplyError`` naming the statement;
 * afterwards the subscription's tables follow it, in the same local transaction:
   a table the statement created that one of the subscription's publications
   lists is added ready (it was created empty: nothing to copy); a subscribed
@@ -30,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from pgferry.assembler import Transaction
 from pgferry.catalog import handover, store
@@ -155,6 +158,20 @@ class DdlApplier:
 
     def _run(self, conn: psycopg.Connection[Any], tx: Transaction, command: DdlCommand) -> None:
         statement = runnable(command)
+        role = conn.execute(
+            "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (command.role,)
+        ).fetchone()
+        if role is None:
+            error = self._error(
+                tx, f"role {command.role!r} does not exist on the subscriber", command, None
+            )
+            error.hint = (
+                f"create the role {command.role!r} on the subscriber with the rights it has"
+                " on the publisher (replicated DDL runs as the role that ran it there), or"
+                " run what is wanted of it yourself and skip the transaction with "
+                + alter_command(self.subscription, "--skip", str(tx.commit_lsn))
+            )
+            raise error
         for attempt in range(1, RETRIES + 1):
             conn.execute("SAVEPOINT pgferry_ddl")
             try:
@@ -164,7 +181,9 @@ class DdlApplier:
                     " pg_catalog.set_config('lock_timeout', %s, true)",
                     (command.search_path, LOCK_TIMEOUT),
                 ).fetchone()
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(command.role)))
                 conn.execute(statement.encode())
+                conn.execute("SET LOCAL ROLE NONE")
                 conn.execute(
                     "SELECT pg_catalog.set_config('search_path', '', true),"
                     " pg_catalog.set_config('lock_timeout', %s, true)",
