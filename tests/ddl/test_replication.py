@@ -227,6 +227,33 @@ def test_a_failing_statement_stops_with_the_statement(ddl_ferry: Ferry) -> None:
     ]
 
 
+def test_unpublished_tables_of_the_schema_are_left_alone(ddl_ferry: Ferry) -> None:
+    """A column, a constraint or the whole of a table the publication does not
+    publish (in the schema of one it does) is not recorded, so a table of that
+    name on the subscriber keeps them."""
+    ferry = ddl_ferry
+    name = unique("scratch", ferry)
+    scratch = "CREATE TABLE scratch (id int PRIMARY KEY, x int CHECK (x > 0), y int)"
+    ferry.on_pub(scratch)
+    ferry.on_sub(scratch + "; INSERT INTO scratch VALUES (1, 2, 3)")
+    _table_list_setup(ferry, name)
+    with ferry.running():
+        ferry.wait_ready(name)
+        ferry.on_pub("ALTER TABLE scratch DROP COLUMN y")
+        ferry.on_pub("ALTER TABLE scratch DROP CONSTRAINT scratch_x_check")
+        ferry.on_pub("DROP TABLE scratch")
+        ferry.on_pub("ALTER TABLE t ADD COLUMN z int")
+        ferry.on_pub("INSERT INTO t VALUES (1, 'a', 5)")
+        ferry.wait_rows("SELECT count(*) FROM t", [(1,)])
+    assert [r[0] for r in ferry.on_pub("SELECT command FROM pgferry_ddl.queue")] == [
+        "ALTER TABLE t ADD COLUMN z int"
+    ]
+    assert ferry.on_sub("SELECT * FROM scratch") == [(1, 2, 3)]
+    assert ferry.on_sub("SELECT count(*) FROM pg_constraint WHERE conname = 'scratch_x_check'") == [
+        (1,)
+    ]
+
+
 def test_ddl_runs_as_the_role_that_ran_it(ddl_ferry: Ferry) -> None:
     """Not as the apply worker's role: the publisher's role must exist on the
     subscriber (one error with what to do until it does), and its rights there

@@ -126,6 +126,33 @@ LANGUAGE sql STABLE AS $fn$
                   WHERE g.relid = rel)
 $fn$;
 
+-- The DDL publications that publish every table of schema nsp: FOR ALL TABLES,
+-- or (15+) FOR TABLES IN SCHEMA nsp. (plpgsql: pg_publication_namespace is
+-- looked up only where it exists.)
+CREATE OR REPLACE FUNCTION pgferry_ddl.schema_wide_publications(nsp text) RETURNS text[]
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    found text[];
+BEGIN
+    IF pg_catalog.current_setting('server_version_num')::int >= 150000 THEN
+        EXECUTE 'SELECT coalesce(pg_catalog.array_agg(p.name ORDER BY p.name), ''{{}}'')'
+            ' FROM pgferry_ddl.publication p'
+            ' JOIN pg_catalog.pg_publication pp ON pp.pubname = p.name'
+            ' WHERE pp.puballtables OR EXISTS (SELECT 1'
+            '  FROM pg_catalog.pg_publication_namespace pn'
+            '  JOIN pg_catalog.pg_namespace n ON n.oid = pn.pnnspid'
+            '  WHERE pn.pnpubid = pp.oid AND n.nspname = $1)'
+            INTO found USING nsp;
+    ELSE
+        SELECT coalesce(pg_catalog.array_agg(p.name ORDER BY p.name), '{{}}') INTO found
+        FROM pgferry_ddl.publication p
+        JOIN pg_catalog.pg_publication pp ON pp.pubname = p.name
+        WHERE pp.puballtables;
+    END IF;
+    RETURN found;
+END
+$fn$;
+
 -- The DDL publications with a table in schema nsp (or FOR ALL TABLES).
 CREATE OR REPLACE FUNCTION pgferry_ddl.schema_publications(nsp text) RETURNS text[]
 LANGUAGE sql STABLE AS $fn$
@@ -237,9 +264,17 @@ BEGIN
                                 AND r.pub IN (SELECT name FROM pgferry_ddl.publication)
                               UNION ALL
                               SELECT pg_catalog.unnest(
-                                  pgferry_ddl.schema_publications(d.schema_name))) s)
+                                  pgferry_ddl.schema_wide_publications(d.schema_name))) s)
                     WHEN d.object_type = 'schema' THEN pgferry_ddl.schema_publications(NULL)
                     WHEN d.schema_name IS NULL THEN '{{}}'
+                    -- A part of a table that stays (a column, constraint, trigger,
+                    -- policy, rule): that table's publications, not its schema's.
+                    WHEN d.object_type IN ('table column', 'table constraint', 'trigger',
+                                           'policy', 'rule')
+                         AND pg_catalog.cardinality(d.address_names) >= 2 THEN
+                        coalesce(pgferry_ddl.table_publications(pg_catalog.to_regclass(
+                            pg_catalog.quote_ident(d.address_names[1]) || '.'
+                            || pg_catalog.quote_ident(d.address_names[2]))), '{{}}')
                     ELSE pgferry_ddl.schema_publications(d.schema_name) END AS publications,
                '{{}}'::text[] AS listed,
                true AS dropped
