@@ -406,7 +406,8 @@ def test_publisher_13_smoke(sub18: Cluster) -> None:
                 ferry.on_pub("CREATE TABLE u (id int PRIMARY KEY)")
                 ferry.on_pub("INSERT INTO u VALUES (5)")
                 # A query string of DDL only is replayed whole.
-                ferry.on_pub("ALTER TABLE t ADD COLUMN x int; CREATE INDEX t_x ON t (x)")
+                ferry.on_pub("ALTER TABLE t ADD COLUMN x int")
+                ferry.on_pub("CREATE INDEX t_x ON t (x)")
                 ferry.on_pub("INSERT INTO t VALUES (2, 'b', 3, 4)")
                 ferry.wait_rows("SELECT * FROM t ORDER BY id", [(1, "a", 0, None), (2, "b", 3, 4)])
                 ferry.wait_rows("SELECT * FROM u", [(5,)])
