@@ -71,6 +71,11 @@ class Ferry:
     def on_sub(self, query: str) -> list[tuple[Any, ...]]:
         return self.sub.sql(query, dbname=self.sub_db)
 
+    def states(self) -> set[str]:
+        """The sync states of the subscription's tables."""
+        with self.sub.connect(self.sub_db) as conn:
+            return {s.state for s in handover.states(conn, self.name).values()}
+
     def progress(self) -> Lsn:
         rows = self.on_sub(
             "SELECT s.remote_lsn::text FROM pg_replication_origin_status s"
@@ -147,11 +152,8 @@ def ferry(cluster: Cluster, dbname: str, cluster18: list[Cluster]) -> Iterator[F
         drop_origins(sub)
 
 
-def subscribe(ferry: Ferry, sub_ddl: str, **options: object) -> None:
-    """Tables ``t`` (and the type ``mood``) on the publisher, ``sub_ddl`` on the
-    subscriber, the publication, slot and subscription (``t`` ready)."""
-    ferry.on_pub(TABLES + "CREATE PUBLICATION pub FOR TABLE t")
-    ferry.on_sub(sub_ddl)
+def register(ferry: Ferry, state: TableState, **options: object) -> None:
+    """The slot, and the subscription of table ``t`` in ``state`` in the catalog."""
     create_slot(ferry.pub, ferry.pub_db, ferry.name)
     with ferry.sub.connect(ferry.sub_db) as conn:
         ensure_catalog(conn)
@@ -167,9 +169,16 @@ def subscribe(ferry: Ferry, sub_ddl: str, **options: object) -> None:
             ),
         )
         store.upsert_table(
-            conn,
-            SubscriptionTable(ferry.name, "public", "t", "public", "t", TableState.READY, None),
+            conn, SubscriptionTable(ferry.name, "public", "t", "public", "t", state, None)
         )
+
+
+def subscribe(ferry: Ferry, sub_ddl: str, **options: object) -> None:
+    """Tables ``t`` (and the type ``mood``) on the publisher, ``sub_ddl`` on the
+    subscriber, the publication, slot and subscription (``t`` ready)."""
+    ferry.on_pub(TABLES + "CREATE PUBLICATION pub FOR TABLE t")
+    ferry.on_sub(sub_ddl)
+    register(ferry, TableState.READY, **options)
 
 
 @pytest.mark.parametrize("mode", ["batch", "exact"])
@@ -288,33 +297,13 @@ def test_a_column_added_while_the_table_syncs(ferry: Ferry) -> None:
     ferry.on_pub(TABLES + "CREATE PUBLICATION pub FOR TABLE t")
     ferry.on_pub("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 300) g")
     ferry.on_sub(TABLES)
-    create_slot(ferry.pub, ferry.pub_db, ferry.name)
-    with ferry.sub.connect(ferry.sub_db) as conn:
-        ensure_catalog(conn)
-        store.create_subscription(
-            conn,
-            Subscription(
-                ferry.name,
-                ferry.pub.dsn(ferry.pub_db),
-                ("pub",),
-                ferry.name,
-                f"pgferry_{ferry.name}",
-                options=SubscriptionOptions(missing_columns="add"),
-            ),
-        )
-        store.upsert_table(
-            conn, SubscriptionTable(ferry.name, "public", "t", "public", "t", TableState.INIT, None)
-        )
-
-    def states() -> set[str]:
-        with ferry.sub.connect(ferry.sub_db) as conn:
-            return {s.state for s in handover.states(conn, ferry.name).values()}
+    register(ferry, TableState.INIT, missing_columns="add")
 
     dsn = ferry.sub.dsn(ferry.sub_db)
     runner = Runner()
     try:
         runner.start(TableSyncWorker(dsn, ferry.name, "public", "t"))
-        wait_for(lambda: states() == {"f"} or bool(runner.errors), "the copy")
+        wait_for(lambda: ferry.states() == {"f"} or bool(runner.errors), "the copy")
         runner.stop()
         ferry.on_pub(
             "UPDATE t SET v = 'changed' WHERE id <= 10;"
@@ -328,10 +317,10 @@ def test_a_column_added_while_the_table_syncs(ferry: Ferry) -> None:
             target = current_lsn(ferry.pub, ferry.pub_db)
             handover.set_catchup(conn, ferry.name, "public", "t", target)
         runner.start(TableSyncWorker(dsn, ferry.name, "public", "t"))
-        wait_for(lambda: states() == {"s"} or bool(runner.errors), "the catch-up")
+        wait_for(lambda: ferry.states() == {"s"} or bool(runner.errors), "the catch-up")
         assert ferry.on_sub("SELECT count(*) FROM t WHERE n = 3") == [(11,)]
         runner.start(ApplyWorker(dsn, ferry.name, status_interval=1))
-        wait_for(lambda: states() == {"r"} or bool(runner.errors), "the handover")
+        wait_for(lambda: ferry.states() == {"r"} or bool(runner.errors), "the handover")
         expected = ferry.on_pub("SELECT to_jsonb(x) FROM t x ORDER BY id")
         rows = "SELECT to_jsonb(x) FROM t x ORDER BY id"
         wait_for(lambda: ferry.on_sub(rows) == expected or bool(runner.errors), "the rows")
@@ -353,32 +342,12 @@ def test_a_column_added_before_the_copy(ferry: Ferry) -> None:
         " varchar(12) NOT NULL DEFAULT 'w';"
         " INSERT INTO t VALUES (101, 'late', 'happy', 'x')"
     )
-    create_slot(ferry.pub, ferry.pub_db, ferry.name)
-    with ferry.sub.connect(ferry.sub_db) as conn:
-        ensure_catalog(conn)
-        store.create_subscription(
-            conn,
-            Subscription(
-                ferry.name,
-                ferry.pub.dsn(ferry.pub_db),
-                ("pub",),
-                ferry.name,
-                f"pgferry_{ferry.name}",
-                options=SubscriptionOptions(missing_columns="add"),
-            ),
-        )
-        store.upsert_table(
-            conn, SubscriptionTable(ferry.name, "public", "t", "public", "t", TableState.INIT, None)
-        )
-
-    def states() -> set[str]:
-        with ferry.sub.connect(ferry.sub_db) as conn:
-            return {s.state for s in handover.states(conn, ferry.name).values()}
+    register(ferry, TableState.INIT, missing_columns="add")
 
     runner = Runner()
     try:
         runner.start(TableSyncWorker(ferry.sub.dsn(ferry.sub_db), ferry.name, "public", "t"))
-        wait_for(lambda: states() == {"f"} or bool(runner.errors), "the copy")
+        wait_for(lambda: ferry.states() == {"f"} or bool(runner.errors), "the copy")
         assert not runner.errors, runner.errors
     finally:
         runner.stop()

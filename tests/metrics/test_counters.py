@@ -27,6 +27,22 @@ def ferry(cluster: Cluster, dbname: str) -> Iterator[Ferry]:
         yield Ferry(cluster, dbname, cluster, sub_db)
 
 
+def _publish(ferry: Ferry) -> None:
+    """Table ``t`` on both sides, publication ``p`` of it, and a small
+    logical_decoding_work_mem, so that a transaction of a few thousand rows is
+    streamed while in progress."""
+    ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)"
+    ferry.on_pub(ddl)
+    ferry.on_sub(ddl)
+    ferry.on_pub("CREATE PUBLICATION p FOR TABLE t")
+    ferry.pub.sql(
+        sql.SQL("ALTER DATABASE {} SET logical_decoding_work_mem = '64kB'").format(
+            sql.Identifier(ferry.pub_db)
+        ),
+        dbname=ferry.pub_db,
+    )
+
+
 def _transactions(ferry: Ferry, first: int, number: int) -> None:
     """``number`` transactions of :data:`ROWS` row changes each: three inserts, an
     update and a delete."""
@@ -52,17 +68,7 @@ def _applied(transactions: int) -> object:
 
 
 def test_applied_conflict_and_restart_counters(ferry: Ferry) -> None:
-    ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)"
-    ferry.on_pub(ddl)
-    ferry.on_sub(ddl)
-    ferry.on_pub("CREATE PUBLICATION p FOR TABLE t")
-    # (So that a transaction of a few thousand rows is streamed.)
-    ferry.pub.sql(
-        sql.SQL("ALTER DATABASE {} SET logical_decoding_work_mem = '64kB'").format(
-            sql.Identifier(ferry.pub_db)
-        ),
-        dbname=ferry.pub_db,
-    )
+    _publish(ferry)
     ferry.subscribe(SUB, ["p"], "copy_data=false")
     with exporting(ferry) as (_, server):
         s = wait_scrape(
@@ -167,16 +173,7 @@ def test_spool_bytes_while_a_streamed_transaction_waits(ferry: Ferry) -> None:
     """``streaming=on`` spools a streamed transaction until its commit: the gauge
     shows the spooled bytes while it is open on the publisher, 0 once applied."""
     name = "spool_sub"
-    ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)"
-    ferry.on_pub(ddl)
-    ferry.on_sub(ddl)
-    ferry.on_pub("CREATE PUBLICATION p FOR TABLE t")
-    ferry.pub.sql(
-        sql.SQL("ALTER DATABASE {} SET logical_decoding_work_mem = '64kB'").format(
-            sql.Identifier(ferry.pub_db)
-        ),
-        dbname=ferry.pub_db,
-    )
+    _publish(ferry)
     ferry.subscribe(name, ["p"], "copy_data=false", "streaming=on")
     with exporting(ferry) as (_, server), ferry.pub.connect(ferry.pub_db) as open_tx:
         wait_scrape(
