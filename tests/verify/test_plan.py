@@ -7,6 +7,7 @@ import pytest
 from pgferry.errors import InterfaceError
 from pgferry.verify.compare import parse_table
 from pgferry.verify.plan import choose_key
+from pgferry.verify.report import TableReport, VerifyReport, render_text
 
 
 @pytest.mark.parametrize(
@@ -37,3 +38,16 @@ def test_the_key_is_the_primary_key_when_published() -> None:
     assert choose_key([(False, "c")], ["c"]) == ("c",)
     assert choose_key([(True, None)], ["a"]) == ()
     assert choose_key([], ["a"]) == ()
+
+
+def test_equal_keys_with_other_row_counts_are_not_identical() -> None:
+    """Duplicate or NULL keys on one side: every key compares equal, yet the
+    tables differ; the report says so and the verdict is not identical."""
+    same = TableReport("public.t", rows_publisher=3, rows_subscriber=3)
+    more = TableReport("public.u", rows_publisher=3, rows_subscriber=4)
+    assert same.identical and not more.identical and more.differences == 0
+    report = VerifyReport("s", None, [same, more])
+    assert not report.identical
+    lines = render_text(report)
+    assert lines[1].startswith("public.u: rows differ in number")
+    assert lines[-1].startswith("subscription s: 2 tables, rows differ in number")

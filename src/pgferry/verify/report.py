@@ -39,6 +39,14 @@ class TableReport:
     def differences(self) -> int:
         return sum(self.counts.values())
 
+    @property
+    def identical(self) -> bool:
+        """No key differs, and both sides hold as many rows: keys compared equal
+        while the numbers differ mean rows the keys do not tell apart (duplicate
+        keys on a subscriber table without the publisher's unique key, or rows
+        with a NULL key)."""
+        return self.differences == 0 and self.rows_publisher == self.rows_subscriber
+
     def add(self, kind: str, key: Key, limit: int) -> None:
         self.counts[kind] += 1
         if len(self.keys[kind]) < limit:
@@ -59,7 +67,7 @@ class VerifyReport:
 
     @property
     def identical(self) -> bool:
-        return all(t.differences == 0 for t in self.tables)
+        return all(t.identical for t in self.tables)
 
     @property
     def differences(self) -> int:
@@ -75,7 +83,12 @@ def render_text(report: VerifyReport) -> list[str]:
     lines: list[str] = []
     at = f" at {report.lsn}" if report.lsn is not None else ""
     for t in report.tables:
-        state = "identical" if t.differences == 0 else f"{t.differences} differences"
+        if t.identical:
+            state = "identical"
+        elif t.differences == 0:
+            state = "rows differ in number (duplicate or NULL keys on one side)"
+        else:
+            state = f"{t.differences} differences"
         lines.append(
             f"{t.table}: {state} ({t.rows_publisher} rows on the publisher,"
             f" {t.rows_subscriber} on the subscriber, {t.ranges} ranges, {t.seconds:.2f} s)"
@@ -89,7 +102,13 @@ def render_text(report: VerifyReport) -> list[str]:
         if report.repaired and t.differences:
             fixed = ", ".join(f"{t.repaired[k]} {k}" for k in KINDS if t.repaired[k])
             lines.append(f"  repaired: {fixed or 'nothing (already fixed by replication)'}")
-    verdict = "identical" if report.identical else f"{report.differences} differences"
+    verdict = (
+        "identical"
+        if report.identical
+        else f"{report.differences} differences"
+        if report.differences
+        else "rows differ in number"
+    )
     lines.append(
         f"subscription {report.subscription}{at}: {len(report.tables)} tables, {verdict}"
         f" ({report.seconds:.2f} s)"
