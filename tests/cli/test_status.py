@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -200,9 +201,17 @@ def test_watch_top_and_ctrl_c(env: Env) -> None:
         stdin=subprocess.DEVNULL,
         text=True,
     )
-    time.sleep(2)
+    # (Once it shows a first view: a loaded machine may take seconds to start it.)
+    assert proc.stdout is not None
+    seen, deadline = "", time.monotonic() + 60
+    while "pgferry status at " not in seen:
+        assert time.monotonic() < deadline and proc.poll() is None, seen
+        if select.select([proc.stdout], [], [], 1)[0]:
+            seen += proc.stdout.readline()
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
+    out = seen + out
     assert proc.returncode == 0 and err == "", err
     assert out.count("pgferry status at ") >= 2 and "subscription ferry" in out
 
