@@ -184,6 +184,10 @@ def test_status_text_fits_80_columns_when_piped(env: Env) -> None:
     assert "  hint: is pgferry run running for this database?" in lines
 
 
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_watch_top_and_ctrl_c(env: Env) -> None:
     env.create()
     top = pgferry(env.sub_dsn, "top", "--interval", "0.1", "--count", "2")
@@ -200,6 +204,9 @@ def test_watch_top_and_ctrl_c(env: Env) -> None:
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
+        # As from a terminal: a test run in the background (CI) may have SIGINT
+        # ignored, which a child inherits, and then Python leaves it ignored.
+        preexec_fn=_interruptible,
     )
     # (Once it shows a first view: a loaded machine may take seconds to start it.)
     assert proc.stdout is not None
