@@ -417,3 +417,112 @@ def test_publisher_13_smoke(sub18: Cluster) -> None:
         finally:
             sub18.drop_database("ddl_sub_pg13")
             sub18.sql("SELECT pg_replication_origin_drop('pgferry_ddl_pg13')")
+
+
+def test_a_transaction_block_around_one_statement(ddl_ferry: Ferry) -> None:
+    """``BEGIN; <DDL>; COMMIT;`` sent as one query string is that statement,
+    replayed without its block; a literal read when the statement runs
+    (``'now'``) is as unsafe as ``now()``."""
+    ferry = ddl_ferry
+    name = unique("block", ferry)
+    _table_list_setup(ferry, name)
+    with ferry.running():
+        ferry.wait_ready(name)
+        ferry.on_pub("BEGIN; ALTER TABLE t ADD COLUMN w int; COMMIT;")
+        ferry.on_pub("START TRANSACTION;\n-- migration 2\nCREATE INDEX t_w ON t (w); END; ")
+        ferry.on_pub("INSERT INTO t VALUES (1, 'a', 2)")
+        ferry.wait_rows("SELECT id, v, w FROM t", [(1, "a", 2)])
+        assert ferry.on_sub("SELECT count(*) FROM pg_indexes WHERE indexname = 't_w'") == [(1,)]
+        _no_stops(ferry, name)
+        ferry.on_pub("BEGIN; ALTER TABLE t ADD COLUMN at timestamptz DEFAULT 'now'; COMMIT")
+        wait_for(lambda: ferry.subscription(name).last_error is not None, "the apply error", 60)
+        error = ferry.subscription(name).last_error or ""
+        assert "DDL not replicated" in error and "may give other values" in error, error
+        with ferry.sub.connect(ferry.sub_db) as conn:
+            lsn = store.failed_lsn(conn, name)
+        assert lsn is not None
+        # What the hint says: the statement's effect by hand, then --skip.
+        at = ferry.on_pub("SELECT DISTINCT at::text FROM t")[0][0]
+        ferry.on_sub(f"ALTER TABLE t ADD COLUMN at timestamptz DEFAULT '{at}'")
+        ferry.alter(name, skip=str(lsn))
+        ferry.on_pub("INSERT INTO t VALUES (2, 'b', 3)")
+        ferry.wait_rows("SELECT id FROM t ORDER BY id", [(1,), (2,)])
+    table = ("public", "t")
+    assert _rows(ferry.sub_dsn, table) == _rows(ferry.pub.dsn(ferry.pub_db), table)
+
+
+def test_ddl_runs_under_the_publisher_session_settings(ddl_ferry: Ferry) -> None:
+    """TimeZone, DateStyle and IntervalStyle of the publisher's session are
+    recorded with the statement and set for its replay: a subscriber database
+    with other defaults ends with the same data."""
+    ferry = ddl_ferry
+    name = unique("settings", ferry)
+    for run_on in (ferry.on_pub, ferry.on_sub):
+        run_on("CREATE TABLE t (id int PRIMARY KEY, ts timestamp)")
+    ferry.on_pub("INSERT INTO t VALUES (1, '2025-03-04 10:00'), (2, '2025-07-01 23:30')")
+    ferry.sub.sql(
+        sql.SQL(
+            "ALTER DATABASE {0} SET TimeZone = 'UTC';"
+            " ALTER DATABASE {0} SET DateStyle = 'ISO, MDY';"
+            " ALTER DATABASE {0} SET IntervalStyle = 'postgres'"
+        ).format(sql.Identifier(ferry.sub_db))
+    )
+    ferry.on_pub("CREATE PUBLICATION p FOR TABLE t")
+    with manage.connect(ferry.pub.dsn(ferry.pub_db)) as conn:
+        manage.alter_publication(conn, "p", ddl=True)
+    ferry.subscribe(name, ["p"])
+    with ferry.running():
+        ferry.wait_ready(name)
+        with psycopg.connect(ferry.pub.dsn(ferry.pub_db), autocommit=True) as conn:
+            conn.execute("SET TimeZone = 'America/New_York'")
+            conn.execute("SET DateStyle = 'SQL, DMY'")
+            conn.execute("SET IntervalStyle = 'sql_standard'")
+            conn.execute("ALTER TABLE t ALTER COLUMN ts TYPE timestamptz")
+            conn.execute("ALTER TABLE t ADD COLUMN d date DEFAULT '03/04/2025'")
+            conn.execute("ALTER TABLE t ADD COLUMN span text DEFAULT (interval '1 day 2 hours')")
+            conn.execute("INSERT INTO t (id, ts) VALUES (3, '2025-12-31 22:00')")
+        ferry.wait_rows("SELECT count(*) FROM t", [(3,)], 60)
+        _no_stops(ferry, name)
+    settings = json.loads(
+        ferry.on_pub("SELECT settings FROM pgferry_ddl.queue ORDER BY id LIMIT 1")[0][0]
+    )
+    assert settings["TimeZone"] == "America/New_York" and settings["DateStyle"] == "SQL, DMY"
+    assert _rows(ferry.sub_dsn, ("public", "t")) == _rows(
+        ferry.pub.dsn(ferry.pub_db), ("public", "t")
+    )
+    assert ferry.on_sub(
+        "SELECT (ts AT TIME ZONE 'UTC')::text, d::text, span FROM t WHERE id = 1"
+    ) == [("2025-03-04 15:00:00", "2025-04-03", "1 2:00:00")]
+
+
+def test_install_brings_an_older_queue_up_to_date(ddl_ferry: Ferry) -> None:
+    """A queue table of an older capture (no ``settings`` column) is upgraded in
+    place: its rows stay, new ones record the settings."""
+    ferry = ddl_ferry
+    ferry.on_pub(
+        "CREATE SCHEMA pgferry_ddl;"
+        " CREATE TABLE pgferry_ddl.queue (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+        " at timestamptz NOT NULL DEFAULT clock_timestamp(), xid bigint NOT NULL,"
+        " started timestamptz NOT NULL, publications text NOT NULL, command_tag text NOT NULL,"
+        " command text NOT NULL, search_path text NOT NULL, role text NOT NULL,"
+        " objects text NOT NULL);"
+        " INSERT INTO pgferry_ddl.queue (xid, started, publications, command_tag, command,"
+        " search_path, role, objects) VALUES (1, now(), '[\"p\"]', 'ALTER TABLE', 'older',"
+        " 'public', 'app', '[]');"
+        " CREATE TABLE t (id int PRIMARY KEY)"
+    )
+    dsn = ferry.pub.dsn(ferry.pub_db)
+    run = pgferry(dsn, "publication", "create", "p", "--table", "t", "--ddl")
+    assert run.returncode == 0, run.stderr
+    with manage.connect(dsn) as conn:
+        capture.install(conn)  # again: nothing changes
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET TimeZone = 'Asia/Tokyo'")
+        conn.execute("ALTER TABLE t ADD COLUMN c int")
+    rows = ferry.on_pub("SELECT command, settings FROM pgferry_ddl.queue ORDER BY id")
+    assert [r[0] for r in rows] == ["older", "ALTER TABLE t ADD COLUMN c int"]
+    assert rows[0][1] is None
+    assert json.loads(rows[1][1])["TimeZone"] == "Asia/Tokyo"
+    assert ferry.on_pub("SELECT obj_description('pgferry_ddl'::regnamespace)") == [
+        (f"pgferry DDL capture, version {capture.VERSION}",)
+    ]

@@ -273,7 +273,13 @@ class ApplyWorker:
                 background=True,
                 filter_changed=tables.changed,
                 keepalive=stream.send_status_if_due,
-                ddl=DdlApplier(self.name, sub.publications, sub.options.ddl_unsafe, tables.adopt),
+                ddl=DdlApplier(
+                    self.name,
+                    sub.publications,
+                    sub.options.ddl_unsafe,
+                    tables.adopt,
+                    conninfo=sub.conninfo,
+                ),
             )
             self.applier = applier
             live = LiveStreams(

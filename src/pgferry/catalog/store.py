@@ -244,13 +244,15 @@ def set_table_state(
     remote_name: str,
     state: TableState,
     lsn: Lsn | None,
-) -> None:
+) -> bool:
+    """Whether the table is still the subscription's (its row was updated)."""
     letter = TableState.parse(state).value
-    conn.execute(
+    cursor = conn.execute(
         "UPDATE pgferry.subscription_table SET state = %s, state_lsn = %s::pg_lsn"
         " WHERE subscription = %s AND remote_schema = %s AND remote_name = %s",
         (letter, None if lsn is None else str(lsn), subscription, remote_schema, remote_name),
     )
+    return cursor.rowcount == 1
 
 
 def tables(conn: psycopg.Connection[Any], subscription: str) -> list[SubscriptionTable]:

@@ -16,7 +16,9 @@ Contract:
 * A queue row is one DDL statement (one ``current_query()`` and statement
   start: a statement that runs several commands, a ``DO`` block, a function,
   is one row holding the whole text; see :mod:`.classify`), with the command tag,
-  the ``search_path`` and role it ran under, the objects it touched (type,
+  the ``search_path`` and role it ran under, the session's settings that change
+  what it computes (:data:`~.classify.SETTINGS`: ``TimeZone``, ``DateStyle``,
+  ``IntervalStyle``, ``extra_float_digits``, as JSON), the objects it touched (type,
   identity, schema, the published table each belongs to, and the DDL
   publications that concern it) and the publications it is for. Only statements
   touching a DDL publication's objects are recorded: a published table or what
@@ -29,6 +31,9 @@ Contract:
 * Sessions applying replication (a replication origin is set up, or
   ``session_replication_role = replica``) are not recorded: a two-way setup does
   not echo DDL (event triggers do not fire in replica sessions anyway).
+* An install over an older one brings its queue table up to date in place
+  (``ADD COLUMN IF NOT EXISTS``); the subscriber reads rows of an older queue
+  too (without settings: none are set).
 * The queue stays bounded: each insert deletes the rows older than
   :data:`KEEP` (the subscriber ignores the queue's deletes).
 """
@@ -43,6 +48,8 @@ from psycopg import sql
 from pgferry.errors import PgferryError
 from pgferry.sqltext import printable
 
+from .classify import SETTINGS
+
 QUEUE_SCHEMA = "pgferry_ddl"
 QUEUE_TABLE = "queue"
 #: How long a queue row stays on the publisher (a slot behind by more than this
@@ -50,7 +57,12 @@ QUEUE_TABLE = "queue"
 KEEP = "1 hour"
 
 #: Bumped whenever INSTALL changes (recorded as the schema's comment).
-VERSION = 1
+VERSION = 2
+
+#: The JSON object of the session's :data:`~.classify.SETTINGS` (a queue row's ``settings``).
+_SETTINGS_JSON = "pg_catalog.json_build_object({})::text".format(
+    ", ".join(f"'{name}', pg_catalog.current_setting('{name}')" for name in SETTINGS)
+)
 
 INSTALL = f"""
 CREATE SCHEMA IF NOT EXISTS pgferry_ddl;
@@ -66,8 +78,10 @@ CREATE TABLE IF NOT EXISTS pgferry_ddl.queue (
     command text NOT NULL,
     search_path text NOT NULL,
     role text NOT NULL,
-    objects text NOT NULL
+    objects text NOT NULL,
+    settings text
 );
+ALTER TABLE pgferry_ddl.queue ADD COLUMN IF NOT EXISTS settings text;
 CREATE INDEX IF NOT EXISTS queue_at ON pgferry_ddl.queue (at);
 REVOKE ALL ON ALL TABLES IN SCHEMA pgferry_ddl FROM PUBLIC;
 
@@ -187,10 +201,11 @@ BEGIN
     DELETE FROM pgferry_ddl.queue
     WHERE at < pg_catalog.clock_timestamp() - interval '{KEEP}';
     INSERT INTO pgferry_ddl.queue
-        (xid, started, publications, command_tag, command, search_path, role, objects)
+        (xid, started, publications, command_tag, command, search_path, role, objects,
+         settings)
     VALUES (pg_catalog.txid_current(), pg_catalog.statement_timestamp(),
             pg_catalog.to_json(pubs)::text, tag, pg_catalog.current_query(), caller_path,
-            session_user, objs::text);
+            session_user, objs::text, {_SETTINGS_JSON});
 END
 $fn$;
 

@@ -14,18 +14,31 @@ policy then decides (stop, or skip the statement):
   has one row per query string, at its first command's place and with that
   command's objects only, so the later statements' objects (a table outside the
   subscription, which a table of the same name on the subscriber would pay for)
-  cannot be told apart;
+  cannot be told apart. Transaction control around one statement (``BEGIN``,
+  ``START TRANSACTION``, ``COMMIT``, ``END``) does not count: ``BEGIN; ALTER
+  ...; COMMIT;`` is that one statement;
 * temporary objects;
 * a rewrite with a volatile (or merely non-immutable) value: ``ADD COLUMN`` with
   such a default, a serial or identity column, ``ALTER COLUMN ... TYPE ... USING``
-  such an expression: existing rows would get other values on each side;
+  such an expression: existing rows would get other values on each side. A
+  date/time literal read when the statement runs (``'now'``, ``'today'``,
+  ``'tomorrow'``, ``'yesterday'``: ``'now'::timestamptz``, ``date 'today'``,
+  ``DEFAULT 'now'`` on a date/time column) is such a value;
 * a statement touching both tables of the subscription's publications and
   tables outside them.
 
 :func:`runnable` is the text the subscriber runs: the statement itself, with
 ``CONCURRENTLY`` removed where it cannot run in a transaction block (``CREATE
 INDEX``, ``DROP INDEX``, ``REINDEX``, ``DETACH PARTITION``): the subscriber runs
-each DDL in the local transaction holding the changes around it.
+each DDL in the local transaction holding the changes around it. Of a query
+string wrapped in a transaction block, it is the statement alone (its ``BEGIN``
+and ``COMMIT`` would end the subscriber's transaction).
+
+:attr:`DdlCommand.settings` are the publisher session's :data:`SETTINGS` the
+statement ran under (what it reads or writes as text depends on them: a
+``timestamp`` to ``timestamptz`` conversion on ``TimeZone``, a date literal on
+``DateStyle``); the subscriber runs it under the same. Only these names are
+kept from a queue row; one from an older queue has none.
 """
 
 from __future__ import annotations
@@ -33,8 +46,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+#: The session settings recorded with each statement and set for its replay.
+SETTINGS = ("TimeZone", "DateStyle", "IntervalStyle", "extra_float_digits")
 
 #: First words of a statement that is DDL itself.
 _DDL_WORDS = frozenset(
@@ -106,6 +122,10 @@ _IMMUTABLE_FUNCTIONS = frozenset(
     }
 )
 _SERIAL_TYPES = frozenset({"serial", "bigserial", "smallserial", "serial4", "serial8", "serial2"})
+#: Words naming a date/time type (``timestamp with time zone`` has two).
+_TIME_TYPES = frozenset({"date", "time", "timetz", "timestamp", "timestamptz"})
+#: Date/time input resolved when it is read, not a constant.
+_MOMENT = re.compile(r"\b(?:now|today|tomorrow|yesterday)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -135,6 +155,8 @@ class DdlCommand:
     role: str
     publications: tuple[str, ...]
     objects: tuple[DdlObject, ...]
+    #: The publisher session's :data:`SETTINGS` (none from an older queue).
+    settings: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_values(cls, values: Mapping[str, str | None]) -> DdlCommand:
@@ -156,6 +178,12 @@ class DdlCommand:
             )
             for o in json.loads(text("objects") or "[]")
         )
+        recorded = json.loads(text("settings") or "{}")
+        settings = {
+            name: recorded[name]
+            for name in SETTINGS
+            if isinstance(recorded, dict) and isinstance(recorded.get(name), str)
+        }
         return cls(
             int(text("id")) if text("id").isdigit() else 0,
             text("command_tag"),
@@ -164,6 +192,7 @@ class DdlCommand:
             text("role"),
             tuple(json.loads(text("publications") or "[]")),
             objects,
+            settings,
         )
 
     def concerns(self, publications: Iterable[str]) -> bool:
@@ -281,6 +310,25 @@ def _is(token: Token, *words: str) -> bool:
     return token.kind == "word" and not token.quoted and token.text in words
 
 
+def _transaction_control(words: list[Token]) -> bool:
+    """``BEGIN``, ``START TRANSACTION``, ``COMMIT`` or ``END`` (with their
+    options): a transaction block around a statement, not a statement of its own."""
+    first = words[0]
+    second = words[1] if len(words) > 1 else None
+    if _is(first, "begin"):
+        return second is None or not _is(second, "atomic")
+    if _is(first, "commit"):
+        return second is None or not _is(second, "prepared")
+    if _is(first, "end"):
+        return True
+    return _is(first, "start") and second is not None and _is(second, "transaction")
+
+
+def ddl_statements(text: str) -> list[list[Token]]:
+    """The text's statements (see :func:`statements`) but its transaction control."""
+    return [words for words in statements(text) if not _transaction_control(words)]
+
+
 # -- classification ---------------------------------------------------------------
 
 
@@ -290,7 +338,7 @@ def unsafe(command: DdlCommand, publications: Iterable[str]) -> str | None:
     tag = command.command_tag.upper()
     if tag in ("CREATE TABLE AS", "SELECT INTO"):
         return f"{tag} computes the new table's rows from the subscriber's data"
-    parts = statements(command.command)
+    parts = ddl_statements(command.command)
     if not parts:
         return "the statement text is empty"
     if len(parts) > 1:
@@ -359,12 +407,20 @@ def _volatile_rewrite(words: list[Token]) -> str | None:
                 _is(t, "identity") for t in rest
             ):
                 return "ADD COLUMN with a serial or identity column numbers the rows anew"
+            if len(rest) > 3 and [t.text for t in rest[:3] if not t.quoted] == [
+                "if",
+                "not",
+                "exists",
+            ]:
+                rest = rest[3:]
+            column_type = _upto_end(rest[1:])
             expression = _after(rest, "default")
             what = "ADD COLUMN with the default"
         else:
+            column_type = _upto_end(clause[at + 1 :])
             expression = _after(clause[at + 1 :], "using")
             what = "ALTER COLUMN TYPE with USING"
-        if expression and not _immutable(expression):
+        if expression and (not _immutable(expression) or _moment(expression, column_type)):
             shown = " ".join(t.text for t in expression)
             return f"{what} {shown} may give other values on the subscriber"
     return None
@@ -393,9 +449,15 @@ def _after(clause: list[Token], keyword: str) -> list[Token]:
     start = next((i for i, t in enumerate(clause) if _is(t, keyword)), None)
     if start is None:
         return []
+    return _upto_end(clause[start + 1 :])
+
+
+def _upto_end(tokens: list[Token]) -> list[Token]:
+    """The tokens up to the first constraint keyword at depth 0 (an
+    expression, or a column's type)."""
     expression: list[Token] = []
     depth = 0
-    for token in clause[start + 1 :]:
+    for token in tokens:
         if token.kind == "punct" and token.text == "(":
             depth += 1
         elif token.kind == "punct" and token.text == ")":
@@ -420,13 +482,32 @@ def _immutable(expression: list[Token]) -> bool:
     return True
 
 
+def _moment(expression: list[Token], column_type: list[Token]) -> bool:
+    """Whether the expression has a date/time literal that is read when the
+    statement runs (``'now'``, ``'today'``...): a literal naming one, in an
+    expression with a date/time type name (a cast, a typed literal) or for a
+    column of such a type."""
+    if not any(t.kind == "string" and _MOMENT.search(_literal(t)) for t in expression):
+        return False
+    return any(t.kind == "word" and t.text in _TIME_TYPES for t in (*expression, *column_type))
+
+
+def _literal(token: Token) -> str:
+    """A string token's value (escapes left as they are)."""
+    text = token.text
+    if text.startswith("$"):
+        tag = text[: text.index("$", 1) + 1]
+        return text[len(tag) : len(text) - len(tag)]
+    return text[text.index("'") + 1 : -1].replace("''", "'")
+
+
 # -- what runs on the subscriber -------------------------------------------------------
 
 
 def runnable(command: DdlCommand) -> str:
     """The statement the subscriber runs (see the module docstring)."""
     text = command.command
-    parts = statements(text)
+    parts = ddl_statements(text)
     if len(parts) != 1:
         return text
     words = parts[0]

@@ -11,12 +11,16 @@ around it; the applier has applied everything before it):
 * a ``DROP`` of objects none of which exists on the subscriber is ignored (they
   were never replicated here);
 * otherwise the statement runs (:func:`~.classify.runnable`: non-concurrently)
-  in a savepoint with the publisher's ``search_path`` and a bounded
+  in a savepoint with the publisher's ``search_path`` and date/time settings
+  (see :data:`~.classify.SETTINGS`) and a bounded
   ``lock_timeout`` (:data:`LOCK_TIMEOUT`), retried :data:`RETRIES` times while
   it cannot get its locks; it runs as the role that ran it on the publisher
   (``SET LOCAL ROLE``: the same rights there as here, never the apply worker's,
   which may be a superuser's), which must exist on the subscriber. Its failure
   is an ``ApplyError`` naming the statement;
+* before it runs, a table it alters or drops whose initial sync is under way
+  starts that sync over (:mod:`.restart`): the apply worker owns every table's
+  shape, the copy is taken again in the statement's shape;
 * afterwards the subscription's tables follow it, in the same local transaction:
   a table the statement created that one of the subscription's publications
   lists is added ready (it was created empty: nothing to copy); a subscribed
@@ -41,6 +45,7 @@ from pgferry.errors import ApplyError
 from pgferry.hints import alter_command
 from pgferry.protocol.messages import Relation, Value
 
+from . import restart
 from .capture import QUEUE_SCHEMA, QUEUE_TABLE
 from .classify import DdlCommand, describe, runnable, unsafe
 
@@ -88,11 +93,16 @@ class DdlApplier:
         publications: Sequence[str],
         policy: str = "stop",
         tables_changed: TablesChanged | None = None,
+        *,
+        conninfo: str = "",
     ) -> None:
+        """``conninfo``: the publisher's (a restarted sync's slot is dropped
+        there, see :mod:`.restart`)."""
         self.subscription = subscription
         self.publications = tuple(publications)
         self.policy = policy
         self.tables_changed = tables_changed
+        self.conninfo = conninfo
         #: Statements run, and skipped as unsafe (this worker).
         self.applied = 0
         self.skipped = 0
@@ -130,8 +140,11 @@ class DdlApplier:
             )
             return False
         before = _subscribed(conn, self.subscription)
+        syncing = restart.syncing_tables(conn, self.subscription, command, tx.commit_lsn)
+        if syncing:
+            restart.restart(conn, self.subscription, self.conninfo, syncing, command)
         self._run(conn, tx, command)
-        self._follow(conn, tx, command, before)
+        self._follow(conn, tx, command, before, restarted=bool(syncing))
         self.applied += 1
         logger.info(
             "subscription %s: applied DDL %s",
@@ -181,9 +194,27 @@ class DdlApplier:
                     " pg_catalog.set_config('lock_timeout', %s, true)",
                     (command.search_path, LOCK_TIMEOUT),
                 ).fetchone()
+                names, values = list(command.settings), list(command.settings.values())
+                if names:
+                    values = [
+                        str(r[0])
+                        for r in conn.execute(
+                            "SELECT pg_catalog.current_setting(s.name),"
+                            " pg_catalog.set_config(s.name, s.value, true)"
+                            " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY"
+                            " AS s(name, value, n) ORDER BY s.n",
+                            (names, values),
+                        ).fetchall()
+                    ]
                 conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(command.role)))
                 conn.execute(statement.encode())
                 conn.execute("SET LOCAL ROLE NONE")
+                if names:
+                    conn.execute(
+                        "SELECT pg_catalog.set_config(s.name, s.value, true)"
+                        " FROM unnest(%s::text[], %s::text[]) AS s(name, value)",
+                        (names, values),
+                    )
                 conn.execute(
                     "SELECT pg_catalog.set_config('search_path', '', true),"
                     " pg_catalog.set_config('lock_timeout', %s, true)",
@@ -210,9 +241,11 @@ class DdlApplier:
         tx: Transaction,
         command: DdlCommand,
         before: dict[int, tuple[str, str, str, str]],
+        *,
+        restarted: bool = False,
     ) -> None:
         """The subscription's tables after the statement (see the module docstring)."""
-        changed = False
+        changed = restarted
         after = _subscribed(conn, self.subscription)
         for oid, (rschema, rname, lschema, lname) in before.items():
             now = _name_of(conn, oid)

@@ -157,9 +157,12 @@ class TableSyncWorker:
             return
         synchronous_commit = sub.options.synchronous_commit
         if state.state in (TableState.INIT, TableState.DATA):
-            store.set_table_state(
+            if not store.set_table_state(
                 local, self.subscription, self.schema, self.name, TableState.DATA, None
-            )
+            ):
+                # A replicated DDL renamed or dropped it meanwhile (ddl.restart).
+                logger.info("table %s: no longer in the subscription", self.display)
+                return
             self._forget_previous_attempt(local, sub.conninfo)
             consistent = self._copy(local, sub, synchronous_commit)
         else:
