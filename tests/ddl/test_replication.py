@@ -386,22 +386,23 @@ def test_ddl_during_the_initial_sync(ddl_ferry: Ferry) -> None:
     assert diff.equivalent, diff.differences
 
 
-def test_publisher_13_smoke(sub18: Cluster) -> None:
-    """The oldest publisher pgferry supports: pgoutput 1, no logical messages; the
-    queue table carries the statements all the same."""
-    with Cluster(install_for_major(13)) as pub:
+@pytest.mark.parametrize("major", [13, 14, 16, 17])
+def test_publisher_major_smoke(sub18: Cluster, major: int) -> None:
+    """The other publishers pgferry supports (13: pgoutput 1, no logical messages;
+    the queue table carries the statements all the same)."""
+    with Cluster(install_for_major(major)) as pub:
         pub.create_database("app")
-        sub18.create_database("ddl_sub_pg13")
+        sub18.create_database(f"ddl_sub_pg{major}")
         try:
-            ferry = Ferry(pub, "app", sub18, "ddl_sub_pg13")
+            ferry = Ferry(pub, "app", sub18, f"ddl_sub_pg{major}")
             ferry.on_pub(
                 "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')"
             )
             with manage.connect(pub.dsn("app")) as conn:
                 manage.create_publication(conn, "p", all_tables=True, ddl=True)
-            ferry.subscribe("ddl_pg13", ["p"], "copy_schema=true")
+            ferry.subscribe(f"ddl_pg{major}", ["p"], "copy_schema=true")
             with ferry.running():
-                ferry.wait_ready("ddl_pg13")
+                ferry.wait_ready(f"ddl_pg{major}")
                 ferry.on_pub("ALTER TABLE t ADD COLUMN w int DEFAULT 0 NOT NULL")
                 ferry.on_pub("CREATE TABLE u (id int PRIMARY KEY)")
                 ferry.on_pub("INSERT INTO u VALUES (5)")
@@ -411,12 +412,12 @@ def test_publisher_13_smoke(sub18: Cluster) -> None:
                 ferry.on_pub("INSERT INTO t VALUES (2, 'b', 3, 4)")
                 ferry.wait_rows("SELECT * FROM t ORDER BY id", [(1, "a", 0, None), (2, "b", 3, 4)])
                 ferry.wait_rows("SELECT * FROM u", [(5,)])
-                _no_stops(ferry, "ddl_pg13")
-            diff = diff_subscription(ferry.sub_dsn, "ddl_pg13")
+                _no_stops(ferry, f"ddl_pg{major}")
+            diff = diff_subscription(ferry.sub_dsn, f"ddl_pg{major}")
             assert diff.equivalent, diff.differences
         finally:
-            sub18.drop_database("ddl_sub_pg13")
-            sub18.sql("SELECT pg_replication_origin_drop('pgferry_ddl_pg13')")
+            sub18.drop_database(f"ddl_sub_pg{major}")
+            sub18.sql("SELECT pg_replication_origin_drop(%s)", (f"pgferry_ddl_pg{major}",))
 
 
 def test_a_transaction_block_around_one_statement(ddl_ferry: Ferry) -> None:
