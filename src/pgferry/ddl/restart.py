@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -42,6 +41,7 @@ from psycopg import sql
 
 from pgferry import connect, origins
 from pgferry.catalog.model import TableState
+from pgferry.catalog.store import SubscriptionTable
 from pgferry.protocol.lsn import Lsn
 
 from .classify import DdlCommand, Token, tokens
@@ -54,26 +54,9 @@ RESHAPING = frozenset({"ALTER TABLE", "DROP TABLE"})
 SLOT_WAIT = 10.0
 
 
-@dataclass(frozen=True)
-class Syncing:
-    """A subscribed table the statement reshapes, not yet the apply worker's."""
-
-    subscription: str
-    remote_schema: str
-    remote_name: str
-    local_schema: str
-    local_name: str
-    state: TableState
-
-    @property
-    def slot(self) -> str:
-        """Its sync worker's slot and origin (and that worker's session's name)."""
-        return origins.sync_origin(self.subscription, self.remote_schema, self.remote_name)
-
-
 def syncing_tables(
     conn: psycopg.Connection[Any], subscription: str, command: DdlCommand, commit_lsn: Lsn
-) -> list[Syncing]:
+) -> list[SubscriptionTable]:
     """The subscribed tables ``command`` reshapes that the apply worker does not
     own at ``commit_lsn``; their catalog rows stay locked until the transaction ends."""
     if command.command_tag.upper() not in RESHAPING:
@@ -104,8 +87,14 @@ def syncing_tables(
             continue
         if state == TableState.SYNCDONE and lsn is not None and Lsn.parse(lsn) <= commit_lsn:
             continue
-        found.append(Syncing(subscription, rschema, rname, lschema, lname, state))
+        found.append(
+            SubscriptionTable(subscription, rschema, rname, lschema, lname, state, _lsn(lsn))
+        )
     return found
+
+
+def _lsn(text: str | None) -> Lsn | None:
+    return None if text is None else Lsn.parse(text)
 
 
 def _oid(conn: psycopg.Connection[Any], name: str, search_path: str) -> int | None:
@@ -123,16 +112,17 @@ def restart(
     conn: psycopg.Connection[Any],
     subscription: str,
     conninfo: str,
-    tables: Sequence[Syncing],
+    tables: Sequence[SubscriptionTable],
     command: DdlCommand,
 ) -> None:
     """Start the sync of ``tables`` over (see the module docstring), in ``conn``'s
     transaction, before ``command`` runs."""
     for table in tables:
+        slot = origins.sync_origin(subscription, table.remote_schema, table.remote_name)
         if table.state in (TableState.DATA, TableState.FINISHED):
-            _end_sync_sessions(conn, table.slot)
-        _drop_slot(conninfo, table.slot)
-        origins.drop(conn, [table.slot])
+            _end_sync_sessions(conn, slot)
+        _drop_slot(conninfo, slot)
+        origins.drop(conn, [slot])
         target = sql.Identifier(table.local_schema, table.local_name)
         if table.state in (TableState.FINISHED, TableState.SYNCDONE):
             _empty(conn, target, table)
@@ -187,7 +177,7 @@ def _drop_slot(conninfo: str, slot: str) -> None:
             time.sleep(0.05)
 
 
-def _empty(conn: psycopg.Connection[Any], target: sql.Composable, table: Syncing) -> None:
+def _empty(conn: psycopg.Connection[Any], target: sql.Composable, table: SubscriptionTable) -> None:
     """Remove the rows a finished copy (and its catch-up) left."""
     kind = conn.execute(
         "SELECT c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
@@ -206,7 +196,10 @@ def _empty(conn: psycopg.Connection[Any], target: sql.Composable, table: Syncing
 
 
 def _drop_added(
-    conn: psycopg.Connection[Any], target: sql.Composable, table: Syncing, added: Sequence[str]
+    conn: psycopg.Connection[Any],
+    target: sql.Composable,
+    table: SubscriptionTable,
+    added: Sequence[str],
 ) -> None:
     """Drop the columns the statement adds that the table has already."""
     if not added:
