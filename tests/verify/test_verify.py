@@ -253,7 +253,9 @@ def test_bad_input_is_one_line_and_leaves_nothing_held(ferry: Ferry) -> None:
         finally:
             store.set_conninfo(conn, ferry.name, good)
         assert down.returncode == 1
-        assert down.stderr.startswith("pgferry: error: cannot connect to the publisher")
+        assert down.stderr.startswith(
+            f"pgferry: error: subscription {ferry.name!r} cannot be verified"
+        )
         assert "hint:" in down.stderr
         assert conn.execute("SELECT count(*) FROM pgferry.apply_hold").fetchone() == (0,)
 

@@ -55,7 +55,8 @@ EXIT_DIFFERENT = 1
     "--timeout",
     default=DEFAULT_TIMEOUT,
     show_default=True,
-    help="Seconds to wait for the apply worker to pause and to reach the LSN.",
+    help="Seconds to wait for the publisher to answer (at least 2), and for the apply"
+    " worker to pause and to reach the LSN.",
 )
 @click.option(
     "--lease",

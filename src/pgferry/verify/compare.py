@@ -13,9 +13,19 @@ Contract of :func:`compare_snapshots` (see the package docstring for its use):
   and sum of row hashes are computed on both sides at once, every range of every
   table in parallel over the sessions; a range that differs is compared row by row
   when it holds at most :data:`FETCH_ROWS` rows on each side, else cut into
-  :data:`SPLIT` ranges again (on the side with more rows) and so on. Without a
-  key, the whole table's count and sum are compared, and the rows' multisets
-  when they differ;
+  :data:`SPLIT` ranges again (on the side with more rows) and so on;
+* a range that cannot be cut any more (its rows on the side with more share one
+  key value: duplicate keys on a subscriber table without the publisher's unique
+  key) is compared directly: both sides stream its distinct (key, row hash) pairs
+  with their counts in one order (see :meth:`~.plan.TablePlan.groups_query`),
+  merged in one pass, :data:`STREAM_ROWS` at a time; per key, the copies one side
+  has more of are paired as ``different``, the rest are ``missing`` or ``extra``,
+  once per copy. Memory stays bounded whatever the range holds. Bisection that
+  goes past :data:`MAX_LEVELS` levels or :data:`MAX_LEVEL_RANGES` ranges in one
+  level compares the whole table so instead;
+* without a key, the whole table's count and sum are compared, and when they
+  differ its distinct row hashes with their counts, streamed and merged the same
+  way; the row texts are read only for the hashes that differ;
 * a key found missing in one range and extra in another (the two sides order it
   differently, e.g. a text key under different collations) is one row compared
   by its hash, not two differences;
@@ -25,12 +35,14 @@ Contract of :func:`compare_snapshots` (see the package docstring for its use):
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import math
 import queue
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -67,6 +79,15 @@ MAX_RANGES = 512
 FETCH_ROWS = 5_000
 #: How many ranges a differing range is cut into.
 SPLIT = 16
+#: Bisection levels, and ranges in one level, at most: past either the whole
+#: table is compared directly instead (a key type the two servers order
+#: differently cuts ranges that do not shrink).
+MAX_LEVELS = 24
+MAX_LEVEL_RANGES = 8_192
+#: Rows fetched at a time from a streamed (directly compared) range.
+STREAM_ROWS = 10_000
+#: Row hashes whose row texts are read per query (tables without a key).
+TEXTS_CHUNK = 1_000
 #: Key types cut by arithmetic (see Comparison._initial_ranges).
 _INTEGERS = frozenset({"smallint", "integer", "bigint"})
 #: Keys listed per table and kind (the counts are exact).
@@ -96,9 +117,30 @@ class Sessions:
         finally:
             self._free.put(conn)
 
+    @contextlib.contextmanager
+    def stream(self, text: str) -> Iterator[Iterator[Row]]:
+        """The rows of ``text`` through a cursor, :data:`STREAM_ROWS` at a time;
+        the session is lent until the block ends."""
+        conn = self._free.get()
+        try:
+            conn.execute(f"DECLARE pgferry_stream NO SCROLL CURSOR FOR {text}".encode())
+            try:
+                yield _fetched(conn)
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(b"CLOSE pgferry_stream")
+        finally:
+            self._free.put(conn)
+
     def close(self) -> None:
         for conn in self.conns:
             conn.close()
+
+
+def _fetched(conn: psycopg.Connection[Any]) -> Iterator[Row]:
+    fetch = f"FETCH FORWARD {int(STREAM_ROWS)} FROM pgferry_stream".encode()
+    while rows := conn.execute(fetch).fetchall():
+        yield from rows
 
 
 def open_sessions(dsn: str, side: connect.Side, snapshot: str, jobs: int) -> Sessions:
@@ -213,7 +255,8 @@ def plans(
     for shape in select_tables(shapes, tables, subscription):
         rows = pub.query(key_query(shape.schema, shape.name))
         key = choose_key([(bool(r[0]), r[1]) for r in rows], shape.columns)
-        result.append(plan_table(shape, local[shape.key], key))
+        collatable = {r[1]: bool(r[2]) for r in rows}
+        result.append(plan_table(shape, local[shape.key], key, tuple(collatable[c] for c in key)))
     return result
 
 
@@ -295,13 +338,26 @@ class Comparison:
         missing: dict[Key, int] = {}
         extra: dict[Key, int] = {}
         different: list[Key] = []
+        direct: list[Future[list[tuple[str, Key, int]]]] = []
         level = self._initial_ranges(plan)
         first = True
-        while level:
+        for depth in itertools.count():
+            if not level:
+                break
+            if depth >= MAX_LEVELS or len(level) > MAX_LEVEL_RANGES:
+                for pending in direct:
+                    pending.result()
+                missing.clear()
+                extra.clear()
+                different.clear()
+                direct = [self.pool.submit(self._direct, plan, FULL)]
+                fp, fs = self.both(partial(plan.hash_query, rng=FULL))
+                report.rows_publisher, report.rows_subscriber = fp.result()[0][0], fs.result()[0][0]
+                break
             hashed = [(rng, self.both(partial(plan.hash_query, rng=rng))) for rng in level]
             report.ranges += len(level)
             fetch: list[tuple[Range, Any, Any]] = []
-            split: list[Future[list[Range]]] = []
+            split: list[tuple[Range, Future[list[Range]]]] = []
             for rng, (fp, fs) in hashed:
                 ((count_p, sum_p),) = fp.result()
                 ((count_s, sum_s),) = fs.result()
@@ -315,22 +371,56 @@ class Comparison:
                 else:
                     on_pub = count_p >= count_s
                     step = math.ceil(max(count_p, count_s) / SPLIT)
-                    split.append(self.pool.submit(self._split, plan, rng, on_pub, step))
+                    split.append((rng, self.pool.submit(self._split, plan, rng, on_pub, step)))
             first = False
             for _rng, fp, fs in fetch:
                 _diff_rows(fp.result(), fs.result(), missing, extra, different)
-            level = [r for f in split for r in f.result()]
+            level = []
+            for rng, future in split:
+                parts = future.result()
+                if parts == [rng]:
+                    direct.append(self.pool.submit(self._direct, plan, rng))
+                else:
+                    level.extend(parts)
         for key in [k for k in missing if k in extra]:
             if missing.pop(key) != extra.pop(key):
                 different.append(key)
         for kind, keys in (("missing", missing), ("extra", extra), ("different", different)):
             for key in keys:
                 report.add(kind, key, self.limit)
+        for pending in direct:
+            for kind, key, copies in pending.result():
+                for _ in range(copies):
+                    report.add(kind, key, self.limit)
 
     def _split(self, plan: TablePlan, rng: Range, on_pub: bool, step: int) -> list[Range]:
         side = self.pub if on_pub else self.sub
         cuts = [tuple(r) for r in side.query(plan.boundaries_query(on_pub, rng, step))]
         return _between(rng, cuts)
+
+    def _direct(self, plan: TablePlan, rng: Range) -> list[tuple[str, Key, int]]:
+        """A range compared by streaming both sides' (key, row hash) counts: per
+        differing key, (kind, key, copies)."""
+        found: list[tuple[str, Key, int]] = []
+        with (
+            self.pub.stream(plan.groups_query(True, rng)) as pub,
+            self.sub.stream(plan.groups_query(False, rng)) as sub,
+        ):
+            merged = _merge_counts(pub, sub, len(plan.key))
+            for key, deltas in itertools.groupby(merged, key=lambda m: m[0]):
+                more_p = more_s = 0
+                for _key, _digest, delta in deltas:
+                    more_p += max(delta, 0)
+                    more_s += max(-delta, 0)
+                paired = min(more_p, more_s)
+                for kind, copies in (
+                    ("different", paired),
+                    ("missing", more_p - paired),
+                    ("extra", more_s - paired),
+                ):
+                    if copies:
+                        found.append((kind, key, copies))
+        return found
 
     # -- tables without a key -------------------------------------------------------
 
@@ -341,13 +431,48 @@ class Comparison:
         report.rows_publisher, report.rows_subscriber, report.ranges = count_p, count_s, 1
         if count_p == count_s and sum_p == sum_s:
             return
-        fp, fs = self.both(plan.multiset_query)
-        pub = Counter({text: int(n) for text, n in fp.result()})
-        sub = Counter({text: int(n) for text, n in fs.result()})
-        for text in sorted(set(pub) | set(sub)):
-            delta = pub[text] - sub[text]
+        with (
+            self.pub.stream(plan.groups_query(True, FULL)) as pub,
+            self.sub.stream(plan.groups_query(False, FULL)) as sub,
+        ):
+            digests = [digest for _key, digest, _delta in _merge_counts(pub, sub, 0)]
+        deltas: Counter[str] = Counter()
+        for start in range(0, len(digests), TEXTS_CHUNK):
+            chunk = digests[start : start + TEXTS_CHUNK]
+            fp, fs = self.both(partial(plan.texts_query, hashes=chunk))
+            deltas.update({text: int(n) for text, n in fp.result()})
+            deltas.subtract({text: int(n) for text, n in fs.result()})
+        for text in sorted(deltas):
+            delta = deltas[text]
             for _ in range(abs(delta)):
                 report.add("missing" if delta > 0 else "extra", (text,), self.limit)
+
+
+def _order(row: Row, width: int) -> tuple[Any, ...]:
+    """A streamed row's place: its key texts as UTF-8 bytes (NULL last), then its
+    hash, as :meth:`~.plan.TablePlan.groups_query` orders them."""
+    key = tuple((v is None, b"" if v is None else v.encode()) for v in row[:width])
+    return (*key, row[width])
+
+
+def _merge_counts(
+    pub: Iterator[Row], sub: Iterator[Row], width: int
+) -> Iterator[tuple[Key, int, int]]:
+    """Two ordered streams of (key texts..., hash, count): each (key, hash) whose
+    counts differ, with the publisher's count less the subscriber's."""
+    p, s = next(pub, None), next(sub, None)
+    while p is not None or s is not None:
+        if s is None or (p is not None and _order(p, width) < _order(s, width)):
+            assert p is not None
+            yield tuple(p[:width]), int(p[width]), int(p[-1])
+            p = next(pub, None)
+        elif p is None or _order(s, width) < _order(p, width):
+            yield tuple(s[:width]), int(s[width]), -int(s[-1])
+            s = next(sub, None)
+        else:
+            if p[-1] != s[-1]:
+                yield tuple(p[:width]), int(p[width]), int(p[-1]) - int(s[-1])
+            p, s = next(pub, None), next(sub, None)
 
 
 def _between(rng: Range, cuts: list[Key]) -> list[Range]:

@@ -5,8 +5,10 @@ before L applied.
 :func:`held_pair` (a context manager; the protocol is in
 :mod:`pgferry.catalog.hold`):
 
-1. checks the subscription: enabled, not in error, every table ready, its
-   publisher reachable;
+1. checks the subscription: enabled, every table ready, its publisher reachable
+   (a connection attempt waits at most ``timeout``, at least libpq's 2 s; an
+   unreachable publisher is one error naming the subscription, with nothing
+   held), then not in error;
 2. asks its apply worker to pause at its next transaction boundary and waits for
    the acknowledgement;
 3. creates a TEMPORARY logical slot with an exported snapshot on the publisher
@@ -27,6 +29,7 @@ goes up, and a requester that dies leaves at most the lease behind.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import time
@@ -40,7 +43,7 @@ import psycopg
 from pgferry import connect
 from pgferry.catalog import TableState, ensure_catalog, store
 from pgferry.catalog import hold as catalog_hold
-from pgferry.errors import InterfaceError, PgferryError
+from pgferry.errors import ConnectionFailed, InterfaceError, PgferryError
 from pgferry.protocol.lsn import Lsn
 from pgferry.sqltext import quote_literal
 from pgferry.stream import ReplicationConnection
@@ -69,17 +72,12 @@ class Pair:
 
 
 def check_subscription(conn: psycopg.Connection[Any], name: str) -> store.Subscription:
-    """The subscription, if it can be verified now (else one clear error)."""
+    """The subscription, if it is enabled and ready (else one clear error)."""
     sub = store.get_subscription(conn, name)
     if not sub.enabled:
         raise InterfaceError(
             f"subscription {name!r} is disabled: nothing applies, so nothing can be held",
             hint=f"pgferry subscription enable {name}, then verify again",
-        )
-    if sub.last_error is not None:
-        raise InterfaceError(
-            f"subscription {name!r} is in error: {sub.last_error}",
-            hint=f"fix the error (pgferry status {name}); verify once it applies again",
         )
     waiting = [t for t in store.tables(conn, name) if t.state != TableState.READY]
     if waiting:
@@ -90,6 +88,44 @@ def check_subscription(conn: psycopg.Connection[Any], name: str) -> store.Subscr
             hint=f"pgferry subscription wait {name}, then verify again",
         )
     return sub
+
+
+def check_not_in_error(sub: store.Subscription) -> None:
+    if sub.last_error is not None:
+        raise InterfaceError(
+            f"subscription {sub.name!r} is in error: {sub.last_error}",
+            hint=f"fix the error (pgferry status {sub.name}); verify once it applies again",
+        )
+
+
+def _publisher_session(
+    stack: contextlib.ExitStack, sub: store.Subscription, timeout: float
+) -> tuple[psycopg.Connection[Any], ReplicationConnection]:
+    """The publisher's session and replication connection of step 3; the first
+    attempt waits at most ``timeout`` (libpq's least is 2 s), so a publisher that
+    does not answer is found within it. Failing, one error naming the subscription."""
+    name = "pgferry verify"
+    try:
+        holder = stack.enter_context(
+            connect.open_connection(
+                sub.conninfo,
+                side="publisher",
+                application_name=name,
+                params={"client_encoding": connect.CLIENT_ENCODING},
+                defaults={"connect_timeout": str(max(2, math.ceil(timeout)))},
+            )
+        )
+        repl = stack.enter_context(
+            ReplicationConnection.connect(sub.conninfo, application_name=name)
+        )
+    except ConnectionFailed as exc:
+        raise ConnectionFailed(
+            f"subscription {sub.name!r} cannot be verified now: {exc.message}; nothing was held",
+            hint=f"{exc.hint}; then pgferry verify {sub.name} again"
+            if exc.hint
+            else f"verify {sub.name} again once its publisher answers",
+        ) from None
+    return holder, repl
 
 
 class _Requester:
@@ -189,14 +225,11 @@ def held_pair(
         sub = check_subscription(catalog, subscription)
         # Every connection is opened before the worker is asked for anything: an
         # unreachable publisher is said at once, and the hold is not lengthened.
-        name = "pgferry verify"
-        holder_pub = stack.enter_context(
-            connect.session(sub.conninfo, side="publisher", application_name=name)
+        holder_pub, repl = _publisher_session(stack, sub, timeout)
+        check_not_in_error(sub)
+        holder_sub = stack.enter_context(
+            connect.session(subscriber_dsn, application_name="pgferry verify")
         )
-        repl = stack.enter_context(
-            ReplicationConnection.connect(sub.conninfo, application_name=name)
-        )
-        holder_sub = stack.enter_context(connect.session(subscriber_dsn, application_name=name))
         started = time.monotonic()
         requester = _Requester(catalog, subscription, lease, timeout)
         released = False

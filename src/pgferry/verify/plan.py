@@ -20,7 +20,17 @@ the same values is the same on PostgreSQL 15 and 18.
 
 Key ranges are half-open, ``lo <= key < hi`` in the key's btree order, written as
 row comparisons against literals (untyped, so each side reads them as its own
-column types). Keys travel as their text forms.
+column types). Keys travel as their text forms. A key column of a collatable type
+(text, varchar, char, citext, a domain over one...) is compared and ordered
+``COLLATE "C"`` on both sides, in the range predicates, the split points and the
+ordering alike: the two servers cut and order keys the same way whatever their
+own collations (another default, another libc or ICU version). Such a column's
+range predicates cannot use an index of another collation.
+
+A range compared directly (:meth:`TablePlan.groups_query`) is read as its
+distinct (key, row hash) pairs with their counts, ordered by the key's text forms
+as UTF-8 bytes (``convert_to``, no collation at all) and then by the hash, so the
+two sides' streams merge in one pass in any client.
 """
 
 from __future__ import annotations
@@ -40,6 +50,9 @@ SESSION_SETTINGS: tuple[tuple[str, str], ...] = (
     ("bytea_output", "hex"),
     ("lc_monetary", "C"),
 )
+
+#: The collation text-like key columns are compared and ordered in, on both sides.
+C_COLLATION = 'pg_catalog."C"'
 
 #: A key as its columns' text forms.
 Key = tuple[str | None, ...]
@@ -66,6 +79,8 @@ class TablePlan:
     #: Key columns in index order; empty: no key.
     key: tuple[str, ...]
     row_filter: str | None
+    #: Per key column: whether its type is collatable (compared ``COLLATE "C"``).
+    collatable: tuple[bool, ...] = ()
 
     @property
     def display(self) -> str:
@@ -85,7 +100,14 @@ class TablePlan:
         return f"pg_catalog.hashtextextended({self.row_text()}, 0)"
 
     def _key_list(self) -> str:
-        return ", ".join(quote_ident(c) for c in self.key)
+        """The key columns as range predicates and orderings compare them."""
+        return ", ".join(self._key_expr(i) for i in range(len(self.key)))
+
+    def _key_expr(self, i: int) -> str:
+        column = quote_ident(self.key[i])
+        if i < len(self.collatable) and self.collatable[i]:
+            return f"{column} COLLATE {C_COLLATION}"
+        return column
 
     def _key_texts(self) -> str:
         # (Aliased: ORDER BY a key column must not mean its text output column.)
@@ -112,17 +134,17 @@ class TablePlan:
 
     def boundaries_query(self, publisher: bool, rng: Range, step: int) -> str:
         """Every ``step``-th key of the range in key order: split points."""
-        keys = self._key_list()
+        columns = ", ".join(quote_ident(c) for c in self.key)
         return (
             f"SELECT {', '.join(f'k.{quote_ident(c)}::text' for c in self.key)} FROM"
-            f" (SELECT {keys}, row_number() OVER (ORDER BY {keys}) AS pgferry_rn"
+            f" (SELECT {columns}, row_number() OVER (ORDER BY {self._key_list()}) AS pgferry_rn"
             f" FROM {self.relation(publisher)}{self._where(publisher, rng)}) k"
             f" WHERE k.pgferry_rn % {int(step)} = 0 ORDER BY k.pgferry_rn"
         )
 
     def bounds_query(self) -> str:
         """The publisher's smallest and largest key (of a one-column key), as text."""
-        key = quote_ident(self.key[0])
+        key = self._key_expr(0)
         return (
             f"SELECT min({key})::text, max({key})::text"
             f" FROM {self.relation(True)}{self._where(True, FULL)}"
@@ -136,15 +158,49 @@ class TablePlan:
             f" ORDER BY {self._key_list()}"
         )
 
-    def multiset_query(self, publisher: bool) -> str:
-        """Without a key: each distinct row text with its count."""
+    def groups_query(self, publisher: bool, rng: Range) -> str:
+        """Each distinct (key texts, row hash) of the range with its count, ordered
+        by the key texts' UTF-8 bytes (NULL last), then the hash; without a key,
+        each distinct row hash with its count, by hash."""
+        keys = [f"pgferry_k{i}" for i in range(len(self.key))]
+        inner = ", ".join(
+            [
+                *(
+                    f"({quote_ident(c)}::text) COLLATE {C_COLLATION} AS {k}"
+                    for c, k in zip(self.key, keys, strict=True)
+                ),
+                f"{self.row_hash()} AS pgferry_h",
+            ]
+        )
+        order = ", ".join([*(f"pg_catalog.convert_to({k}, 'UTF8')" for k in keys), "pgferry_h"])
+        grouped = ", ".join([*keys, "pgferry_h"])
         return (
-            f"SELECT {self.row_text()}, count(*) FROM {self.relation(publisher)}"
-            f"{self._where(publisher, FULL)} GROUP BY 1"
+            f"SELECT {grouped}, count(*) FROM (SELECT {inner} FROM"
+            f" {self.relation(publisher)}{self._where(publisher, rng)}) r"
+            f" GROUP BY {grouped} ORDER BY {order}"
+        )
+
+    def texts_query(self, publisher: bool, hashes: Sequence[int]) -> str:
+        """Without a key: each distinct row text whose hash is one of ``hashes``,
+        with its count."""
+        wanted = ", ".join(str(int(h)) for h in hashes) or "NULL"
+        where = self._where(publisher, FULL)
+        test = f"{self.row_hash()} IN ({wanted})"
+        where = f"{where} AND {test}" if where else f" WHERE {test}"
+        return (
+            f"SELECT ({self.row_text()}) COLLATE {C_COLLATION}, count(*)"
+            f" FROM {self.relation(publisher)}{where} GROUP BY 1"
         )
 
     def key_predicate(self, key: Key) -> str:
-        return f"({self._key_list()}) = ({_literals(key)})"
+        """The rows with this key: by the columns' own equality (an index serves
+        it), and ``COLLATE "C"`` too when a column is collatable (a
+        nondeterministic collation's equality is not the text's)."""
+        columns = ", ".join(quote_ident(c) for c in self.key)
+        plain = f"({columns}) = ({_literals(key)})"
+        if not any(self.collatable):
+            return plain
+        return f"({plain} AND ({self._key_list()}) = ({_literals(key)}))"
 
     def values_query(self, publisher: bool, keys: Sequence[Key]) -> str:
         """The published columns' text forms of the rows with these keys, key first."""
@@ -175,12 +231,13 @@ def _literals(key: Key) -> str:
 
 
 def key_query(schema: str, name: str) -> str:
-    """The primary key's and the replica identity index's columns, in index order."""
+    """The primary key's and the replica identity index's columns, in index order:
+    (is the primary key, column name, is the column's type collatable)."""
     return _KEY_QUERY.format(schema=quote_literal(schema), name=quote_literal(name))
 
 
 _KEY_QUERY = """
-SELECT i.indisprimary, a.attname::text
+SELECT i.indisprimary, a.attname::text, a.attcollation <> 0
 FROM pg_catalog.pg_index i
 JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -204,7 +261,19 @@ def choose_key(rows: Sequence[tuple[bool, str | None]], columns: Sequence[str]) 
     return tuple(n for n in names if n is not None)
 
 
-def plan_table(shape: PublishedTable, local: tuple[str, str], key: tuple[str, ...]) -> TablePlan:
+def plan_table(
+    shape: PublishedTable,
+    local: tuple[str, str],
+    key: tuple[str, ...],
+    collatable: tuple[bool, ...] = (),
+) -> TablePlan:
     return TablePlan(
-        shape.schema, shape.name, local[0], local[1], shape.columns, key, shape.row_filter
+        shape.schema,
+        shape.name,
+        local[0],
+        local[1],
+        shape.columns,
+        key,
+        shape.row_filter,
+        collatable,
     )
