@@ -527,3 +527,32 @@ def test_install_brings_an_older_queue_up_to_date(ddl_ferry: Ferry) -> None:
     assert ferry.on_pub("SELECT obj_description('pgferry_ddl'::regnamespace)") == [
         (f"pgferry DDL capture, version {capture.VERSION}",)
     ]
+
+
+def test_ddl_on_a_table_not_refreshed_yet_is_left_to_the_refresh(ddl_ferry: Ferry) -> None:
+    """A table added to the publication and altered before the subscriber's
+    refresh: its statements are not replicated (its rows are not either, as
+    native), apply goes on, and the refresh copies the table as it is then."""
+    ferry = ddl_ferry
+    name = unique("notyet", ferry)
+    ferry.on_pub("CREATE TABLE t1 (id int PRIMARY KEY)")
+    ferry.on_pub("CREATE PUBLICATION p FOR TABLE t1")
+    with manage.connect(ferry.pub.dsn(ferry.pub_db)) as conn:
+        manage.alter_publication(conn, "p", ddl=True)
+    ferry.subscribe(name, ["p"], "copy_schema=true")
+    with ferry.running():
+        ferry.wait_ready(name)
+        ferry.on_pub("CREATE TABLE t2 (id int PRIMARY KEY)")
+        ferry.on_pub("ALTER PUBLICATION p ADD TABLE t2")
+        ferry.on_pub("ALTER TABLE t2 ADD COLUMN x int")
+        ferry.on_pub("CREATE INDEX t2_x ON t2 (x)")
+        ferry.on_pub("INSERT INTO t2 VALUES (1, 2)")
+        ferry.on_pub("INSERT INTO t1 VALUES (1)")
+        ferry.wait_rows("SELECT id FROM t1", [(1,)])
+        _no_stops(ferry, name)
+        assert ferry.on_sub("SELECT to_regclass('public.t2')") == [(None,)]
+        ferry.alter(name, refresh_publication=True)
+        ferry.wait_ready(name)
+        ferry.wait_rows("SELECT id, x FROM t2", [(1, 2)])
+    diff = diff_subscription(ferry.sub_dsn, name)
+    assert diff.equivalent, diff.differences

@@ -9,7 +9,9 @@ around it; the applier has applied everything before it):
   raises an :class:`~pgferry.errors.ApplyError` with the statement, why, the
   transaction's finish LSN and the ``--skip`` hint; ``skip`` logs it and goes on;
 * a ``DROP`` of objects none of which exists on the subscriber is ignored (they
-  were never replicated here);
+  were never replicated here), and so is a statement on a table that is not here
+  (:data:`_NEEDS_A_TABLE`: a table added to a publication and not refreshed yet,
+  whose rows are not applied either);
 * otherwise the statement runs (:func:`~.classify.runnable`: non-concurrently)
   in a savepoint with the publisher's ``search_path`` and date/time settings
   (see :data:`~.classify.SETTINGS`) and a bounded
@@ -68,6 +70,12 @@ _EXISTS = {
     "function": "pg_catalog.to_regprocedure(%s)",
     "schema": "pg_catalog.to_regnamespace(%s)",
 }
+
+#: Statements on an existing table: one whose table is not here is ignored (a
+#: table added to a publication and not refreshed yet, as its rows are).
+_NEEDS_A_TABLE = frozenset(
+    {"ALTER TABLE", "CREATE INDEX", "ALTER INDEX", "CREATE TRIGGER", "CREATE POLICY"}
+)
 
 TablesChanged = Callable[[dict[tuple[str, str], handover.TableState]], None]
 
@@ -137,6 +145,17 @@ class DdlApplier:
                 "subscription %s: nothing here to drop: %s",
                 self.subscription,
                 describe(command.command),
+            )
+            return False
+        if command.command_tag.upper() in _NEEDS_A_TABLE and not restart.local_tables(
+            conn, command
+        ):
+            logger.info(
+                "subscription %s: DDL not replicated (its table is not here: not in the"
+                " subscription yet, a refresh copies it): %s",
+                self.subscription,
+                describe(command.command),
+                extra={"lsn": str(tx.commit_lsn)},
             )
             return False
         before = _subscribed(conn, self.subscription)

@@ -61,12 +61,7 @@ def syncing_tables(
     own at ``commit_lsn``; their catalog rows stay locked until the transaction ends."""
     if command.command_tag.upper() not in RESHAPING:
         return []
-    oids = [_oid(conn, o.identity, "") for o in command.objects if o.type == "table" and o.identity]
-    named = altered_table(command.command)
-    if named is not None:
-        # Its name before the statement (a RENAME's object has the new one).
-        oids.append(_oid(conn, named, command.search_path))
-    found_oids = [oid for oid in oids if oid is not None]
+    found_oids = local_tables(conn, command)
     if not found_oids:
         return []
     rows = conn.execute(
@@ -91,6 +86,19 @@ def syncing_tables(
             SubscriptionTable(subscription, rschema, rname, lschema, lname, state, _lsn(lsn))
         )
     return found
+
+
+def local_tables(conn: psycopg.Connection[Any], command: DdlCommand) -> list[int]:
+    """The OIDs of the subscriber's tables ``command`` names: the tables among
+    its objects and those its objects belong to, and the table an ``ALTER
+    TABLE`` names (a RENAME's object has the new name, the table here the old)."""
+    names = {o.identity for o in command.objects if o.type == "table" and o.identity}
+    names |= {o.table for o in command.objects if o.table}
+    oids = [_oid(conn, name, "") for name in sorted(names)]
+    named = altered_table(command.command)
+    if named is not None:
+        oids.append(_oid(conn, named, command.search_path))
+    return sorted({oid for oid in oids if oid is not None})
 
 
 def _lsn(text: str | None) -> Lsn | None:
