@@ -1,7 +1,8 @@
 """A PostgreSQL 15 primary replicated by pgferry into a PostgreSQL 18 database,
 clients writing through a real PgBouncer (transaction pooling) to the primary,
 and a ``pgferry run`` for each side (the old primary's applies the reverse
-subscription after a switchover)."""
+subscription after a switchover). The primary allows prepared transactions; with
+``ddl`` its publication captures DDL (:mod:`pgferry.ddl.capture`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgferry.ddl import capture
 from pgferry.runner.launcher import Launcher
 from pgferry.subscription.manage import create_subscription
 from pgferry.testing import Cluster, install_for_major
@@ -62,15 +64,25 @@ def _subscribed(upgrade: Upgrade, name: str) -> None:
     )
 
 
+#: Prepared transactions on the old primary (the preflight refuses them).
+OLD_SETTINGS = {"max_prepared_transactions": "4"}
+
+
 @contextmanager
-def upgrade_setup(name: str) -> Iterator[Upgrade]:
-    with Cluster(install_for_major(15)) as old, Cluster(install_for_major(18)) as new:
+def upgrade_setup(name: str, *, ddl: bool = False) -> Iterator[Upgrade]:
+    with (
+        Cluster(install_for_major(15), settings=OLD_SETTINGS) as old,
+        Cluster(install_for_major(18)) as new,
+    ):
         old.create_database("app")
         new.create_database("app")
         old.sql(
             LOAD_SCHEMA + "CREATE PUBLICATION pub FOR TABLE accounts, history, counters;",
             dbname="app",
         )
+        if ddl:
+            with old.connect(dbname="app") as conn, conn.transaction():
+                capture.enable(conn, "pub")
         with PgBouncer({ALIAS: old.dsn("app")}) as bouncer:
             upgrade = Upgrade(old, new, bouncer)
             _subscribed(upgrade, name)

@@ -7,6 +7,7 @@
          [--pgbouncer-target CONNINFO]]
         [--reverse-name R] [--reverse-conninfo CONNINFO]
         [--max-lag BYTES] [--max-transaction-age S] [--phase-timeout S] [--fence-timeout S]
+        [--redirect-timeout S]
         [--no-schema-check] [--verify]
 
 ``-d`` is the database of subscription NAME (the new primary); the phases and
@@ -14,7 +15,8 @@ their guarantees are :mod:`pgferry.switchover`'s. The report is one line, then
 one line per phase with its duration, the write pause and the fence position;
 ``--json`` prints one object instead: ``subscription``, ``reverse``,
 ``direction`` (``forward`` or ``rollback``), ``dry_run``, ``phases`` (phase
-name -> seconds), ``pause`` (seconds; null with ``--dry-run``), ``fence_lsn``,
+name -> seconds), ``pause`` (seconds; null with ``--dry-run``), ``fenced_at``
+and ``resumed_at`` (the pause's ends, ISO 8601 in UTC), ``fence_lsn``,
 ``sequences`` (how many were synced), ``notes`` and ``verify`` (null, or
 ``pgferry verify``'s JSON object). With ``--verify`` a snapshot is exported on
 each side inside the fence (milliseconds) and the two compared once writes
@@ -80,6 +82,13 @@ from pgferry.switchover import switchover as run_switchover
     show_default=True,
     help="Seconds everything inside the fence may take.",
 )
+@click.option(
+    "--redirect-timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds repointing PgBouncer and resuming may take (the watchdog waits for it).",
+)
 @click.option("--no-schema-check", is_flag=True, help="Skip the schema diff in the preflight.")
 @click.option(
     "--verify",
@@ -103,6 +112,7 @@ def switchover(
     max_transaction_age: float,
     phase_timeout: float,
     fence_timeout: float,
+    redirect_timeout: float,
     no_schema_check: bool,
     verify: bool,
 ) -> None:
@@ -126,6 +136,7 @@ def switchover(
         max_transaction_age=max_transaction_age,
         phase_timeout=phase_timeout,
         fence_timeout=fence_timeout,
+        redirect_timeout=redirect_timeout,
         schema_check=not no_schema_check,
         verify=verify,
     )

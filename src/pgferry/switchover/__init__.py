@@ -4,40 +4,49 @@ The subscriber of subscription ``NAME`` (``-d``) becomes the primary, its
 publisher (the old primary) a subscriber of it, with a write pause of tens of
 milliseconds. :func:`~.run.switchover` runs these phases, each timed
 (:class:`~.run.Report`) and bounded (``--phase-timeout``; everything inside
-the fence by ``--fence-timeout`` together):
+the fence by ``--fence-timeout`` together, the redirect by ``--redirect-timeout``):
 
 1. **preflight** (:mod:`.run`): the subscription is enabled, not in error, has
    its slot, every table ready, its apply worker running; its lag under
    ``--max-lag`` bytes; no transaction on the old primary older than
-   ``--max-transaction-age``; a pgferry launcher running for the old primary's
+   ``--max-transaction-age``, and no prepared one (``pg_prepared_xacts``); for
+   the database fence, no role setting of ``default_transaction_read_only``
+   that would win over it; a pgferry launcher running for the old primary's
    database (the reverse subscription's worker runs there); the schema diff
    clean (:mod:`pgferry.schema.diff`, unless ``--no-schema-check``); the
    sequences synced once (:mod:`pgferry.sequences`); the fence possible
    (PgBouncer reachable, it knows the database, its ini has the line).
    ``--dry-run`` stops here.
-2. **prepare** (:mod:`.reverse`): the reverse publication on the new primary and
-   the reverse subscription in the old primary's catalog, disabled, with its slot
-   on the new primary: created before the fence, so the fence only switches it on.
+2. **prepare** (:mod:`.reverse`): the reverse publication on the new primary
+   (capturing DDL when the forward one does) and the reverse subscription in the
+   old primary's catalog, disabled, with its slot on the new primary (its
+   creation bounded by ``--phase-timeout``): created before the fence, so the
+   fence only switches it on.
 3. **fence** (:mod:`.fence`): PgBouncer ``PAUSE`` with a watchdog process, or
    ``default_transaction_read_only`` for the database plus ending its sessions.
 4. **drain** (:mod:`.drain`): a marker committed on the old primary after the
    fence; wait until the apply worker reports it has durably applied up to it.
 5. **sequences**: the final sync, every new-primary sequence checked at or past
    the old primary's.
-6. **reverse**: the forward subscription disabled (with ``origin = none``), the
-   reverse one enabled.
-7. **redirect**: PgBouncer repointed (ini rewritten, ``RELOAD``, checked) and
-   ``RESUME``; without PgBouncer the read-only default is lifted (before the
-   reverse subscription is enabled, so its worker's sessions are not read-only)
-   and repointing the clients is the user's.
+6. **reverse**: the forward subscription disabled (with ``origin = none``), its
+   apply worker waited for until gone (within the fence's time), the reverse one
+   enabled.
+7. **redirect**: the watchdog's deadline started over for ``--redirect-timeout``
+   (so it cannot ``RESUME`` in the middle), PgBouncer repointed (ini rewritten,
+   ``RELOAD``, checked, within that timeout) and ``RESUME``; without PgBouncer
+   the read-only default is lifted (before the reverse subscription is enabled,
+   so its worker's sessions are not read-only) and repointing the clients is
+   the user's.
 8. The report: each phase's duration and the write pause (fence to resume).
 
 Any failure from the fence on, before the redirect, puts things back: the
-subscriptions as they were, the fence released (``RESUME`` / ``RESET``); the
-old primary takes writes again and nothing is lost (every write before the
-fence is on the subscription's way, none was made after). The error is one
-:class:`~.run.SwitchoverFailed` line saying so. A failure in the preflight or
-the prepare changes nothing but the prepared reverse subscription (kept for the
+subscriptions as they were, the fence released (``RESUME`` / ``RESET``, from a
+new connection when the fence's own one is gone); the old primary takes writes
+again and nothing is lost (every write before the fence is on the
+subscription's way, none was made after). The error is one
+:class:`~.run.SwitchoverFailed` line saying so, or saying what could not be put
+back and how to do it. A failure in the preflight or the prepare changes
+nothing but the prepared reverse publication and subscription (kept for the
 next attempt).
 
 ``--rollback`` runs the same phases the other way: the reverse subscription is

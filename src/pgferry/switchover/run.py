@@ -9,12 +9,14 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from pgferry.sqltext import ident, printable
 from pgferry.subscription.manage import shown
 
 from . import drain, reverse
-from .fence import BouncerFence, DatabaseFence, Fence
+from .fence import BouncerFence, DatabaseFence, Fence, read_only_overrides
 
 logger = logging.getLogger("pgferry.switchover")
 
@@ -83,6 +85,8 @@ class Plan:
     #: Seconds each phase may take (the fence and the drain: ``fence_timeout``).
     phase_timeout: float = 30.0
     fence_timeout: float = 5.0
+    #: Seconds the redirect (PgBouncer repointed and resumed) may take.
+    redirect_timeout: float = 5.0
     schema_check: bool = True
     verify: bool = False
 
@@ -101,8 +105,9 @@ class Report:
     phases: list[Phase] = field(default_factory=list)
     #: From the fence taken to writes allowed again.
     pause: float = 0.0
-    #: When the fence was taken (``time.monotonic()``).
+    #: When the fence was taken (``time.monotonic()``, and ``time.time()``).
     fenced_at: float = 0.0
+    fenced_wall: float = 0.0
     fence_lsn: Lsn = INVALID_LSN
     sequences: int = 0
     dry_run: bool = False
@@ -137,11 +142,18 @@ class Report:
             "dry_run": self.dry_run,
             "phases": {p.name: round(p.seconds, 6) for p in self.phases},
             "pause": None if self.dry_run else round(self.pause, 6),
+            "fenced_at": None if self.dry_run else _iso(self.fenced_wall),
+            "resumed_at": None if self.dry_run else _iso(self.fenced_wall + self.pause),
             "fence_lsn": None if self.dry_run else str(self.fence_lsn),
             "sequences": self.sequences,
             "notes": self.notes,
             "verify": None if self.verify is None else _verify_json(self.verify),
         }
+
+
+def _iso(seconds: float) -> str:
+    """A ``time.time()`` value as ISO 8601 in UTC, to the microsecond."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
 
 
 def _verify_json(report: Any) -> Any:
@@ -296,6 +308,43 @@ def check_transactions(old: Conn, bound: float) -> None:
         )
 
 
+def check_prepared(old: Conn) -> None:
+    """No prepared transaction in the old primary's database: the fence cannot end
+    one, and one committed later would be a write after the fence."""
+    rows = old.execute(
+        "SELECT gid, extract(epoch FROM now() - prepared), owner FROM pg_catalog.pg_prepared_xacts"
+        " WHERE database = pg_catalog.current_database() ORDER BY prepared"
+    ).fetchall()
+    if rows:
+        listed = ", ".join(
+            f"{printable(repr(str(r[0])))} (role {ident(str(r[2]))}, {float(r[1]):.0f} s old)"
+            for r in rows[:3]
+        )
+        more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+        raise _fail(
+            f"{len(rows)} prepared transaction(s) on the old primary: {listed}{more}; the"
+            " fence cannot end them",
+            hint="COMMIT PREPARED or ROLLBACK PREPARED them there (pg_prepared_xacts) and try"
+            " again",
+        )
+
+
+def check_read_only_overrides(old: Conn) -> None:
+    """The database fence (no PgBouncer): no role sets its own
+    ``default_transaction_read_only``, which would win over the fence's."""
+    found = read_only_overrides(old)
+    if found:
+        role, here, setting = found[0]
+        where = f" IN DATABASE {ident(str(old.info.dbname))}" if here else ""
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise _fail(
+            f"role {ident(role)} has {setting}{where} on the old primary{more}: its sessions"
+            " would write through the database fence",
+            hint=f"ALTER ROLE {ident(role)}{where} RESET default_transaction_read_only, or"
+            " fence through PgBouncer (--pgbouncer)",
+        )
+
+
 def check_publications(old: Conn, sub: Subscription) -> None:
     """No publication FOR ALL TABLES: it would publish the pgferry catalog the
     reverse subscription creates in the old primary's database."""
@@ -430,9 +479,9 @@ class _Snapshots:
             conn.close()
 
 
-def make_fence(plan: Plan, old: Conn) -> Fence:
+def make_fence(plan: Plan, old: Conn, old_dsn: str) -> Fence:
     if plan.bouncer is None:
-        return DatabaseFence(old)
+        return DatabaseFence(old, old_dsn)
     database = plan.bouncer.database or str(old.info.dbname)
     return BouncerFence(plan.bouncer.admin, database, plan.bouncer.ini)
 
@@ -455,6 +504,9 @@ def switchover(plan: Plan) -> Report:
             check_subscription(new, sub)
             old = _open(sub.conninfo, "old")
             check_transactions(old, plan.max_transaction_age)
+            check_prepared(old)
+            if plan.bouncer is None:
+                check_read_only_overrides(old)
             check_lag(new, old, sub, plan.max_lag, plan.phase_timeout / 2)
             check_publications(old, sub)
             check_launcher(old, where.old_dsn)
@@ -462,17 +514,19 @@ def switchover(plan: Plan) -> Report:
                 check_schema(where.new_dsn, where.forward)
             synced = sync_sequences(new, where.forward, publisher=old)
             check_sequences(synced, new)
-            fence = make_fence(plan, old)
+            fence = make_fence(plan, old, sub.conninfo)
             _bounded("preflight", plan.phase_timeout, started)
         if plan.dry_run:
             return report
         with clock.phase("prepare"):
+            started = time.monotonic()
             prepared = reverse.prepare(
-                new, sub, where.old_dsn, where.reverse, where.reverse_conninfo
+                new, sub, where.old_dsn, where.reverse, where.reverse_conninfo, plan.phase_timeout
             )
             if prepared.created:
                 report.notes.append(f"created reverse subscription {shown(where.reverse)}")
             fence.prepare()
+            _bounded("prepare", plan.phase_timeout, started)
         snapshots = _Snapshots(where.new_dsn, sub.conninfo) if plan.verify else None
         try:
             _cutover(plan, where, sub, new, old, fence, clock, report, snapshots)
@@ -506,6 +560,8 @@ def _cutover(
     state = reverse.Switched(sub, where.reverse)
     assert sub.slot_name is not None
     redirected = False
+    redirecting: concurrent.futures.Future[None] | None = None
+    stopping: concurrent.futures.Future[None] | None = None
     fenced_at = time.monotonic()
     old_catalog: Conn | None = None
     stack = ExitStack()
@@ -514,20 +570,38 @@ def _cutover(
         old_catalog = _open(where.old_dsn, "old")
         # The final sequence sync runs during the drain, on sessions of its own: once
         # the fence holds, the old primary's sequences no longer move.
-        seq_new = stack.enter_context(_open(where.new_dsn, "new"))
-        seq_old = stack.enter_context(_open(sub.conninfo, "old"))
+        seq_new = _open(where.new_dsn, "new")
+        stack.callback(seq_new.close)
+        seq_old = _open(sub.conninfo, "old")
+        stack.callback(seq_old.close)
         pool = ThreadPoolExecutor(1, thread_name_prefix="pgferry-sequences")
-        stack.callback(pool.shutdown, wait=False)
+        syncs: list[concurrent.futures.Future[SyncReport]] = []
+        stack.callback(_stop_sync, pool, syncs, seq_new, seq_old)
+        # The forward subscription is switched off on a session of its own, while
+        # the sequences are checked.
+        forward_new = _open(where.new_dsn, "new")
+        stack.callback(forward_new.close)
+        early = ThreadPoolExecutor(2, thread_name_prefix="pgferry-overlap")
+        stack.callback(early.shutdown, wait=False)
+        target = (plan.bouncer.target if plan.bouncer else None) or where.new_dsn
         with clock.phase("fence"):
             fenced_at = report.fenced_at = time.monotonic()
+            report.fenced_wall = time.time()
             fence.take(plan.fence_timeout)
         with clock.phase("drain"):
             syncing = pool.submit(sync_sequences, seq_new, sub.name, publisher=seq_old)
+            syncs.append(syncing)
+            # PgBouncer takes the new target while the drain runs: the clients
+            # stay paused until RESUME, so only RESUME waits for the drain.
+            redirected = True
+            redirecting = early.submit(fence.redirect, target, plan.redirect_timeout)
             report.fence_lsn = drain.mark(old)
             remaining = plan.fence_timeout - (time.monotonic() - fenced_at)
             drain.wait_applied(
                 new, old, sub.name, sub.slot_name, report.fence_lsn, max(remaining, 0.01)
             )
+            remaining = plan.fence_timeout - (time.monotonic() - fenced_at)
+            stopping = early.submit(_stop_forward, forward_new, old, state, max(remaining, 0.01))
         with clock.phase("sequences"):
             remaining = plan.fence_timeout - (time.monotonic() - fenced_at)
             try:
@@ -544,20 +618,36 @@ def _cutover(
             with clock.phase("snapshots"):
                 snapshots.export()
         with clock.phase("reverse"):
-            reverse.switch_forward(new, state)
+            remaining = plan.fence_timeout - (time.monotonic() - fenced_at)
+            # (Its own wait is bounded by the fence's time: its error comes first.)
+            _result(
+                stopping, max(remaining, 0.01) + 0.5, "the forward subscription was not stopped"
+            )
             if isinstance(fence, DatabaseFence):
                 # The reverse worker's sessions must not start read-only.
                 fence.release()
             reverse.switch_reverse(old_catalog, state)
             _bounded("reverse", plan.fence_timeout, fenced_at)
         with clock.phase("redirect"):
-            target = (plan.bouncer.target if plan.bouncer else None) or where.new_dsn
-            redirected = True
-            fence.redirect(target)
+            if not redirecting.done():
+                # The redirect's own bound, and the watchdog kept from resuming during it.
+                fence.hold(plan.redirect_timeout)
+            _result(redirecting, plan.redirect_timeout, "PgBouncer was not repointed")
             fence.release()
         report.pause = time.monotonic() - fenced_at
     except BaseException as exc:
-        _put_back(fence, new, old_catalog, state, redirected)
+        # What runs beside must not land after the put-back (an ini rewrite, the
+        # forward subscription's switch).
+        running = [f for f in (redirecting, stopping) if f is not None]
+        concurrent.futures.wait(running, timeout=plan.redirect_timeout)
+        left = _put_back(fence, new, old_catalog, state, redirected)
+        if left:
+            text = exc.message if isinstance(exc, PgferryError) else " ".join(str(exc).split())
+            raise SwitchoverFailed(
+                f"switchover of {shown(sub.name)} failed ({text}), and putting the old primary"
+                f" back failed too: {left[0].message}",
+                hint=left[0].hint,
+            ) from None
         if isinstance(exc, SwitchoverFailed) or not isinstance(exc, PgferryError | psycopg.Error):
             raise
         text = exc.message if isinstance(exc, PgferryError) else " ".join(str(exc).split())
@@ -572,20 +662,78 @@ def _cutover(
             old_catalog.close()
 
 
+def _stop_forward(new: Conn, old: Conn, state: reverse.Switched, timeout: float) -> None:
+    """Disable the forward subscription and wait for its apply worker to be gone."""
+    reverse.switch_forward(new, state)
+    reverse.wait_stopped(new, old, state, timeout)
+
+
+def _result(future: concurrent.futures.Future[None], timeout: float, what: str) -> None:
+    """``future``'s outcome within ``timeout`` seconds (its own error, or a
+    :class:`SwitchoverFailed` saying ``what`` in time)."""
+    try:
+        future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        raise SwitchoverFailed(
+            f"{what} within {timeout:g} s",
+            hint="see `pgferry -v switchover`'s log; --fence-timeout and --redirect-timeout"
+            " set the bounds",
+        ) from None
+
+
+#: Seconds a final sequence sync still running after a failure is waited for
+#: (its queries cancelled) before its sessions are closed.
+SYNC_STOP = 2.0
+
+
+def _stop_sync(
+    pool: ThreadPoolExecutor, syncs: list[concurrent.futures.Future[SyncReport]], *conns: Conn
+) -> None:
+    """End the final sequence sync before its sessions are closed: one still
+    running (the switchover failed) has its queries cancelled and is waited for."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    if all(f.done() for f in syncs):
+        return
+    for conn in conns:
+        with contextlib.suppress(psycopg.Error):
+            conn.cancel()
+    concurrent.futures.wait(syncs, timeout=SYNC_STOP)
+
+
 def _put_back(
     fence: Fence, new: Conn, old_catalog: Conn | None, state: reverse.Switched, redirected: bool
-) -> None:
-    """After a failure before the clients were redirected: the old primary in service."""
+) -> list[PgferryError]:
+    """After a failure before the clients were redirected: the old primary in
+    service. What could not be put back (the fence still holding first)."""
+    left: list[PgferryError] = []
     try:
         reverse.undo(new, old_catalog, state)
     except (PgferryError, psycopg.Error) as exc:
         logger.error("could not put the subscriptions back: %s", exc)
+        left.append(
+            PgferryError(
+                f"the subscriptions could not be put back ({' '.join(str(exc).split())})",
+                hint=f"enable {shown(state.forward.name)} and disable {shown(state.reverse)}"
+                " again (pgferry subscription alter)",
+            )
+        )
     if redirected:
         try:
             fence.unredirect()
         except (PgferryError, psycopg.Error, OSError) as exc:
             logger.error("could not point PgBouncer back at the old primary: %s", exc)
+            left.append(
+                PgferryError(
+                    f"PgBouncer could not be pointed back at the old primary ({exc})",
+                    hint="restore the database's line of PgBouncer's ini and RELOAD",
+                )
+            )
     try:
         fence.release()
     except (PgferryError, psycopg.Error) as exc:
         logger.error("could not release the fence: %s", exc)
+        if isinstance(exc, PgferryError):
+            left.insert(0, exc)
+        else:
+            left.insert(0, PgferryError(f"the fence could not be released ({exc})"))
+    return left

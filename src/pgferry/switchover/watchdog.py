@@ -7,8 +7,10 @@ must not count in the write pause). It reads one JSON line from stdin
 (``{"admin": CONNINFO, "database": ALIAS}``: the conninfo is not put on the
 command line, where ``ps`` would show a password), opens its admin connection to
 PgBouncer at once and writes ``ready`` to stdout. The switchover writes ``arm N``
-just before ``PAUSE``; from then on the watchdog issues ``RESUME ALIAS`` itself
-when
+just before ``PAUSE``, and may write it again later (before the redirect: the
+deadline starts over, see :meth:`Watchdog.arm`); each ``arm`` is answered with
+``armed`` on stdout. From then on the watchdog issues ``RESUME ALIAS`` itself
+(and writes ``resumed``) when
 
 * ``N`` seconds pass (``PAUSE`` hangs, or a phase overran), or
 * stdin ends without ``done`` (the switchover process died),
@@ -21,11 +23,12 @@ watchdog ignores.
 from __future__ import annotations
 
 import json
+import os
 import select
 import subprocess
 import sys
 import time
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 
@@ -63,34 +66,59 @@ def quote_alias(alias: str) -> str:
     return '"' + alias.replace('"', '""') + '"'
 
 
-def _watch(stdin: IO[str], database: str, conn: psycopg.Connection[Any]) -> int:
+class _Lines:
+    """Lines from a file descriptor, read without a buffer ``select`` cannot see."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+        self.ended = False
+
+    def next(self, timeout: float | None) -> str | None:
+        """The next line (without its newline); None after ``timeout`` seconds or at
+        the end of the input (then :attr:`ended`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
+            readable, _, _ = select.select([self.fd], [], [], remaining)
+            if not readable:
+                return None
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                self.ended = True
+                return None
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode(errors="replace").strip()
+
+
+def _watch(lines: _Lines, database: str, conn: psycopg.Connection[Any]) -> int:
     deadline: float | None = None
     while True:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             break
-        readable, _, _ = select.select([stdin], [], [], remaining)
-        if not readable:
-            break
-        line = stdin.readline()
+        line = lines.next(remaining)
+        if line is None:
+            break  # the deadline, or the switchover process is gone
         words = line.split()
         if words == ["done"]:
             return 0
-        if not line:
-            break  # the switchover process is gone
         if len(words) == 2 and words[0] == "arm":
             deadline = time.monotonic() + float(words[1])
+            print("armed", flush=True)
     resume(conn, database)
     print("resumed", flush=True)
     return 0
 
 
 def main() -> int:
-    order = json.loads(sys.stdin.readline())
+    lines = _Lines(sys.stdin.fileno())
+    order = json.loads(lines.next(READY_TIMEOUT) or "{}")
     conn = admin_connection(order["admin"])
     print("ready", flush=True)
     with conn:
-        return _watch(sys.stdin, order["database"], conn)
+        return _watch(lines, order["database"], conn)
 
 
 class Watchdog:
@@ -102,17 +130,16 @@ class Watchdog:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
         )
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(json.dumps({"admin": admin, "database": database}) + "\n")
-        self.process.stdin.flush()
-        readable, _, _ = select.select([self.process.stdout], [], [], READY_TIMEOUT)
-        line = self.process.stdout.readline() if readable else ""
-        if line.strip() != "ready":
+        assert self.process.stdout is not None
+        self._out = _Lines(self.process.stdout.fileno())
+        #: ``arm`` lines sent, ``armed`` answers read.
+        self._arms = self._acks = 0
+        self._send(json.dumps({"admin": admin, "database": database}))
+        if self._out.next(READY_TIMEOUT) != "ready":
             self.process.kill()
             _, err = self.process.communicate(timeout=READY_TIMEOUT)
-            last = (err.strip().splitlines() or ["no answer"])[-1]
+            last = (err.decode(errors="replace").strip().splitlines() or ["no answer"])[-1]
             raise PgferryError(
                 f"the PgBouncer watchdog could not start: {last}",
                 hint="check --pgbouncer: the admin console's conninfo (an admin_users role)",
@@ -121,7 +148,7 @@ class Watchdog:
     def _send(self, line: str) -> None:
         try:
             assert self.process.stdin is not None
-            self.process.stdin.write(line + "\n")
+            self.process.stdin.write(line.encode() + b"\n")
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
             pass
@@ -129,6 +156,20 @@ class Watchdog:
     def arm(self, seconds: float) -> None:
         """From now on, ``RESUME`` after ``seconds`` unless disarmed."""
         self._send(f"arm {seconds}")
+        self._arms += 1
+
+    def rearm(self, seconds: float, timeout: float) -> bool:
+        """Start the deadline over (``RESUME`` ``seconds`` from now); whether the
+        watchdog confirmed it within ``timeout`` seconds without having resumed
+        the database first."""
+        self.arm(seconds)
+        deadline = time.monotonic() + timeout
+        while self._acks < self._arms:
+            line = self._out.next(max(deadline - time.monotonic(), 0))
+            if line != "armed":
+                return False  # resumed, exited, or silent
+            self._acks += 1
+        return True
 
     def disarm(self) -> None:
         """Tell it the database is resumed; it exits without doing anything."""
@@ -146,6 +187,9 @@ class Watchdog:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
 
     def fire(self) -> None:
         """Close its stdin without ``done``: it resumes the database now."""
