@@ -3,6 +3,8 @@ pgoutput options per server version."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -29,7 +31,7 @@ from pgferry.protocol import (
     StreamStart,
     XLogData,
 )
-from pgferry.stream import PgoutputOptions, ReplicationConnection
+from pgferry.stream import PgoutputOptions, ReplicationConnection, waiting
 from pgferry.testing import Cluster
 from pgferry.testing.pytest_plugin import ClusterFactory
 from tests.support import collect, create_slot, current_lsn
@@ -297,3 +299,31 @@ def test_the_server_ending_the_stream_ends_read_batch(
         stream.send_status()
     finally:
         stream.close()
+
+
+def test_a_handled_signal_ends_the_wait_for_data(cluster: Cluster, dbname: str) -> None:
+    """With :func:`waiting.wake_on_signals`, a worker's stop signal ends
+    ``read_batch``'s wait at once (Python resumes an interrupted ``select``)."""
+    cluster.sql("CREATE PUBLICATION pub FOR ALL TABLES", dbname=dbname)
+    create_slot(cluster, dbname, "s")
+    received: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    waiting.wake_on_signals()
+    try:
+        with ReplicationConnection.connect(cluster.dsn(dbname)) as conn:
+            stream = conn.start_replication("s", PgoutputOptions(("pub",)), status_interval=3600)
+            # A quiet stream: the walsender may send a keepalive first.
+            while stream.read_batch(timeout=0.2):
+                pass
+            timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
+            started = time.monotonic()
+            timer.start()
+            batch = stream.read_batch(timeout=30)
+            waited = time.monotonic() - started
+            timer.join()
+            stream.close()
+        assert received == [signal.SIGUSR1]
+        assert batch == [] or all(not isinstance(i, XLogData) for i in batch)
+        assert waited < 10, waited
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

@@ -39,6 +39,7 @@ from pgferry import logs
 from pgferry.errors import ApplyError, PgferryError
 from pgferry.runner import kinds
 from pgferry.runner.env import DSN_ENV, LAUNCHER_PID_ENV, LOG_FORMAT_ENV, LOG_LEVEL_ENV
+from pgferry.stream import waiting
 
 logger = logging.getLogger("pgferry.runner")
 
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # ... and the stop request ends a wait for the publisher's data at once.
+    waiting.wake_on_signals()
     tune_gc()
     try:
         worker.run()

@@ -65,7 +65,7 @@ from pgferry.protocol.timestamps import now_pg_us
 from pgferry.sqltext import quote_ident, quote_literal
 from pgferry.stream import commands, libpq
 from pgferry.stream.commands import PgoutputOptions, SnapshotAction
-from pgferry.stream.waiting import execute_gen, flush_gen, wait
+from pgferry.stream.waiting import execute_gen, flush_gen, interrupt_fd, take_interrupt, wait
 
 logger = logging.getLogger("pgferry.stream")
 
@@ -383,6 +383,10 @@ class ReplicationStream:
         self._next_status = time.monotonic() + status_interval
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._pgconn.socket, selectors.EVENT_READ)
+        # A handled signal (a worker's stop request) ends a wait for data at once.
+        self._interrupt = interrupt_fd()
+        if self._interrupt is not None:
+            self._selector.register(self._interrupt, selectors.EVENT_READ)
         # Messages read by read_batch but not yet handed out by read(), reversed.
         self._pending: list[XLogData | PrimaryKeepalive] = []
         # libpq's functions and the PGconn's address, for the C drain (see .libpq).
@@ -442,7 +446,8 @@ class ReplicationStream:
         self, timeout: float | None = None, max_items: int = 2000
     ) -> list[XLogData | PrimaryKeepalive]:
         """Every message already received (up to ``max_items``), waiting up to
-        ``timeout`` seconds for the first one; [] on timeout or end of stream.
+        ``timeout`` seconds for the first one; [] on timeout, at the end of the
+        stream, or when a handled signal arrives (see :func:`.waiting.wake_on_signals`).
 
         Draining what libpq has buffered in one call keeps the per-message cost low.
         """
@@ -477,7 +482,10 @@ class ReplicationStream:
                 if now >= deadline:
                     return out
                 wake = min(wake, deadline)
-            self._selector.select(max(0.0, wake - time.monotonic()))
+            ready = self._selector.select(max(0.0, wake - time.monotonic()))
+            if self._interrupt is not None and any(key.fd == self._interrupt for key, _ in ready):
+                take_interrupt()
+                return out
             try:
                 pgconn.consume_input()
             except psycopg.OperationalError as exc:

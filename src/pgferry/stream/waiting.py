@@ -5,11 +5,18 @@ that drive a non-blocking libpq connection and ``yield`` what they wait for -
 :data:`WAIT_READ` or :data:`WAIT_WRITE` - without touching the socket themselves
 (the approach of psycopg's ``generators``/``waiting`` modules). :func:`wait` runs
 such a generator to completion with ``select``.
+
+A worker process calls :func:`wake_on_signals` once: a signal it handles (its
+stop request) then also makes a replication stream's wait for data return at
+once (:func:`interrupt_fd`, :func:`take_interrupt`) instead of at the wait's
+end, since Python resumes a ``select`` that a signal interrupted.
 """
 
 from __future__ import annotations
 
+import os
 import selectors
+import signal
 import time
 from collections.abc import Generator
 from enum import Enum
@@ -22,6 +29,38 @@ from pgferry.errors import ConnectionFailed, InternalError
 from pgferry.stream.libpq import error_message
 
 T = TypeVar("T")
+
+
+_interrupt: int | None = None
+
+
+def wake_on_signals() -> None:
+    """From now on, each signal with a Python handler writes a byte to a pipe
+    whose read end :func:`interrupt_fd` gives (main thread only)."""
+    global _interrupt
+    if _interrupt is not None:
+        return
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    _interrupt = read
+
+
+def interrupt_fd() -> int | None:
+    """The pipe a handled signal writes to (None: :func:`wake_on_signals` not called)."""
+    return _interrupt
+
+
+def take_interrupt() -> None:
+    """Empty the pipe."""
+    if _interrupt is None:
+        return
+    try:
+        while os.read(_interrupt, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 class Wait(Enum):
