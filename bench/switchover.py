@@ -1,6 +1,6 @@
 """The switchover's write pause, measured: repeated switchovers under a write load.
 
-The environment of the switchover tests (:mod:`tests.switchover.environment`): a
+The environment of the switchover tests (:mod:`pgferry.testing.upgrade`): a
 PostgreSQL 15 primary, replicated by pgferry into PostgreSQL 18 (``copy_schema``),
 a real PgBouncer in transaction pooling mode in front, a ``pgferry run`` for each
 side. A write load runs through PgBouncer the whole time
@@ -41,10 +41,9 @@ import time
 from datetime import datetime
 from typing import Any
 
-from tests.switchover.environment import ALIAS, Upgrade, upgrade_setup
-
 from bench.common import machine
 from pgferry.testing.pgbouncer import WriteLoad
+from pgferry.testing.upgrade import ALIAS, Upgrade, upgrade_setup
 
 INSIDE = ("fence", "drain", "sequences", "snapshots", "reverse", "redirect")
 

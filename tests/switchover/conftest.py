@@ -1,4 +1,4 @@
-"""The switchover tests' environment (:mod:`tests.switchover.environment`), once
+"""The switchover tests' environment (:mod:`pgferry.testing.upgrade`), once
 per module: clusters of two majors, PgBouncer, and a launcher on each side."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from pgferry.testing.pgbouncer import pgbouncer_binary
-from tests.switchover.environment import Upgrade, upgrade_setup
+from pgferry.testing.upgrade import Upgrade, upgrade_setup
 
 
 @pytest.fixture(scope="module")

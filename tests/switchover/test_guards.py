@@ -31,8 +31,8 @@ from pgferry.switchover import (
 )
 from pgferry.switchover import fence as fence_module
 from pgferry.testing.pgbouncer import pgbouncer_binary
+from pgferry.testing.upgrade import ALIAS, Upgrade, upgrade_setup
 from tests.support import pgferry, wait_for
-from tests.switchover.environment import ALIAS, Upgrade, upgrade_setup
 
 NAME = "upgrade"
 REVERSE = "upgrade_reverse"

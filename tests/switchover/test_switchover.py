@@ -29,8 +29,8 @@ from pgferry.switchover import (
 )
 from pgferry.switchover.run import check_subscription
 from pgferry.testing.pgbouncer import WriteLoad
+from pgferry.testing.upgrade import ALIAS, Upgrade
 from tests.support import pgferry, wait_for
-from tests.switchover.environment import ALIAS, Upgrade
 
 NAME = "upgrade"
 #: The write pause a single switchover may never exceed.

@@ -24,13 +24,25 @@ Prepared before the fence (:func:`prepare`), switched on inside it
   ``<NAME>_reverse``) with ``origin = none``, ``copy_data = false``, disabled,
   on that slot. A reverse subscription that exists already (a switchover back,
   ``--rollback``) must be disabled and have its slot.
+* **Standby.** Still before the fence (:func:`standby`), the reverse
+  subscription is enabled together with an apply hold without a target
+  (:mod:`pgferry.catalog.hold`, in one transaction of the old primary's
+  catalog): the launcher of the old primary's database (``pgferry run -d OLD``)
+  starts its apply worker, which connects, streams from the reverse slot and
+  stops before its first transaction. :func:`standby` waits (bounded) until the
+  worker acknowledges that pause, so the fence does not wait for a worker to
+  start. Held, it applies nothing. The hold's lease covers the cutover (a
+  switchover that died leaves nothing held for longer).
 * **Switch.** In one transaction of each catalog: the forward subscription is
   disabled, with ``origin = none`` (so that, enabled again by a ``--rollback``,
   it does not bring back what the reverse subscription applied on the old
   primary); :func:`wait_stopped` waits (bounded) until its apply worker is gone
-  (no row in ``pgferry.worker``, its slot inactive on the old primary); then the
-  reverse one is enabled and the launcher of the old primary's database
-  (``pgferry run -d OLD``) starts its apply worker. :func:`undo` restores both.
+  (no row in ``pgferry.worker``, its slot inactive on the old primary); only
+  then is the reverse worker's hold released (:func:`switch_reverse`), checked
+  in the same transaction to be the standby's own with its lease unexpired, so
+  the reverse worker never applies while the forward one may still run.
+  :func:`undo` restores both (the hold released, the reverse subscription
+  disabled).
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ from psycopg import sql
 
 from pgferry import connect
 from pgferry.catalog import ensure_catalog, store
+from pgferry.catalog import hold as catalog_hold
 from pgferry.catalog.model import SubscriptionOptions
 from pgferry.catalog.store import Subscription
 from pgferry.ddl import capture
@@ -243,7 +256,10 @@ class Switched:
     forward: Subscription
     reverse: str
     forward_done: bool = False
+    #: The reverse subscription enabled (held while ``hold`` is set).
     reverse_done: bool = False
+    #: The token of the standby's apply hold on the reverse subscription.
+    hold: str | None = None
 
 
 def _set_options(conn: Conn, name: str, options: SubscriptionOptions) -> None:
@@ -263,15 +279,21 @@ class ForwardStillRunning(PgferryError):
     """The forward apply worker did not stop in time."""
 
 
+def _worker_pid(conn: Conn, subscription: str) -> int | None:
+    """The pid in the apply worker's row of ``pgferry.worker`` (None: no row)."""
+    row = conn.execute(
+        "SELECT pid FROM pgferry.worker WHERE subscription = %s AND relation = ''",
+        (subscription,),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
 def forward_running(new: Conn, old: Conn, forward: Subscription) -> str | None:
     """What shows the forward apply worker still running (None: it is gone): its
     row in the subscriber's ``pgferry.worker``, or its slot active on its publisher."""
-    row = new.execute(
-        "SELECT pid FROM pgferry.worker WHERE subscription = %s AND relation = ''",
-        (forward.name,),
-    ).fetchone()
-    if row is not None:
-        return f"its row in pgferry.worker (pid {row[0]})"
+    pid = _worker_pid(new, forward.name)
+    if pid is not None:
+        return f"its row in pgferry.worker (pid {pid})"
     row = old.execute(
         "SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = %s AND active",
         (forward.slot_name,),
@@ -316,19 +338,103 @@ def _end_walsender(old: Conn, forward: Subscription) -> None:
         logger.info("could not end the walsender of slot %s: %s", forward.slot_name, exc)
 
 
-def switch_reverse(old: Conn, state: Switched) -> None:
-    """Enable the reverse subscription."""
+#: Seconds between two looks at the reverse apply worker while it starts.
+STANDBY_POLL = 0.01
+
+
+def standby(old: Conn, state: Switched, lease: float, timeout: float) -> None:
+    """Enable the reverse subscription held before its first transaction, and wait
+    up to ``timeout`` seconds for its apply worker to acknowledge the hold (see
+    the module docstring); the hold's lease is ``lease`` seconds."""
+    name = state.reverse
     with old.transaction():
+        token = catalog_hold.request(old, name, lease)
+        if token is None:
+            raise ReverseNotPossible(
+                f"the reverse subscription {shown(name)} is held by another request (a"
+                " pgferry verify running on the old primary's database)",
+                hint="let it end and try again",
+            )
+        store.set_enabled(old, name, True)
+    state.hold = token
+    state.reverse_done = True
+    deadline = time.monotonic() + timeout
+    while True:
+        acked, _, present = catalog_hold.acknowledged(old, name, token)
+        if acked == catalog_hold.PAUSED:
+            logger.info("reverse subscription %s: apply worker started and held", name)
+            return
+        if not present:
+            raise ReverseNotPossible(f"the standby hold of {shown(name)} was taken away")
+        if time.monotonic() > deadline:
+            raise ReverseNotPossible(
+                f"the apply worker of the reverse subscription {shown(name)} did not start"
+                f" within {timeout:g} s",
+                hint="see the log of `pgferry run` for the old primary's database (it starts"
+                " that worker) and `pgferry status` there; --phase-timeout sets the wait",
+            )
+        time.sleep(STANDBY_POLL)
+
+
+def renew(old: Conn, state: Switched, lease: float) -> None:
+    """The standby hold's lease from now on (before the fence)."""
+    if state.hold is not None:
+        catalog_hold.renew(old, state.reverse, state.hold, lease)
+
+
+def switch_reverse(old: Conn, state: Switched, margin: float = 0.0) -> None:
+    """Let the reverse apply worker go on: its standby hold is released, in a
+    transaction that first checks the hold is still the standby's, with at least
+    ``margin`` seconds of lease left (else the worker may have gone on by
+    itself: :class:`ReverseNotPossible`). Without a standby, the subscription
+    is enabled."""
+    with old.transaction():
+        if state.hold is not None:
+            row = old.execute(
+                "SELECT 1 FROM pgferry.apply_hold WHERE subscription = %s AND token = %s"
+                " AND expires_at > pg_catalog.clock_timestamp() + make_interval(secs => %s)"
+                " FOR UPDATE",
+                (state.reverse, state.hold, margin),
+            ).fetchone()
+            if row is None:
+                raise ReverseNotPossible(
+                    f"the standby hold of the reverse subscription {shown(state.reverse)} ran"
+                    " out before the forward subscription stopped",
+                    hint="try again; --phase-timeout and --fence-timeout set the bounds",
+                )
+            catalog_hold.release(old, state.reverse, state.hold)
         store.set_enabled(old, state.reverse, True)
+    state.hold = None
     state.reverse_done = True
 
 
+#: Seconds :func:`undo` waits for a held reverse worker to be gone before it
+#: removes the hold (else the hold is left to its lease).
+UNDO_WAIT = 3.0
+
+
 def undo(new: Conn, old: Conn | None, state: Switched) -> None:
-    """Put both subscriptions back as they were."""
+    """Put both subscriptions back as they were. A held reverse subscription is
+    disabled first; its hold is removed only once its worker is gone (released
+    before, the worker could apply a transaction before it is stopped)."""
     if state.reverse_done and old is not None:
         with old.transaction():
             store.set_enabled(old, state.reverse, False)
         state.reverse_done = False
+        if state.hold is not None:
+            deadline = time.monotonic() + UNDO_WAIT
+            while _worker_pid(old, state.reverse) is not None:
+                if time.monotonic() > deadline:
+                    logger.info(
+                        "the held apply worker of %s is still stopping; its hold ends with"
+                        " its lease",
+                        state.reverse,
+                    )
+                    break
+                time.sleep(STOP_POLL)
+            else:
+                catalog_hold.release(old, state.reverse, state.hold)
+            state.hold = None
     if state.forward_done:
         with new.transaction():
             store.set_enabled(new, state.forward.name, state.forward.enabled)

@@ -48,6 +48,9 @@ WORKER_FRESH = 30.0
 #: Seconds the preflight waits for the apply worker to be running (one just
 #: started, e.g. by a switchover moments before, takes a second or two).
 WORKER_WAIT = 10.0
+#: Seconds of lease the reverse subscription's standby hold must still have when
+#: it is released (less: it may have ended by itself, and the switchover fails).
+RELEASE_MARGIN = 0.5
 
 
 class SwitchoverFailed(PgferryError):
@@ -496,6 +499,7 @@ def switchover(plan: Plan) -> Report:
     clock = _Clock(report)
     new = _open(where.new_dsn, "new")
     old: Conn | None = None
+    old_catalog: Conn | None = None
     fence: Fence | None = None
     try:
         with clock.phase("preflight"):
@@ -518,6 +522,9 @@ def switchover(plan: Plan) -> Report:
             _bounded("preflight", plan.phase_timeout, started)
         if plan.dry_run:
             return report
+        state = reverse.Switched(sub, where.reverse)
+        # Opened before the fence: the fence ends other sessions, not pgferry's.
+        old_catalog = _open(where.old_dsn, "old")
         with clock.phase("prepare"):
             started = time.monotonic()
             prepared = reverse.prepare(
@@ -526,10 +533,13 @@ def switchover(plan: Plan) -> Report:
             if prepared.created:
                 report.notes.append(f"created reverse subscription {shown(where.reverse)}")
             fence.prepare()
+            _standby(plan, where, new, old_catalog, state, started)
             _bounded("prepare", plan.phase_timeout, started)
         snapshots = _Snapshots(where.new_dsn, sub.conninfo) if plan.verify else None
         try:
-            _cutover(plan, where, sub, new, old, fence, clock, report, snapshots)
+            _cutover(
+                plan, where, sub, new, old, old_catalog, state, fence, clock, report, snapshots
+            )
             if snapshots is not None:
                 with clock.phase("verify"):
                     report.verify = snapshots.compare(where.new_dsn, sub.name, report.fence_lsn)
@@ -540,9 +550,38 @@ def switchover(plan: Plan) -> Report:
     finally:
         if fence is not None:
             fence.close()
+        if old_catalog is not None:
+            old_catalog.close()
         if old is not None:
             old.close()
         new.close()
+
+
+def _lease(plan: Plan) -> float:
+    """Seconds the reverse subscription's standby hold lasts: past every bound the
+    cutover has (it is renewed just before the fence)."""
+    return plan.phase_timeout + plan.fence_timeout + plan.redirect_timeout
+
+
+def _standby(
+    plan: Plan,
+    where: Sides,
+    new: Conn,
+    old_catalog: Conn,
+    state: reverse.Switched,
+    started: float,
+) -> None:
+    """The reverse apply worker started and held before the fence (see
+    :func:`pgferry.switchover.reverse.standby`); disabled again on failure."""
+    try:
+        remaining = plan.phase_timeout - (time.monotonic() - started)
+        reverse.standby(old_catalog, state, _lease(plan), max(remaining, 0.01))
+    except BaseException:
+        try:
+            _undo(where, new, old_catalog, state)
+        except (PgferryError, psycopg.Error) as exc:
+            logger.error("could not disable the reverse subscription again: %s", exc)
+        raise
 
 
 def _cutover(
@@ -551,23 +590,21 @@ def _cutover(
     sub: Subscription,
     new: Conn,
     old: Conn,
+    old_catalog: Conn,
+    state: reverse.Switched,
     fence: Fence,
     clock: _Clock,
     report: Report,
     snapshots: _Snapshots | None,
 ) -> None:
     """Fence, drain, sequences, reverse on, redirect, unfence; undone on failure."""
-    state = reverse.Switched(sub, where.reverse)
     assert sub.slot_name is not None
     redirected = False
     redirecting: concurrent.futures.Future[None] | None = None
     stopping: concurrent.futures.Future[None] | None = None
     fenced_at = time.monotonic()
-    old_catalog: Conn | None = None
     stack = ExitStack()
     try:
-        # Opened before the fence: the fence ends other sessions, not pgferry's.
-        old_catalog = _open(where.old_dsn, "old")
         # The final sequence sync runs during the drain, on sessions of its own: once
         # the fence holds, the old primary's sequences no longer move.
         seq_new = _open(where.new_dsn, "new")
@@ -584,6 +621,7 @@ def _cutover(
         early = ThreadPoolExecutor(2, thread_name_prefix="pgferry-overlap")
         stack.callback(early.shutdown, wait=False)
         target = (plan.bouncer.target if plan.bouncer else None) or where.new_dsn
+        reverse.renew(old_catalog, state, _lease(plan))
         with clock.phase("fence"):
             fenced_at = report.fenced_at = time.monotonic()
             report.fenced_wall = time.time()
@@ -626,7 +664,7 @@ def _cutover(
             if isinstance(fence, DatabaseFence):
                 # The reverse worker's sessions must not start read-only.
                 fence.release()
-            reverse.switch_reverse(old_catalog, state)
+            reverse.switch_reverse(old_catalog, state, margin=RELEASE_MARGIN)
             _bounded("reverse", plan.fence_timeout, fenced_at)
         with clock.phase("redirect"):
             if not redirecting.done():
@@ -640,7 +678,7 @@ def _cutover(
         # forward subscription's switch).
         running = [f for f in (redirecting, stopping) if f is not None]
         concurrent.futures.wait(running, timeout=plan.redirect_timeout)
-        left = _put_back(fence, new, old_catalog, state, redirected)
+        left = _put_back(fence, where, new, old_catalog, state, redirected)
         if left:
             text = exc.message if isinstance(exc, PgferryError) else " ".join(str(exc).split())
             raise SwitchoverFailed(
@@ -658,8 +696,6 @@ def _cutover(
         ) from None
     finally:
         stack.close()
-        if old_catalog is not None:
-            old_catalog.close()
 
 
 def _stop_forward(new: Conn, old: Conn, state: reverse.Switched, timeout: float) -> None:
@@ -700,14 +736,36 @@ def _stop_sync(
     concurrent.futures.wait(syncs, timeout=SYNC_STOP)
 
 
+def _undo(where: Sides, new: Conn, old_catalog: Conn | None, state: reverse.Switched) -> None:
+    """:func:`pgferry.switchover.reverse.undo`, again on new sessions if one of
+    those it was given broke (ended by an administrator, a restart)."""
+    try:
+        reverse.undo(new, old_catalog, state)
+        return
+    except psycopg.OperationalError as exc:
+        if not (new.closed or (old_catalog is not None and old_catalog.closed)):
+            raise
+        logger.warning("putting the subscriptions back from new sessions (%s)", exc)
+    with (
+        _open(where.new_dsn, "new") as again_new,
+        _open(where.old_dsn, "old") as again_old,
+    ):
+        reverse.undo(again_new, again_old, state)
+
+
 def _put_back(
-    fence: Fence, new: Conn, old_catalog: Conn | None, state: reverse.Switched, redirected: bool
+    fence: Fence,
+    where: Sides,
+    new: Conn,
+    old_catalog: Conn | None,
+    state: reverse.Switched,
+    redirected: bool,
 ) -> list[PgferryError]:
     """After a failure before the clients were redirected: the old primary in
     service. What could not be put back (the fence still holding first)."""
     left: list[PgferryError] = []
     try:
-        reverse.undo(new, old_catalog, state)
+        _undo(where, new, old_catalog, state)
     except (PgferryError, psycopg.Error) as exc:
         logger.error("could not put the subscriptions back: %s", exc)
         left.append(

@@ -1,23 +1,33 @@
-"""A PostgreSQL 15 primary replicated by pgferry into a PostgreSQL 18 database,
-clients writing through a real PgBouncer (transaction pooling) to the primary,
-and a ``pgferry run`` for each side (the old primary's applies the reverse
-subscription after a switchover). The primary allows prepared transactions; with
-``ddl`` its publication captures DDL (:mod:`pgferry.ddl.capture`)."""
+"""A live major upgrade to switch over, for tests and benchmarks.
+
+:func:`upgrade_setup` builds it: a PostgreSQL 15 primary (database ``app``, the
+tables of :data:`~pgferry.testing.pgbouncer.LOAD_SCHEMA` in publication ``pub``)
+replicated by pgferry (``copy_schema``, ``sequences=sync``) into a PostgreSQL 18
+database, a real PgBouncer in transaction pooling mode in front of the primary
+(database :data:`ALIAS`), and a launcher for each side in a process of its own
+(:class:`~pgferry.testing.launcher.LauncherProcess`, as ``pgferry run``; the old
+primary's applies the reverse subscription after a switchover). It yields an
+:class:`Upgrade` once every table is ready. The primary allows prepared
+transactions; with ``ddl`` its publication captures DDL
+(:mod:`pgferry.ddl.capture`). Everything is removed on exit.
+"""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pgferry.ddl import capture
-from pgferry.runner.launcher import Launcher
 from pgferry.subscription.manage import create_subscription
 from pgferry.testing import Cluster, install_for_major
+from pgferry.testing.launcher import LauncherProcess
 from pgferry.testing.pgbouncer import LOAD_SCHEMA, PgBouncer
-from tests.support import wait_for
 
 ALIAS = "app"
 
@@ -27,7 +37,9 @@ class Upgrade:
     old: Cluster
     new: Cluster
     bouncer: PgBouncer
-    launchers: list[tuple[Launcher, threading.Thread]] = field(default_factory=list)
+    #: Where the launchers' logs go.
+    logs: Path
+    launchers: list[LauncherProcess] = field(default_factory=list)
 
     @property
     def old_dsn(self) -> str:
@@ -44,18 +56,16 @@ class Upgrade:
         return self.new.sql(query, params, dbname="app")
 
     def start_launchers(self) -> None:
-        for dsn in (self.new_dsn, self.old_dsn):
-            launcher = Launcher(dsn, poll_interval=0.2, retry_interval=1.0)
-            thread = threading.Thread(target=launcher.run, daemon=True)
-            thread.start()
-            self.launchers.append((launcher, thread))
+        for side, dsn in (("new", self.new_dsn), ("old", self.old_dsn)):
+            self.launchers.append(LauncherProcess(dsn, self.logs / f"run-{side}.log"))
 
     def stop_launchers(self) -> None:
-        for launcher, _ in self.launchers:
-            launcher.request_stop()
-        for _, thread in self.launchers:
-            thread.join(timeout=60)
+        for launcher in self.launchers:
+            launcher.stop()
         self.launchers.clear()
+
+    def launcher_logs(self) -> str:
+        return "\n".join(launcher.read_log() for launcher in self.launchers)
 
 
 def _subscribed(upgrade: Upgrade, name: str) -> None:
@@ -84,11 +94,11 @@ def upgrade_setup(name: str, *, ddl: bool = False) -> Iterator[Upgrade]:
             with old.connect(dbname="app") as conn, conn.transaction():
                 capture.enable(conn, "pub")
         with PgBouncer({ALIAS: old.dsn("app")}) as bouncer:
-            upgrade = Upgrade(old, new, bouncer)
+            upgrade = Upgrade(old, new, bouncer, Path(tempfile.mkdtemp(prefix="pgferry-upgrade-")))
             _subscribed(upgrade, name)
             upgrade.start_launchers()
             try:
-                wait_for(
+                _wait_for(
                     lambda: (
                         upgrade.on_new(
                             "SELECT count(*) = 0 FROM pgferry.subscription_table WHERE state <> 'r'"
@@ -102,3 +112,12 @@ def upgrade_setup(name: str, *, ddl: bool = False) -> Iterator[Upgrade]:
                 yield upgrade
             finally:
                 upgrade.stop_launchers()
+                shutil.rmtree(upgrade.logs, ignore_errors=True)
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
