@@ -327,3 +327,30 @@ def test_a_handled_signal_ends_the_wait_for_data(cluster: Cluster, dbname: str) 
         assert waited < 10, waited
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_registered_descriptor_ends_the_wait_for_data(cluster: Cluster, dbname: str) -> None:
+    """A descriptor given to ``wake_on`` (an apply worker's catalog watch) ends
+    ``read_batch``'s wait once readable, with nothing read from it."""
+    cluster.sql("CREATE PUBLICATION pub FOR ALL TABLES", dbname=dbname)
+    create_slot(cluster, dbname, "s")
+    read, write = os.pipe()
+    try:
+        with ReplicationConnection.connect(cluster.dsn(dbname)) as conn:
+            stream = conn.start_replication("s", PgoutputOptions(("pub",)), status_interval=3600)
+            stream.wake_on(read)
+            while stream.read_batch(timeout=0.2):
+                pass
+            timer = threading.Timer(0.2, os.write, (write, b"x"))
+            started = time.monotonic()
+            timer.start()
+            batch = stream.read_batch(timeout=30)
+            waited = time.monotonic() - started
+            timer.join()
+            stream.close()
+        assert batch == [] or all(not isinstance(i, XLogData) for i in batch)
+        assert waited < 10, waited
+        assert os.read(read, 8) == b"x"  # left for its owner
+    finally:
+        os.close(read)
+        os.close(write)

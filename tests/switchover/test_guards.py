@@ -267,7 +267,7 @@ def test_a_switchover_whose_fence_session_is_killed_puts_the_old_primary_back(
     """The database fence's session ended inside the fence (its backend terminated
     as the drain starts): the fence is lifted from a new session, the old primary
     takes writes again."""
-    wait_applied = drain.wait_applied
+    wait_held = drain.wait_held
     killed: list[int] = []
 
     def kill_then_wait(*args: Any, **kwargs: Any) -> Any:
@@ -284,9 +284,9 @@ def test_a_switchover_whose_fence_session_is_killed_puts_the_old_primary_back(
                     " AND datname = current_database()"
                 ).fetchall()
             )
-        return wait_applied(*args, **kwargs)
+        return wait_held(*args, **kwargs)
 
-    monkeypatch.setattr(drain, "wait_applied", kill_then_wait)
+    monkeypatch.setattr(drain, "wait_held", kill_then_wait)
     with pytest.raises(SwitchoverFailed) as failed:
         switchover(Plan(upgrade.new_dsn, NAME, fence_timeout=3.0, schema_check=False))
     assert killed
@@ -328,11 +328,14 @@ def test_the_watchdog_is_held_off_for_the_redirect(
 # -- the forward apply worker ----------------------------------------------------------------------
 
 
-def test_a_forward_worker_that_does_not_stop_puts_the_old_primary_back(
+def test_a_forward_worker_that_does_not_stop_stays_held(
     upgrade: Upgrade, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The forward apply worker frozen (SIGSTOP) once its subscription is disabled:
-    the reverse subscription is not enabled, everything is put back."""
+    held at the fence's position, it cannot apply anything more, so the switchover
+    goes on; its report says the worker still runs and stays held. Woken, the
+    worker applies nothing (the reverse subscription's changes do not come back)
+    and exits; a rollback replaces the hold it left."""
     _in_service(upgrade)
     (pid,) = upgrade.on_new(
         "SELECT pid FROM pgferry.worker WHERE subscription = %s AND relation = ''", (NAME,)
@@ -345,14 +348,58 @@ def test_a_forward_worker_that_does_not_stop_puts_the_old_primary_back(
 
     monkeypatch.setattr(reverse, "switch_forward", disable_and_freeze)
     try:
-        with pytest.raises(SwitchoverFailed) as failed:
-            switchover(Plan(upgrade.new_dsn, NAME, bouncer=_bouncer(upgrade), fence_timeout=1.5))
+        report = switchover(
+            Plan(upgrade.new_dsn, NAME, bouncer=_bouncer(upgrade), phase_timeout=5.0)
+        )
+        notes = " ".join(report.notes)
+        assert f"the apply worker of '{NAME}' still runs" in notes, report.lines()
+        assert f"it stays held at {report.fence_lsn}" in notes, report.lines()
+        held = upgrade.on_new(
+            "SELECT target_lsn::text, state FROM pgferry.apply_hold WHERE subscription = %s"
+            " AND expires_at > now() + interval '1 hour'",
+            (NAME,),
+        )
+        assert held == [(str(report.fence_lsn), "held")], held
+        # Written on the new primary, a row reaches the old one through the
+        # reverse subscription, and no copy of it comes back.
+        with psycopg.connect(
+            upgrade.bouncer.dsn(ALIAS), prepare_threshold=None, autocommit=True
+        ) as conn:
+            assert conn.execute("SELECT current_setting('port')").fetchone() == (
+                str(upgrade.new.port),
+            )
+            conn.execute("INSERT INTO counters (client, n) VALUES (-30, 1)")
+        wait_for(
+            lambda: upgrade.on_old("SELECT count(*) FROM counters WHERE client = -30") == [(1,)],
+            "the row reaching the old primary",
+            30,
+        )
     finally:
         os.kill(pid, signal.SIGCONT)
-    message = failed.value.message
-    assert "the old primary is in service again" in message, message
-    assert f"the apply worker of '{NAME}' still runs" in message, message
-    assert "its row in pgferry.worker" in message, message
+        monkeypatch.undo()
+    wait_for(
+        lambda: (
+            not upgrade.on_new(
+                "SELECT 1 FROM pgferry.worker WHERE subscription = %s AND relation = ''", (NAME,)
+            )
+        ),
+        "the woken forward worker gone",
+        30,
+    )
+    assert upgrade.on_new("SELECT count(*) FROM counters WHERE client = -30") == [(1,)]
+    back = switchover(
+        Plan(
+            upgrade.new_dsn,
+            NAME,
+            rollback=True,
+            bouncer=_bouncer(upgrade, upgrade.old_dsn),
+            schema_check=False,
+        )
+    )
+    assert back.direction == "rollback", back.lines()
+    assert upgrade.on_new(
+        "SELECT count(*) FROM pgferry.apply_hold WHERE subscription = %s", (NAME,)
+    ) == [(0,)]
     _in_service(upgrade)
 
 

@@ -85,7 +85,7 @@ def _switch_under_load(upgrade: Upgrade, load: WriteLoad, plan: Plan) -> Report:
     assert load.errors[errors_before:] == []
     assert report.pause < NEVER_ABOVE
     inside = ["fence", "drain", "sequences", *(["snapshots"] if plan.verify else [])]
-    after = ["verify"] if plan.verify else []
+    after = ["forward", *(["verify"] if plan.verify else [])]
     assert [p.name for p in report.phases] == [
         "preflight", "prepare", *inside, "reverse", "redirect", *after,
     ]  # fmt: skip

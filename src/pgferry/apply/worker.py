@@ -20,9 +20,11 @@ Contract:
   and applied at its commit;
 * tells the publisher "flushed" only for remote transactions whose local commit is
   durable (see :mod:`.progress`), and confirms as soon as the stream pauses;
-* holds between transactions while ``pgferry verify`` asks it to (see
-  :mod:`.hold`): at the next transaction boundary, then exactly at a publisher
-  LSN, for at most the hold's lease;
+* holds between transactions while ``pgferry verify`` or ``pgferry
+  switchover`` asks it to (see :mod:`.hold`): at the next transaction boundary,
+  or exactly at a publisher LSN, for at most the hold's lease; a request (a
+  notification on its catalog watch) ends its wait for the publisher's data at
+  once;
 * on an apply error: rolls back, records the error in the catalog (with the
   failed transaction's finish LSN, the one ``--skip`` takes), disables the
   subscription if ``disable_on_error``, and raises; retrying is the launcher's job;
@@ -259,6 +261,8 @@ class ApplyWorker:
                 ),
                 receiver_timeout=self.receiver_timeout,
             )
+            # A hold or a catalog change ends a wait for data at once.
+            stream.wake_on(holds.watch.fileno())
             applier = Applier(
                 local,
                 self.name,

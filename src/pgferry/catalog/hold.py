@@ -50,19 +50,37 @@ class Hold:
     state: str | None
 
 
-def request(conn: psycopg.Connection[Any], subscription: str, lease: float) -> str | None:
-    """Ask for a pause (step 1); returns the request's token, or None while another
-    request's lease runs (a row whose lease ran out is replaced)."""
-    token = uuid.uuid4().hex
+def request(
+    conn: psycopg.Connection[Any],
+    subscription: str,
+    lease: float,
+    *,
+    target: Lsn | None = None,
+    owner: str = "",
+) -> str | None:
+    """Ask for a pause (step 1), or with ``target`` for a hold at that LSN at once
+    (steps 1 and 2 in one: a requester that knows L already); returns the
+    request's token, or None while another request's lease runs. A row whose
+    lease ran out is replaced, and so is one of the same ``owner`` (its token
+    starts with ``owner-``: a request its owner left behind)."""
+    token = f"{owner}-{uuid.uuid4().hex}" if owner else uuid.uuid4().hex
     row = conn.execute(
         "INSERT INTO pgferry.apply_hold (subscription, token, target_lsn, expires_at)"
-        " VALUES (%s, %s, NULL, now() + make_interval(secs => %s))"
+        " VALUES (%s, %s, %s::pg_lsn, now() + make_interval(secs => %s))"
         " ON CONFLICT (subscription) DO UPDATE SET token = EXCLUDED.token,"
-        " target_lsn = NULL, expires_at = EXCLUDED.expires_at, state = NULL,"
+        " target_lsn = EXCLUDED.target_lsn, expires_at = EXCLUDED.expires_at, state = NULL,"
         " acked_lsn = NULL, acked_at = NULL"
         " WHERE pgferry.apply_hold.expires_at <= now()"
+        " OR (%s <> '' AND pg_catalog.starts_with(pgferry.apply_hold.token, %s || '-'))"
         " RETURNING token",
-        (subscription, token, lease),
+        (
+            subscription,
+            token,
+            None if target is None else str(target),
+            lease,
+            owner,
+            owner,
+        ),
     ).fetchone()
     return None if row is None else str(row[0])
 

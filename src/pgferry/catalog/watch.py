@@ -15,6 +15,9 @@ session (maybe busy with a batch) is not needed for that.
 It listens on :data:`~pgferry.catalog.hold.HOLD_CHANNEL` too (verify's apply
 hold): :meth:`CatalogWatch.hold_changed` answers for that channel alone, the
 same way, and :meth:`CatalogWatch.wait` sleeps until a notification arrives.
+The apply worker's wait for the publisher's data also ends when one arrives
+(:meth:`CatalogWatch.fileno`), so an apply hold or a catalog change is taken in
+at once, not at the end of that wait.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pgferry import connect
 from pgferry.catalog import handover
 from pgferry.catalog.hold import HOLD_CHANNEL
 from pgferry.catalog.schema import WAKE_CHANNEL
+from pgferry.stream import waiting
 
 
 class CatalogWatch:
@@ -75,10 +79,23 @@ class CatalogWatch:
         return found
 
     def wait(self, timeout: float) -> None:
-        """Sleep until a notification arrives on the watch, at most ``timeout`` s."""
+        """Sleep until a notification arrives on the watch, or a handled signal
+        (a worker's stop request, see :func:`pgferry.stream.waiting.wake_on_signals`),
+        at most ``timeout`` s."""
+        interrupt = waiting.interrupt_fd()
         with selectors.DefaultSelector() as sel:
             sel.register(self._conn.pgconn.socket, selectors.EVENT_READ)
-            sel.select(max(0.0, timeout))
+            if interrupt is not None:
+                sel.register(interrupt, selectors.EVENT_READ)
+            ready = sel.select(max(0.0, timeout))
+        if interrupt is not None and any(key.fd == interrupt for key, _ in ready):
+            waiting.take_interrupt()
+
+    def fileno(self) -> int:
+        """The watch connection's socket: readable when a notification arrived
+        (a replication stream's wait can end on it, see
+        :meth:`pgferry.stream.connection.ReplicationStream.wake_on`)."""
+        return self._conn.pgconn.socket
 
     @property
     def conn(self) -> psycopg.Connection[Any]:

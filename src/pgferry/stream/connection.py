@@ -387,12 +387,21 @@ class ReplicationStream:
         self._interrupt = interrupt_fd()
         if self._interrupt is not None:
             self._selector.register(self._interrupt, selectors.EVENT_READ)
+        #: Other descriptors that end a wait for data (see :meth:`wake_on`).
+        self._wakers: set[int] = set()
         # Messages read by read_batch but not yet handed out by read(), reversed.
         self._pending: list[XLogData | PrimaryKeepalive] = []
         # libpq's functions and the PGconn's address, for the C drain (see .libpq).
         functions = libpq.functions()
         pointer = getattr(self._pgconn, "pgconn_ptr", None)  # not in pq.abc
         self._c_drain = (functions, pointer) if functions is not None and pointer else None
+
+    def wake_on(self, fd: int) -> None:
+        """From now on, a wait for data also ends (with nothing read) when ``fd``
+        is readable: the consumer's own descriptor, such as its catalog watch's
+        connection, which the consumer then reads itself."""
+        self._selector.register(fd, selectors.EVENT_READ)
+        self._wakers.add(fd)
 
     @property
     def next_status_time(self) -> float:
@@ -485,6 +494,8 @@ class ReplicationStream:
             ready = self._selector.select(max(0.0, wake - time.monotonic()))
             if self._interrupt is not None and any(key.fd == self._interrupt for key, _ in ready):
                 take_interrupt()
+                return out
+            if any(key.fd in self._wakers for key, _ in ready):
                 return out
             try:
                 pgconn.consume_input()

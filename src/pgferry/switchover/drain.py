@@ -1,22 +1,29 @@
 """The exact drain: wait until the subscription has applied everything the old
-primary committed before the fence.
+primary committed before the fence, and hold it there.
 
 Once the fence holds, :func:`mark` commits one transaction on the old primary
 that writes a transactional logical message (``pg_logical_emit_message``, prefix
 :data:`MARKER_PREFIX`) with ``synchronous_commit = on``: its commit flushes every
 commit before it, and its position **M** is after every transaction committed
-before the fence. The message is not published (pgoutput leaves messages out
+before the fence. :func:`hold_at` asks the forward apply worker for an apply hold
+at **M** (:mod:`pgferry.catalog.hold`, in one step since **M** is known; owner
+:data:`OWNER`): it applies every transaction that commits before **M** and none
+at or after it. The message is not published (pgoutput leaves messages out
 unless asked), so the walsender skips that empty transaction, reaches **M**, and
-tells the apply worker its WAL end in a keepalive; the apply worker confirms a
-keepalive's position past its own at once (:mod:`pgferry.apply.worker`: not at
-its next idle look, up to half a second later), once everything before it is
-durably applied: the slot's ``confirmed_flush_lsn`` on the old primary shows it
-at once. (The worker's row, ``pgferry.worker.committed_lsn``, shows it at the
-worker's next report, about a second later: a keepalive alone writes no row, see
-:mod:`pgferry.apply.progress`.) :func:`wait_applied` polls both, the row every
-:data:`POLL_INTERVAL` seconds and the slot every :data:`SLOT_EVERY` looks, until
-one reaches **M**: then every transaction committed on the old primary before
-the fence is durably applied on the new one, not "lag looks like zero".
+tells the worker its WAL end in a keepalive; the worker, between transactions
+with everything before it committed, acknowledges ``held`` at **M**.
+:func:`wait_held` polls that acknowledgement every :data:`POLL_INTERVAL`
+seconds: then every transaction committed on the old primary before the fence
+is applied and committed on the new one, not "lag looks like zero". (Durably:
+the next step commits the forward subscription's switch on the new primary with
+``synchronous_commit = on``, which flushes the WAL of every commit before it,
+whatever the subscription's own ``synchronous_commit``.) And the forward worker
+applies nothing more while the hold lasts,
+even before it has stopped, which lets the reverse subscription go on without
+waiting for it to exit
+(:mod:`pgferry.switchover.reverse`). The hold is released once the forward
+worker is gone (:func:`release`), or by a later switchover of the same
+subscription (the same owner replaces it).
 """
 
 from __future__ import annotations
@@ -26,16 +33,18 @@ from typing import Any
 
 import psycopg
 
+from pgferry.catalog import hold as catalog_hold
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
 
+from . import reverse
 from .fence import FenceFailed
 
 #: The logical message's prefix.
 MARKER_PREFIX = "pgferry.switchover"
-#: Seconds between two looks at the apply worker's position.
+#: Seconds between two looks at the hold's acknowledgement.
 POLL_INTERVAL = 0.002
-#: Looks at the worker's row per look at the slot (a second server).
-SLOT_EVERY = 2
+#: The owner of the holds the switchover takes (see :func:`pgferry.catalog.hold.request`).
+OWNER = reverse.HOLD_OWNER
 
 Conn = psycopg.Connection[Any]
 
@@ -74,20 +83,47 @@ def confirmed(old: Conn, slot: str) -> Lsn:
     return Lsn.parse(row[0]) if row and row[0] else INVALID_LSN
 
 
-def wait_applied(
-    new: Conn, old: Conn, subscription: str, slot: str, target: Lsn, timeout: float
+class DrainFailed(FenceFailed):
+    """The forward apply worker could not be held at the fence's position."""
+
+
+def hold_at(new: Conn, subscription: str, target: Lsn, lease: float) -> str:
+    """The apply hold at ``target`` on ``subscription`` (its token)."""
+    with new.transaction():
+        token = catalog_hold.request(new, subscription, lease, target=target, owner=OWNER)
+    if token is None:
+        raise DrainFailed(
+            f"subscription {subscription!r} is held by another request (a pgferry verify"
+            " running?): it cannot be held at the fence's position",
+            hint="let the verify end and try again",
+        )
+    return token
+
+
+def wait_held(
+    new: Conn,
+    old: Conn,
+    subscription: str,
+    slot: str,
+    token: str,
+    target: Lsn,
+    timeout: float,
 ) -> Lsn:
-    """Poll until ``subscription`` has applied up to ``target``; the position seen."""
+    """Poll until the apply worker of ``subscription`` acknowledges the hold
+    ``token`` at ``target``; the position acknowledged."""
     deadline = time.monotonic() + timeout
-    looks = 0
-    seen = INVALID_LSN
     while True:
-        seen = max(seen, applied(new, subscription))
-        if seen < target and looks % SLOT_EVERY == SLOT_EVERY - 1:
-            seen = max(seen, confirmed(old, slot))
-        if seen >= target:
-            return seen
+        state, acked, present = catalog_hold.acknowledged(new, subscription, token)
+        if state == catalog_hold.HELD and acked is not None and acked >= target:
+            return acked
+        if not present:
+            raise DrainFailed(
+                f"the apply hold of subscription {subscription!r} at the fence's position was"
+                " taken away (replaced or deleted)",
+                hint="see who else holds it (pgferry.apply_hold) and try again",
+            )
         if time.monotonic() > deadline:
+            seen = max(applied(new, subscription), confirmed(old, slot))
             behind = int(target) - int(seen) if seen != INVALID_LSN else None
             raise DrainTimeout(
                 f"subscription {subscription!r} did not apply up to the fence's position"
@@ -95,7 +131,12 @@ def wait_applied(
                 + (f", {behind} bytes behind" if behind is not None else "")
                 + ")",
                 hint="check that `pgferry run` runs for the new primary and the subscription"
-                " has no error (pgferry status); --phase-timeout sets the wait",
+                " has no error (pgferry status); --fence-timeout sets the wait",
             )
-        looks += 1
         time.sleep(POLL_INTERVAL)
+
+
+def release(new: Conn, subscription: str, token: str) -> None:
+    """The hold :func:`hold_at` took, released (a no-op once replaced)."""
+    with new.transaction():
+        catalog_hold.release(new, subscription, token)

@@ -260,6 +260,9 @@ class Switched:
     reverse_done: bool = False
     #: The token of the standby's apply hold on the reverse subscription.
     hold: str | None = None
+    #: The token of the forward subscription's hold at the fence's position
+    #: (:func:`pgferry.switchover.drain.hold_at`).
+    forward_hold: str | None = None
 
 
 def _set_options(conn: Conn, name: str, options: SubscriptionOptions) -> None:
@@ -267,9 +270,12 @@ def _set_options(conn: Conn, name: str, options: SubscriptionOptions) -> None:
 
 
 def switch_forward(new: Conn, state: Switched) -> None:
-    """Disable the forward subscription, with ``origin = none``."""
+    """Disable the forward subscription, with ``origin = none``, in a transaction
+    committed with ``synchronous_commit = on``."""
     forward = state.forward
     with new.transaction():
+        # Flushes the WAL of what the worker applied before (see .drain).
+        new.execute("SET LOCAL synchronous_commit = on")
         store.set_enabled(new, forward.name, False)
         _set_options(new, forward.name, dataclasses.replace(forward.options, origin="none"))
     state.forward_done = True
@@ -338,6 +344,8 @@ def _end_walsender(old: Conn, forward: Subscription) -> None:
         logger.info("could not end the walsender of slot %s: %s", forward.slot_name, exc)
 
 
+#: The owner of the switchover's apply holds (:mod:`pgferry.switchover.drain`).
+HOLD_OWNER = "switchover"
 #: Seconds between two looks at the reverse apply worker while it starts.
 STANDBY_POLL = 0.01
 
@@ -348,7 +356,8 @@ def standby(old: Conn, state: Switched, lease: float, timeout: float) -> None:
     the module docstring); the hold's lease is ``lease`` seconds."""
     name = state.reverse
     with old.transaction():
-        token = catalog_hold.request(old, name, lease)
+        # (A hold an earlier switchover left on it is replaced.)
+        token = catalog_hold.request(old, name, lease, owner=HOLD_OWNER)
         if token is None:
             raise ReverseNotPossible(
                 f"the reverse subscription {shown(name)} is held by another request (a"
@@ -435,8 +444,12 @@ def undo(new: Conn, old: Conn | None, state: Switched) -> None:
             else:
                 catalog_hold.release(old, state.reverse, state.hold)
             state.hold = None
-    if state.forward_done:
+    if state.forward_done or state.forward_hold is not None:
         with new.transaction():
-            store.set_enabled(new, state.forward.name, state.forward.enabled)
-            _set_options(new, state.forward.name, state.forward.options)
+            if state.forward_done:
+                store.set_enabled(new, state.forward.name, state.forward.enabled)
+                _set_options(new, state.forward.name, state.forward.options)
+            if state.forward_hold is not None:
+                catalog_hold.release(new, state.forward.name, state.forward_hold)
         state.forward_done = False
+        state.forward_hold = None

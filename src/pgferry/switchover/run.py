@@ -25,6 +25,7 @@ import psycopg
 from pgferry import connect
 from pgferry import conninfo as ci
 from pgferry.catalog import TableState, ensure_catalog, store
+from pgferry.catalog import hold as catalog_hold
 from pgferry.catalog.schema import current_version
 from pgferry.catalog.store import Subscription, SubscriptionNotFound
 from pgferry.errors import InterfaceError, PgferryError
@@ -603,6 +604,7 @@ def _cutover(
     redirecting: concurrent.futures.Future[None] | None = None
     stopping: concurrent.futures.Future[None] | None = None
     fenced_at = time.monotonic()
+    resumed = False
     stack = ExitStack()
     try:
         # The final sequence sync runs during the drain, on sessions of its own: once
@@ -634,12 +636,20 @@ def _cutover(
             redirected = True
             redirecting = early.submit(fence.redirect, target, plan.redirect_timeout)
             report.fence_lsn = drain.mark(old)
+            state.forward_hold = drain.hold_at(new, sub.name, report.fence_lsn, _lease(plan))
             remaining = plan.fence_timeout - (time.monotonic() - fenced_at)
-            drain.wait_applied(
-                new, old, sub.name, sub.slot_name, report.fence_lsn, max(remaining, 0.01)
+            drain.wait_held(
+                new,
+                old,
+                sub.name,
+                sub.slot_name,
+                state.forward_hold,
+                report.fence_lsn,
+                max(remaining, 0.01),
             )
-            remaining = plan.fence_timeout - (time.monotonic() - fenced_at)
-            stopping = early.submit(_stop_forward, forward_new, old, state, max(remaining, 0.01))
+            # Held at the fence's position, the forward worker applies nothing
+            # more: it is switched off here and waited for after RESUME.
+            stopping = early.submit(reverse.switch_forward, forward_new, state)
         with clock.phase("sequences"):
             remaining = plan.fence_timeout - (time.monotonic() - fenced_at)
             try:
@@ -657,10 +667,7 @@ def _cutover(
                 snapshots.export()
         with clock.phase("reverse"):
             remaining = plan.fence_timeout - (time.monotonic() - fenced_at)
-            # (Its own wait is bounded by the fence's time: its error comes first.)
-            _result(
-                stopping, max(remaining, 0.01) + 0.5, "the forward subscription was not stopped"
-            )
+            _result(stopping, max(remaining, 0.01), "the forward subscription was not switched off")
             if isinstance(fence, DatabaseFence):
                 # The reverse worker's sessions must not start read-only.
                 fence.release()
@@ -673,6 +680,7 @@ def _cutover(
             _result(redirecting, plan.redirect_timeout, "PgBouncer was not repointed")
             fence.release()
         report.pause = time.monotonic() - fenced_at
+        resumed = True
     except BaseException as exc:
         # What runs beside must not land after the put-back (an ini rewrite, the
         # forward subscription's switch).
@@ -696,12 +704,36 @@ def _cutover(
         ) from None
     finally:
         stack.close()
+    if resumed:
+        with clock.phase("forward"):
+            _forward_gone(plan, new, old, state, report)
 
 
-def _stop_forward(new: Conn, old: Conn, state: reverse.Switched, timeout: float) -> None:
-    """Disable the forward subscription and wait for its apply worker to be gone."""
-    reverse.switch_forward(new, state)
-    reverse.wait_stopped(new, old, state, timeout)
+#: Seconds the forward subscription's hold lasts when its worker did not stop
+#: after the switchover (it stays held until someone looks).
+KEEP_HELD = 24 * 3600.0
+
+
+def _forward_gone(
+    plan: Plan, new: Conn, old: Conn, state: reverse.Switched, report: Report
+) -> None:
+    """After RESUME: wait (``--phase-timeout``) for the forward apply worker, held
+    at the fence's position, to be gone, then release its hold. Still running,
+    it stays held (for :data:`KEEP_HELD` seconds, or until the next switchover of
+    the subscription replaces the hold), and the report says so."""
+    assert state.forward_hold is not None
+    try:
+        reverse.wait_stopped(new, old, state, plan.phase_timeout)
+    except reverse.ForwardStillRunning as exc:
+        catalog_hold.renew(new, state.forward.name, state.forward_hold, KEEP_HELD)
+        logger.warning("%s; it stays held at %s", exc.message, report.fence_lsn)
+        report.notes.append(
+            f"{exc.message}: it stays held at {report.fence_lsn} (it applies nothing more);"
+            f" {exc.hint}"
+        )
+        return
+    drain.release(new, state.forward.name, state.forward_hold)
+    state.forward_hold = None
 
 
 def _result(future: concurrent.futures.Future[None], timeout: float, what: str) -> None:
