@@ -19,25 +19,28 @@ the fence by ``--fence-timeout`` together, the redirect by ``--redirect-timeout`
    ``--dry-run`` stops here.
 2. **prepare** (:mod:`.reverse`): the reverse publication on the new primary
    (capturing DDL when the forward one does) and the reverse subscription in the
-   old primary's catalog, disabled, with its slot on the new primary (its
-   creation bounded by ``--phase-timeout``): created before the fence, so the
-   fence only switches it on.
+   old primary's catalog, with its slot on the new primary (its creation bounded
+   by ``--phase-timeout``); then the reverse subscription enabled under an
+   apply hold without a target, and its apply worker waited for until it is
+   started and held (streaming, applying nothing): the fence waits for no
+   worker to start.
 3. **fence** (:mod:`.fence`): PgBouncer ``PAUSE`` with a watchdog process, or
    ``default_transaction_read_only`` for the database plus ending its sessions.
 4. **drain** (:mod:`.drain`): a marker committed on the old primary after the
-   fence; wait until the apply worker reports it has durably applied up to it.
+   fence, at M; the forward apply worker held at M, waited for until it says so:
+   everything before the fence applied, nothing after.
 5. **sequences**: the final sync, every new-primary sequence checked at or past
    the old primary's.
-6. **reverse**: the forward subscription disabled (with ``origin = none``), its
-   apply worker waited for until gone (within the fence's time), the reverse one
-   enabled.
+6. **reverse**: the forward subscription disabled (with ``origin = none``;
+   held at M, its worker applies nothing more), the reverse one's hold released.
 7. **redirect**: the watchdog's deadline started over for ``--redirect-timeout``
    (so it cannot ``RESUME`` in the middle), PgBouncer repointed (ini rewritten,
    ``RELOAD``, checked, within that timeout) and ``RESUME``; without PgBouncer
-   the read-only default is lifted (before the reverse subscription is enabled,
-   so its worker's sessions are not read-only) and repointing the clients is
-   the user's.
-8. The report: each phase's duration and the write pause (fence to resume).
+   the read-only default is lifted (before the reverse subscription goes on)
+   and repointing the clients is the user's.
+8. **forward**, after the pause: the forward apply worker waited for until gone
+   (``--phase-timeout``), then its hold removed; one still running stays held.
+9. The report: each phase's duration and the write pause (fence to resume).
 
 Any failure from the fence on, before the redirect, puts things back: the
 subscriptions as they were, the fence released (``RESUME`` / ``RESET``, from a
