@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -301,30 +302,40 @@ def test_the_server_ending_the_stream_ends_read_batch(
         stream.close()
 
 
+def _wait_ended_by(
+    cluster: Cluster, dbname: str, wake: Callable[[], object], fd: int | None = None
+) -> None:
+    """A quiet stream's ``read_batch(timeout=30)`` returns without data soon after
+    ``wake`` runs (0.2 s in); with ``fd``, given to ``wake_on`` first."""
+    cluster.sql("CREATE PUBLICATION pub FOR ALL TABLES", dbname=dbname)
+    create_slot(cluster, dbname, "s")
+    with ReplicationConnection.connect(cluster.dsn(dbname)) as conn:
+        stream = conn.start_replication("s", PgoutputOptions(("pub",)), status_interval=3600)
+        if fd is not None:
+            stream.wake_on(fd)
+        # A quiet stream: the walsender may send a keepalive first.
+        while stream.read_batch(timeout=0.2):
+            pass
+        timer = threading.Timer(0.2, wake)
+        started = time.monotonic()
+        timer.start()
+        batch = stream.read_batch(timeout=30)
+        waited = time.monotonic() - started
+        timer.join()
+        stream.close()
+    assert batch == [] or all(not isinstance(i, XLogData) for i in batch)
+    assert waited < 10, waited
+
+
 def test_a_handled_signal_ends_the_wait_for_data(cluster: Cluster, dbname: str) -> None:
     """With :func:`waiting.wake_on_signals`, a worker's stop signal ends
     ``read_batch``'s wait at once (Python resumes an interrupted ``select``)."""
-    cluster.sql("CREATE PUBLICATION pub FOR ALL TABLES", dbname=dbname)
-    create_slot(cluster, dbname, "s")
     received: list[int] = []
     previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
     waiting.wake_on_signals()
     try:
-        with ReplicationConnection.connect(cluster.dsn(dbname)) as conn:
-            stream = conn.start_replication("s", PgoutputOptions(("pub",)), status_interval=3600)
-            # A quiet stream: the walsender may send a keepalive first.
-            while stream.read_batch(timeout=0.2):
-                pass
-            timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
-            started = time.monotonic()
-            timer.start()
-            batch = stream.read_batch(timeout=30)
-            waited = time.monotonic() - started
-            timer.join()
-            stream.close()
+        _wait_ended_by(cluster, dbname, lambda: os.kill(os.getpid(), signal.SIGUSR1))
         assert received == [signal.SIGUSR1]
-        assert batch == [] or all(not isinstance(i, XLogData) for i in batch)
-        assert waited < 10, waited
     finally:
         signal.signal(signal.SIGUSR1, previous)
 
@@ -332,24 +343,9 @@ def test_a_handled_signal_ends_the_wait_for_data(cluster: Cluster, dbname: str) 
 def test_a_registered_descriptor_ends_the_wait_for_data(cluster: Cluster, dbname: str) -> None:
     """A descriptor given to ``wake_on`` (an apply worker's catalog watch) ends
     ``read_batch``'s wait once readable, with nothing read from it."""
-    cluster.sql("CREATE PUBLICATION pub FOR ALL TABLES", dbname=dbname)
-    create_slot(cluster, dbname, "s")
     read, write = os.pipe()
     try:
-        with ReplicationConnection.connect(cluster.dsn(dbname)) as conn:
-            stream = conn.start_replication("s", PgoutputOptions(("pub",)), status_interval=3600)
-            stream.wake_on(read)
-            while stream.read_batch(timeout=0.2):
-                pass
-            timer = threading.Timer(0.2, os.write, (write, b"x"))
-            started = time.monotonic()
-            timer.start()
-            batch = stream.read_batch(timeout=30)
-            waited = time.monotonic() - started
-            timer.join()
-            stream.close()
-        assert batch == [] or all(not isinstance(i, XLogData) for i in batch)
-        assert waited < 10, waited
+        _wait_ended_by(cluster, dbname, lambda: os.write(write, b"x"), read)
         assert os.read(read, 8) == b"x"  # left for its owner
     finally:
         os.close(read)
