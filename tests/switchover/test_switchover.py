@@ -27,7 +27,7 @@ from pgferry.switchover import (
     SwitchoverFailed,
     switchover,
 )
-from pgferry.switchover.run import check_subscription
+from pgferry.switchover.preflight import check_subscription
 from pgferry.testing.pgbouncer import WriteLoad
 from pgferry.testing.upgrade import ALIAS, Upgrade
 from tests.support import pgferry, wait_for

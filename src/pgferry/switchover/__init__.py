@@ -60,9 +60,10 @@ subscription applied there).
 
 from __future__ import annotations
 
+from .errors import PreflightFailed, SwitchoverFailed
 from .fence import BouncerFence, DatabaseFence, FenceFailed
 from .reverse import ReverseNotPossible
-from .run import Bouncer, Plan, PreflightFailed, Report, SwitchoverFailed, switchover
+from .run import Bouncer, Plan, Report, switchover
 
 __all__ = [
     "Bouncer",
