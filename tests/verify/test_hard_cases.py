@@ -8,9 +8,13 @@ differently, and where the publisher cannot be reached.
   subscriber (ICU, on a PostgreSQL 15 subscriber: the only major here built with
   ICU) is cut and ordered the same on both sides: identical data is identical,
   a planted difference is found exactly;
+* rows with a NULL key column, and a key held twice, on a subscriber table
+  without the publisher's primary key are each listed (capped, all counted) and
+  ``--repair`` leaves exactly the publisher's rows;
 * a publisher that does not answer or is stopped fails verify within its
   timeout with one line naming the subscription, leaves no apply hold, and the
-  subscription applies again once the publisher is back.
+  subscription applies again once the publisher is back; every connection verify
+  opens to the publisher waits at most ``--timeout``.
 """
 
 from __future__ import annotations
@@ -20,16 +24,19 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from pgferry import connect
 from pgferry.catalog import store
+from pgferry.errors import ConnectionFailed
 from pgferry.subscription import create_subscription
 from pgferry.testing import Cluster, install_for_major
 from pgferry.testing.pytest_plugin import ClusterFactory
-from pgferry.verify import VerifyReport, compare, verify_subscription
+from pgferry.verify import VerifyReport, compare, compare_snapshots, verify_subscription
 from tests.support import pgferry, wait_for
 from tests.verify.conftest import Ferry, running
 
@@ -41,13 +48,16 @@ CREATE TABLE marker (id bigserial PRIMARY KEY);
 INSERT INTO twins SELECT 1, 'same' FROM generate_series(1, 6000);
 INSERT INTO twins SELECT g + 1, 't' || g FROM generate_series(1, 50) g;
 INSERT INTO dupkey SELECT g, 'v' || g FROM generate_series(1, 20000) g;
-CREATE PUBLICATION pub FOR TABLE twins, dupkey, marker;
+CREATE TABLE pairkey (a text, b int, v text, PRIMARY KEY (a, b));
+INSERT INTO pairkey SELECT 'a' || (g % 7), g, 'p' || g FROM generate_series(1, 700) g;
+CREATE PUBLICATION pub FOR TABLE twins, dupkey, pairkey, marker;
 """
 
-#: The subscriber's ``dupkey`` lacks the publisher's primary key.
+#: The subscriber's ``dupkey`` and ``pairkey`` lack the publisher's primary key.
 TWINS_SUB = """
 CREATE TABLE twins (x int, y text);
 CREATE TABLE dupkey (id int, v text);
+CREATE TABLE pairkey (a text, b int, v text);
 CREATE TABLE marker (id bigserial PRIMARY KEY);
 """
 
@@ -152,6 +162,129 @@ def test_a_key_held_thousands_of_times_is_compared_not_cut_forever(twins: Ferry)
             " UPDATE dupkey SET v = 'v9' WHERE id = 9"
         )
     assert verify_subscription(twins.sub_dsn, twins.name, tables=["dupkey"]).identical
+
+
+def test_rows_with_a_null_key_are_listed_as_extra_and_repaired(
+    twins: Ferry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows with a NULL key column are in no key range: found all the same, by
+    row (the NULL key range read row by row, or streamed when large), and
+    deleted by --repair."""
+    _caught_up(twins)
+    twins.on_sub(
+        "INSERT INTO dupkey VALUES (NULL, 'n1'), (NULL, 'n2'), (NULL, 'n2');"
+        " INSERT INTO pairkey VALUES ('a1', NULL, 'n'), (NULL, 1, 'n'), (NULL, NULL, 'n')"
+    )
+    both = ("--table", "dupkey", "--table", "pairkey")
+    try:
+        run = pgferry(twins.sub_dsn, "verify", twins.name, *both, "--json", "--limit", "2")
+        assert run.returncode == 1, run.stderr
+        tables = {t["table"]: t for t in json.loads(run.stdout)["tables"]}
+        assert [tables[t]["rows_subscriber"] for t in ("public.dupkey", "public.pairkey")] == [
+            20003,
+            703,
+        ]
+        assert {t: tables[t]["counts"] for t in tables} == {
+            t: {"missing": 0, "extra": 3, "different": 0}
+            for t in ("public.dupkey", "public.pairkey")
+        }
+        assert tables["public.dupkey"]["keys"]["extra"] == [[None], [None]]
+        assert tables["public.pairkey"]["keys"]["extra"] == [["a1", None], [None, "1"]]
+        text = pgferry(twins.sub_dsn, "verify", twins.name, "--table", "dupkey", "--limit", "2")
+        assert text.stdout.splitlines()[1:4] == [
+            "  extra NULL",
+            "  extra NULL",
+            "  ... 1 more extra",
+        ]
+
+        monkeypatch.setattr(compare, "RANGE_ROWS", 1000)
+        monkeypatch.setattr(compare, "FETCH_ROWS", 2)
+        twins.on_pub("ANALYZE dupkey, pairkey")
+        cut = verify_subscription(twins.sub_dsn, twins.name, tables=["dupkey", "pairkey"])
+        assert {t.table: t.counts["extra"] for t in cut.tables if t.differences} == {
+            "public.dupkey": 3,
+            "public.pairkey": 3,
+        }
+        assert cut.tables[0].ranges > 20
+        fixed = verify_subscription(
+            twins.sub_dsn, twins.name, tables=["dupkey", "pairkey"], repair=True
+        )
+        assert [{k: n for k, n in t.repaired.items() if n} for t in fixed.tables] == [
+            {"extra": 3},
+            {"extra": 3},
+        ]
+        monkeypatch.undo()
+        again = verify_subscription(twins.sub_dsn, twins.name, tables=["dupkey", "pairkey"])
+        assert again.identical, _found(again)
+    finally:
+        twins.on_sub(
+            "DELETE FROM dupkey WHERE id IS NULL; DELETE FROM pairkey WHERE a IS NULL OR b IS NULL"
+        )
+    assert twins.on_sub("SELECT count(*) FROM pairkey") == [(700,)]
+
+
+def test_a_key_held_twice_is_repaired_to_the_publishers_one_row(twins: Ferry) -> None:
+    """Key 11 twice the same, 12 twice and each different, 13 once the same and
+    once not: each copy is listed, and --repair leaves the publisher's row."""
+    _caught_up(twins)
+    twins.on_sub(
+        "INSERT INTO dupkey VALUES (11, 'v11'), (12, 'x'), (13, 'other');"
+        " UPDATE dupkey SET v = 'y' WHERE id = 12 AND v = 'v12'"
+    )
+    try:
+        report = verify_subscription(twins.sub_dsn, twins.name, tables=["dupkey"])
+        assert _found(report) == {
+            "public.dupkey": {"extra": [["11"], ["12"], ["13"]], "different": [["12"]]}
+        }
+        fixed = verify_subscription(twins.sub_dsn, twins.name, tables=["dupkey"], repair=True)
+        assert {k: n for k, n in fixed.tables[0].repaired.items() if n} == {
+            "extra": 3,
+            "different": 1,
+        }
+        assert twins.on_sub("SELECT id, v FROM dupkey WHERE id IN (11, 12, 13) ORDER BY id") == [
+            (11, "v11"),
+            (12, "v12"),
+            (13, "v13"),
+        ]
+        again = verify_subscription(twins.sub_dsn, twins.name, tables=["dupkey"])
+        assert again.identical, _found(again)
+    finally:
+        twins.on_sub(
+            "DELETE FROM dupkey WHERE id IN (11, 12, 13);"
+            " INSERT INTO dupkey VALUES (11, 'v11'), (12, 'v12'), (13, 'v13')"
+        )
+
+
+def test_every_publisher_connection_waits_at_most_the_timeout(
+    twins: Ferry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify --repair connects to the publisher for two held pairs (a session
+    and a replication connection each), the comparing sessions and the repair's
+    session: each attempt's connect_timeout is --timeout."""
+    opened: list[dict[str, str]] = []
+    real = connect.open_connection
+
+    def watched(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
+        conn = real(dsn, **kwargs)
+        if kwargs["side"] == "publisher":
+            opened.append(conn.info.get_parameters())
+        return conn
+
+    _caught_up(twins)
+    twins.on_sub("UPDATE dupkey SET v = 'timed' WHERE id = 21")
+    monkeypatch.setattr(connect, "open_connection", watched)
+    try:
+        fixed = verify_subscription(
+            twins.sub_dsn, twins.name, tables=["dupkey"], jobs=2, repair=True, timeout=7
+        )
+    finally:
+        monkeypatch.undo()
+        twins.on_sub("UPDATE dupkey SET v = 'v21' WHERE id = 21")
+    assert fixed.tables[0].repaired["different"] == 1
+    ours = [p for p in opened if p.get("application_name") == "pgferry verify"]
+    assert len(ours) == 7
+    assert sum(p.get("replication") == "database" for p in ours) == 2
+    assert {p.get("connect_timeout") for p in ours} == {"7"}
 
 
 #: Keys whose order under ICU differs from "C": case, accents, punctuation.
@@ -270,6 +403,15 @@ def test_an_unreachable_publisher_fails_within_the_timeout_and_holds_nothing(
             assert first.startswith(f"pgferry: error: subscription {name!r} cannot be verified")
             assert "nothing was held" in first
             assert hint.startswith("hint: ") and f"verify {name} again" in hint
+            assert _no_hold(dsn)
+            # (The comparing sessions: the attempt fails before a snapshot is imported.)
+            started = time.monotonic()
+            with pytest.raises(ConnectionFailed) as failed:
+                compare_snapshots(dsn, name, "unused", "unused", timeout=2)
+            assert time.monotonic() - started < 9
+            assert failed.value.message.startswith(f"subscription {name!r} cannot be verified")
+            assert failed.value.message.endswith("; nothing was compared")
+            assert failed.value.hint is not None and f"verify {name} again" in failed.value.hint
             assert _no_hold(dsn)
             store.set_conninfo(conn, name, good)
 

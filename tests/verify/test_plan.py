@@ -41,8 +41,8 @@ def test_the_key_is_the_primary_key_when_published() -> None:
 
 
 def test_equal_keys_with_other_row_counts_are_not_identical() -> None:
-    """Duplicate or NULL keys on one side: every key compares equal, yet the
-    tables differ; the report says so and the verdict is not identical."""
+    """Every key compared equal while the row counts differ (a check every
+    report makes): the report says so and the verdict is not identical."""
     same = TableReport("public.t", rows_publisher=3, rows_subscriber=3)
     more = TableReport("public.u", rows_publisher=3, rows_subscriber=4)
     assert same.identical and not more.identical and more.differences == 0

@@ -10,12 +10,18 @@ Two entry points:
   the release (see :mod:`.compare`), and with ``repair`` fixes what differs,
   publisher winning (see :mod:`.repair`);
 * :func:`compare_snapshots` ``(subscriber_dsn, subscription, publisher_snapshot,
-  subscriber_snapshot, *, tables=None, jobs=4, limit=1000, lsn=None) ->
-  VerifyReport``: the comparison alone, for a caller that exported the two
-  snapshots itself (``pg_export_snapshot()`` in a ``REPEATABLE READ`` transaction
-  on each side, kept open until this returns), e.g. a switchover inside its write
-  fence. ``subscriber_dsn`` is the subscriber database (the catalog's); the
-  publisher is reached with the subscription's conninfo; ``lsn`` is only reported.
+  subscriber_snapshot, *, tables=None, jobs=4, limit=1000, lsn=None,
+  timeout=None) -> VerifyReport``: the comparison alone, for a caller that
+  exported the two snapshots itself (``pg_export_snapshot()`` in a ``REPEATABLE
+  READ`` transaction on each side, kept open until this returns), e.g. a
+  switchover inside its write fence. ``subscriber_dsn`` is the subscriber
+  database (the catalog's); the publisher is reached with the subscription's
+  conninfo, each connection attempt waiting at most ``timeout`` seconds (at least
+  2) when given; ``lsn`` is only reported.
+
+``timeout`` of :func:`verify_subscription` bounds every connection attempt to
+the publisher (the held pair's, the comparing sessions', the repair's) as well as
+each wait for the apply worker.
 
 :class:`VerifyReport` (see :mod:`.report`) holds per table the rows compared,
 the ranges hashed, the differing keys (missing, extra, different; ``limit`` listed
@@ -66,6 +72,7 @@ def verify_subscription(
             jobs=jobs,
             limit=sys.maxsize if repair else limit,
             lsn=pair.lsn,
+            timeout=timeout,
         )
         report.held_seconds = pair.held_seconds
     if repair and not report.identical:

@@ -8,21 +8,35 @@ Contract of :func:`compare_snapshots` (see the package docstring for its use):
   see the same data whatever replication does meanwhile; the exporting
   transactions must stay open until the sessions have imported them (until this
   function returns is simplest);
+* the publisher is reached with the subscription's conninfo; with ``timeout``
+  each connection attempt to it waits at most that long (at least libpq's 2 s;
+  a ``connect_timeout`` in the conninfo wins), and one that fails is one
+  :class:`~pgferry.errors.ConnectionFailed` naming the subscription, with what
+  to do next;
 * per table (see :mod:`.plan`): with a key, the publisher's rows are cut into
-  half-open key ranges of about :data:`RANGE_ROWS` rows; each range's row count
-  and sum of row hashes are computed on both sides at once, every range of every
-  table in parallel over the sessions; a range that differs is compared row by row
-  when it holds at most :data:`FETCH_ROWS` rows on each side, else cut into
+  half-open key ranges of about :data:`RANGE_ROWS` rows, plus the range of rows
+  with a NULL in a key column (:data:`~.plan.NULL_KEYS`: only a subscriber table
+  without the publisher's unique key can hold any); each range's row count and
+  sum of row hashes are computed on both sides at once, every range of every
+  table in parallel over the sessions; a range that differs is compared row by
+  row when it holds at most :data:`FETCH_ROWS` rows on each side, else cut into
   :data:`SPLIT` ranges again (on the side with more rows) and so on;
+* rows are compared as (key, row hash) pairs counted on each side, so a key
+  held several times on one side is never folded into one: per key, the copies
+  one side has more of are paired as ``different``, the rest are ``missing`` or
+  ``extra``, once per copy. Rows with a NULL key column are thus ``extra`` (or
+  ``missing``), each listed. Keys compared row by row are listed in key order
+  (``missing`` and ``different`` in the publisher's, ``extra`` in the
+  subscriber's);
 * a range that cannot be cut any more (its rows on the side with more share one
   key value: duplicate keys on a subscriber table without the publisher's unique
-  key) is compared directly: both sides stream its distinct (key, row hash) pairs
+  key), and the NULL key range when it holds more than :data:`FETCH_ROWS` rows,
+  are compared directly: both sides stream its distinct (key, row hash) pairs
   with their counts in one order (see :meth:`~.plan.TablePlan.groups_query`),
-  merged in one pass, :data:`STREAM_ROWS` at a time; per key, the copies one side
-  has more of are paired as ``different``, the rest are ``missing`` or ``extra``,
-  once per copy. Memory stays bounded whatever the range holds. Bisection that
-  goes past :data:`MAX_LEVELS` levels or :data:`MAX_LEVEL_RANGES` ranges in one
-  level compares the whole table so instead;
+  merged in one pass, :data:`STREAM_ROWS` at a time. Memory stays bounded
+  whatever the range holds. Bisection that goes past
+  :data:`MAX_LEVELS` levels or :data:`MAX_LEVEL_RANGES` ranges in one level
+  compares the whole table so instead;
 * without a key, the whole table's count and sum are compared, and when they
   differ its distinct row hashes with their counts, streamed and merged the same
   way; the row texts are read only for the hashes that differ;
@@ -42,23 +56,26 @@ import math
 import queue
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from pgferry import connect
+from pgferry import conninfo as ci
 from pgferry.catalog import ensure_catalog, store
 from pgferry.conninfo import mask
-from pgferry.errors import InterfaceError, PgferryError
+from pgferry.errors import ConnectionFailed, InterfaceError, PgferryError
 from pgferry.protocol.lsn import Lsn
 from pgferry.publisher.shape import PublishedTable, published_tables
 from pgferry.sqltext import quote_literal
 
 from .plan import (
     FULL,
+    NULL_KEYS,
     SESSION_SETTINGS,
     Key,
     Range,
@@ -94,6 +111,8 @@ _INTEGERS = frozenset({"smallint", "integer", "bigint"})
 DEFAULT_LIMIT = 1000
 
 Row = tuple[Any, ...]
+#: A differing key as a comparison finds it: (kind, key, copies).
+Found = tuple[str, Key, int]
 
 
 class Sessions:
@@ -166,6 +185,39 @@ def open_sessions(dsn: str, side: connect.Side, snapshot: str, jobs: int) -> Ses
             conn.close()
         raise
     return Sessions(conns, side)
+
+
+def bounded(conninfo: str, timeout: float | None) -> str:
+    """``conninfo`` with each connection attempt waiting at most ``timeout``
+    seconds (libpq's least is 2), unless it sets ``connect_timeout`` itself;
+    None: as it is."""
+    if timeout is None:
+        return conninfo
+    params = ci.parse(conninfo)
+    params.setdefault("connect_timeout", str(max(2, math.ceil(timeout))))
+    return make_conninfo(**params)
+
+
+def unreachable(subscription: str, exc: ConnectionFailed, outcome: str) -> ConnectionFailed:
+    """A failed connection to the publisher as one line naming the subscription
+    and ``outcome`` (what was left undone), with the next action."""
+    return ConnectionFailed(
+        f"subscription {subscription!r} cannot be verified now: {exc.message}; {outcome}",
+        hint=f"{exc.hint}; then pgferry verify {subscription} again"
+        if exc.hint
+        else f"verify {subscription} again once its publisher answers",
+    )
+
+
+def open_publisher(
+    subscription: str, conninfo: str, snapshot: str, jobs: int, timeout: float | None, outcome: str
+) -> Sessions:
+    """:func:`open_sessions` on the publisher, each attempt bounded by ``timeout``
+    (see :func:`bounded`); a failed connection is :func:`unreachable`."""
+    try:
+        return open_sessions(bounded(conninfo, timeout), "publisher", snapshot, jobs)
+    except ConnectionFailed as exc:
+        raise unreachable(subscription, exc, outcome) from None
 
 
 def parse_table(text: str) -> tuple[str | None, str]:
@@ -335,91 +387,94 @@ class Comparison:
         return _between(FULL, cuts)
 
     def _keyed(self, plan: TablePlan, report: TableReport) -> None:
-        missing: dict[Key, int] = {}
-        extra: dict[Key, int] = {}
-        different: list[Key] = []
-        direct: list[Future[list[tuple[str, Key, int]]]] = []
-        level = self._initial_ranges(plan)
-        first = True
+        deltas = _Deltas()
+        direct: list[Future[list[Found]]] = []
+        level = [*self._initial_ranges(plan), NULL_KEYS]
         for depth in itertools.count():
             if not level:
                 break
             if depth >= MAX_LEVELS or len(level) > MAX_LEVEL_RANGES:
                 for pending in direct:
                     pending.result()
-                missing.clear()
-                extra.clear()
-                different.clear()
-                direct = [self.pool.submit(self._direct, plan, FULL)]
-                fp, fs = self.both(partial(plan.hash_query, rng=FULL))
-                report.rows_publisher, report.rows_subscriber = fp.result()[0][0], fs.result()[0][0]
+                deltas.clear()
+                direct = [self.pool.submit(self._direct, plan, rng) for rng in (FULL, NULL_KEYS)]
+                report.rows_publisher, report.rows_subscriber = self._counts(plan)
                 break
-            hashed = [(rng, self.both(partial(plan.hash_query, rng=rng))) for rng in level]
-            report.ranges += len(level)
-            fetch: list[tuple[Range, Any, Any]] = []
-            split: list[tuple[Range, Future[list[Range]]]] = []
-            for rng, (fp, fs) in hashed:
-                ((count_p, sum_p),) = fp.result()
-                ((count_s, sum_s),) = fs.result()
-                if first:
-                    report.rows_publisher += count_p
-                    report.rows_subscriber += count_s
-                if count_p == count_s and sum_p == sum_s:
-                    continue
-                if max(count_p, count_s) <= FETCH_ROWS:
-                    fetch.append((rng, *self.both(partial(plan.rows_query, rng=rng))))
-                else:
-                    on_pub = count_p >= count_s
-                    step = math.ceil(max(count_p, count_s) / SPLIT)
-                    split.append((rng, self.pool.submit(self._split, plan, rng, on_pub, step)))
-            first = False
-            for _rng, fp, fs in fetch:
-                _diff_rows(fp.result(), fs.result(), missing, extra, different)
-            level = []
-            for rng, future in split:
-                parts = future.result()
-                if parts == [rng]:
-                    direct.append(self.pool.submit(self._direct, plan, rng))
-                else:
-                    level.extend(parts)
-        for key in [k for k in missing if k in extra]:
-            if missing.pop(key) != extra.pop(key):
-                different.append(key)
-        for kind, keys in (("missing", missing), ("extra", extra), ("different", different)):
-            for key in keys:
-                report.add(kind, key, self.limit)
+            level = self._level(plan, level, report, depth == 0, deltas, direct)
+        for kind, key, copies in deltas.found():
+            report.add_copies(kind, key, copies, self.limit)
         for pending in direct:
             for kind, key, copies in pending.result():
-                for _ in range(copies):
-                    report.add(kind, key, self.limit)
+                report.add_copies(kind, key, copies, self.limit)
+
+    def _level(
+        self,
+        plan: TablePlan,
+        level: list[Range],
+        report: TableReport,
+        first: bool,
+        deltas: _Deltas,
+        direct: list[Future[list[Found]]],
+    ) -> list[Range]:
+        """One level of bisection: each range hashed on both sides; one that
+        differs is read row by row (its counts go into ``deltas``), compared
+        directly (into ``direct``) or cut into the next level's ranges."""
+        hashed = [(rng, self.both(partial(plan.hash_query, rng=rng))) for rng in level]
+        report.ranges += len(level)
+        fetch: list[tuple[Future[list[Row]], Future[list[Row]]]] = []
+        split: list[tuple[Range, Future[list[Range]]]] = []
+        for rng, (fp, fs) in hashed:
+            ((count_p, sum_p),) = fp.result()
+            ((count_s, sum_s),) = fs.result()
+            if first:
+                report.rows_publisher += count_p
+                report.rows_subscriber += count_s
+            if count_p == count_s and sum_p == sum_s:
+                continue
+            if max(count_p, count_s) <= FETCH_ROWS:
+                fetch.append(self.both(partial(plan.rows_query, rng=rng)))
+            elif rng.null_keys:
+                direct.append(self.pool.submit(self._direct, plan, rng))
+            else:
+                on_pub = count_p >= count_s
+                step = math.ceil(max(count_p, count_s) / SPLIT)
+                split.append((rng, self.pool.submit(self._split, plan, rng, on_pub, step)))
+        for fp, fs in fetch:
+            deltas.add(fp.result(), fs.result())
+        following: list[Range] = []
+        for rng, future in split:
+            parts = future.result()
+            if parts == [rng]:
+                direct.append(self.pool.submit(self._direct, plan, rng))
+            else:
+                following.extend(parts)
+        return following
+
+    def _counts(self, plan: TablePlan) -> tuple[int, int]:
+        """The rows of each side: those with a key, and those with a NULL in it."""
+        hashed = [self.both(partial(plan.hash_query, rng=rng)) for rng in (FULL, NULL_KEYS)]
+        return (
+            sum(int(fp.result()[0][0]) for fp, _fs in hashed),
+            sum(int(fs.result()[0][0]) for _fp, fs in hashed),
+        )
 
     def _split(self, plan: TablePlan, rng: Range, on_pub: bool, step: int) -> list[Range]:
         side = self.pub if on_pub else self.sub
         cuts = [tuple(r) for r in side.query(plan.boundaries_query(on_pub, rng, step))]
         return _between(rng, cuts)
 
-    def _direct(self, plan: TablePlan, rng: Range) -> list[tuple[str, Key, int]]:
+    def _direct(self, plan: TablePlan, rng: Range) -> list[Found]:
         """A range compared by streaming both sides' (key, row hash) counts: per
         differing key, (kind, key, copies)."""
-        found: list[tuple[str, Key, int]] = []
+        found: list[Found] = []
         with (
             self.pub.stream(plan.groups_query(True, rng)) as pub,
             self.sub.stream(plan.groups_query(False, rng)) as sub,
         ):
             merged = _merge_counts(pub, sub, len(plan.key))
             for key, deltas in itertools.groupby(merged, key=lambda m: m[0]):
-                more_p = more_s = 0
-                for _key, _digest, delta in deltas:
-                    more_p += max(delta, 0)
-                    more_s += max(-delta, 0)
-                paired = min(more_p, more_s)
-                for kind, copies in (
-                    ("different", paired),
-                    ("missing", more_p - paired),
-                    ("extra", more_s - paired),
-                ):
-                    if copies:
-                        found.append((kind, key, copies))
+                for kind, copies in _classify(delta for _key, _digest, delta in deltas):
+                    found.append((kind, key, copies))
         return found
 
     # -- tables without a key -------------------------------------------------------
@@ -444,8 +499,7 @@ class Comparison:
             deltas.subtract({text: int(n) for text, n in fs.result()})
         for text in sorted(deltas):
             delta = deltas[text]
-            for _ in range(abs(delta)):
-                report.add("missing" if delta > 0 else "extra", (text,), self.limit)
+            report.add_copies("missing" if delta > 0 else "extra", (text,), abs(delta), self.limit)
 
 
 def _order(row: Row, width: int) -> tuple[Any, ...]:
@@ -482,22 +536,61 @@ def _between(rng: Range, cuts: list[Key]) -> list[Range]:
     return [r for r in out if r.lo is None or r.lo != r.hi]
 
 
-def _diff_rows(
-    pub: list[Row],
-    sub: list[Row],
-    missing: dict[Key, int],
-    extra: dict[Key, int],
-    different: list[Key],
-) -> None:
-    theirs = {tuple(r[:-1]): int(r[-1]) for r in sub}
-    for row in pub:
-        key, digest = tuple(row[:-1]), int(row[-1])
-        other = theirs.pop(key, None)
-        if other is None:
-            missing[key] = digest
-        elif other != digest:
-            different.append(key)
-    extra.update(theirs)
+class _Deltas:
+    """The rows of the ranges compared row by row: per key, the publisher's count
+    less the subscriber's per row hash, summed over the ranges (a key one side
+    has in another range than the other is one row)."""
+
+    def __init__(self) -> None:
+        #: Keys as the publisher's rows came, in key order (then the subscriber's).
+        self.counts: dict[Key, dict[int, int]] = {}
+        #: The subscriber's keys among them, as its rows came.
+        self.subscriber: dict[Key, None] = {}
+
+    def clear(self) -> None:
+        self.counts.clear()
+        self.subscriber.clear()
+
+    def add(self, pub: list[Row], sub: list[Row]) -> None:
+        """One range's rows (key texts, row hash) of each side, in key order."""
+        delta: Counter[tuple[Key, int]] = Counter()
+        delta.update((tuple(r[:-1]), int(r[-1])) for r in pub)
+        delta.subtract((tuple(r[:-1]), int(r[-1])) for r in sub)
+        for rows in (pub, sub):
+            for row in rows:
+                key, digest = tuple(row[:-1]), int(row[-1])
+                change = delta.pop((key, digest), 0)
+                if change:
+                    counts = self.counts.setdefault(key, {})
+                    counts[digest] = counts.get(digest, 0) + change
+        for row in sub:
+            if tuple(row[:-1]) in self.counts:
+                self.subscriber.setdefault(tuple(row[:-1]))
+
+    def found(self) -> Iterator[Found]:
+        """Each differing key as (kind, key, copies): ``missing`` and
+        ``different`` in the publisher's key order, ``extra`` in the subscriber's."""
+        for key, counts in self.counts.items():
+            for kind, copies in _classify(counts.values()):
+                if kind != "extra":
+                    yield kind, key, copies
+        for key in self.subscriber:
+            for kind, copies in _classify(self.counts[key].values()):
+                if kind == "extra":
+                    yield kind, key, copies
+
+
+def _classify(deltas: Iterable[int]) -> list[tuple[str, int]]:
+    """One key's rows, from its publisher's count less its subscriber's per row
+    hash: the copies one side has more of, as many as pair up ``different``, the
+    rest ``missing`` or ``extra``, as (kind, copies)."""
+    more_p = more_s = 0
+    for delta in deltas:
+        more_p += max(delta, 0)
+        more_s += max(-delta, 0)
+    paired = min(more_p, more_s)
+    kinds = (("different", paired), ("missing", more_p - paired), ("extra", more_s - paired))
+    return [(kind, copies) for kind, copies in kinds if copies]
 
 
 def compare_snapshots(
@@ -510,16 +603,19 @@ def compare_snapshots(
     jobs: int = 4,
     limit: int = DEFAULT_LIMIT,
     lsn: Lsn | None = None,
+    timeout: float | None = None,
 ) -> VerifyReport:
     """Compare the subscription's tables as the two snapshots see them (see the
-    module docstring). The publisher is reached with the subscription's conninfo."""
+    module docstring)."""
     if jobs < 1:
         raise InterfaceError(f"--jobs must be at least 1, not {jobs}", hint="use --jobs 4")
     started = time.monotonic()
     with connect.subscriber(subscriber_dsn) as catalog:
         ensure_catalog(catalog)
         sub = store.get_subscription(catalog, subscription)
-        pub_sessions = open_sessions(sub.conninfo, "publisher", publisher_snapshot, jobs)
+        pub_sessions = open_publisher(
+            subscription, sub.conninfo, publisher_snapshot, jobs, timeout, "nothing was compared"
+        )
         try:
             sub_sessions = open_sessions(subscriber_dsn, "subscriber", subscriber_snapshot, jobs)
             try:

@@ -6,9 +6,10 @@ before L applied.
 :mod:`pgferry.catalog.hold`):
 
 1. checks the subscription: enabled, every table ready, its publisher reachable
-   (a connection attempt waits at most ``timeout``, at least libpq's 2 s; an
-   unreachable publisher is one error naming the subscription, with nothing
-   held), then not in error;
+   (each connection attempt, the replication one too, waits at most
+   ``timeout``, at least libpq's 2 s, unless the conninfo sets
+   ``connect_timeout``; an unreachable publisher is one error naming the
+   subscription, with nothing held), then not in error;
 2. asks its apply worker to pause at its next transaction boundary and waits for
    the acknowledgement;
 3. creates a TEMPORARY logical slot with an exported snapshot on the publisher
@@ -29,7 +30,6 @@ goes up, and a requester that dies leaves at most the lease behind.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import threading
 import time
@@ -47,6 +47,8 @@ from pgferry.errors import ConnectionFailed, InterfaceError, PgferryError
 from pgferry.protocol.lsn import Lsn
 from pgferry.sqltext import quote_literal
 from pgferry.stream import ReplicationConnection
+
+from .compare import bounded, unreachable
 
 #: Seconds a hold lives without renewal (a requester that died holds no longer).
 DEFAULT_LEASE = 30.0
@@ -101,30 +103,24 @@ def check_not_in_error(sub: store.Subscription) -> None:
 def _publisher_session(
     stack: contextlib.ExitStack, sub: store.Subscription, timeout: float
 ) -> tuple[psycopg.Connection[Any], ReplicationConnection]:
-    """The publisher's session and replication connection of step 3; the first
-    attempt waits at most ``timeout`` (libpq's least is 2 s), so a publisher that
-    does not answer is found within it. Failing, one error naming the subscription."""
+    """The publisher's session and replication connection of step 3, each
+    attempt bounded by ``timeout`` (see :func:`~.compare.bounded`), so a
+    publisher that does not answer is found within it. Failing, one error
+    naming the subscription."""
     name = "pgferry verify"
+    conninfo = bounded(sub.conninfo, timeout)
     try:
         holder = stack.enter_context(
             connect.open_connection(
-                sub.conninfo,
+                conninfo,
                 side="publisher",
                 application_name=name,
                 params={"client_encoding": connect.CLIENT_ENCODING},
-                defaults={"connect_timeout": str(max(2, math.ceil(timeout)))},
             )
         )
-        repl = stack.enter_context(
-            ReplicationConnection.connect(sub.conninfo, application_name=name)
-        )
+        repl = stack.enter_context(ReplicationConnection.connect(conninfo, application_name=name))
     except ConnectionFailed as exc:
-        raise ConnectionFailed(
-            f"subscription {sub.name!r} cannot be verified now: {exc.message}; nothing was held",
-            hint=f"{exc.hint}; then pgferry verify {sub.name} again"
-            if exc.hint
-            else f"verify {sub.name} again once its publisher answers",
-        ) from None
+        raise unreachable(sub.name, exc, "nothing was held") from None
     return holder, repl
 
 

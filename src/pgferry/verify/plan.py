@@ -11,6 +11,12 @@ A :class:`TablePlan` is built on the publisher, inside the publisher snapshot:
   every one of its columns is published; otherwise none (whole-row multiset
   compare).
 
+Rows with a NULL in a key column (a subscriber table without the publisher's
+unique key and NOT NULL may hold them; the publisher's key never does) belong to
+no key range: they are a range of their own, :data:`NULL_KEYS`, read on both
+sides alike. Every other range holds only rows whose key columns are all
+non-NULL, so the ranges of one side never overlap and together hold every row.
+
 Row encoding: ``ROW(c1, ..., cn)::text`` (the record's text form quotes any value
 holding a separator, a quote or a parenthesis, and tells NULL from ''), hashed
 with ``hashtextextended(..., 0)`` (64 bits) and summed as ``numeric`` together
@@ -27,10 +33,16 @@ ordering alike: the two servers cut and order keys the same way whatever their
 own collations (another default, another libc or ICU version). Such a column's
 range predicates cannot use an index of another collation.
 
-A range compared directly (:meth:`TablePlan.groups_query`) is read as its
-distinct (key, row hash) pairs with their counts, ordered by the key's text forms
-as UTF-8 bytes (``convert_to``, no collation at all) and then by the hash, so the
-two sides' streams merge in one pass in any client.
+A range compared row by row (:meth:`TablePlan.rows_query`) is read as each row's
+key texts and row hash in key order. A range compared directly
+(:meth:`TablePlan.groups_query`) is read as its distinct (key, row hash) pairs
+with their counts, ordered by the key's text forms as UTF-8 bytes (``convert_to``,
+no collation at all) and then by the hash, so the two sides' streams merge in one
+pass in any client.
+
+Repair reads rows by key (:meth:`TablePlan.key_predicate`: a NULL key column by
+``IS NULL``), on the subscriber with where each row is (``tableoid``, ``ctid``),
+so each of a key's copies can be fixed on its own.
 """
 
 from __future__ import annotations
@@ -60,13 +72,16 @@ Key = tuple[str | None, ...]
 
 @dataclass(frozen=True)
 class Range:
-    """``lo <= key < hi``; None: unbounded."""
+    """``lo <= key < hi`` among the rows without a NULL key column; None:
+    unbounded. ``null_keys``: instead the rows with a NULL in a key column."""
 
     lo: Key | None
     hi: Key | None
+    null_keys: bool = False
 
 
 FULL = Range(None, None)
+NULL_KEYS = Range(None, None, null_keys=True)
 
 
 @dataclass(frozen=True)
@@ -113,14 +128,28 @@ class TablePlan:
         # (Aliased: ORDER BY a key column must not mean its text output column.)
         return ", ".join(f"{quote_ident(c)}::text AS pgferry_k{i}" for i, c in enumerate(self.key))
 
-    def _where(self, publisher: bool, rng: Range) -> str:
+    def _null_key(self) -> str:
+        """True for a row with a NULL in a key column (never NULL itself)."""
+        return "(" + " OR ".join(f"{quote_ident(c)} IS NULL" for c in self.key) + ")"
+
+    def _range_tests(self, rng: Range) -> list[str]:
+        if rng.null_keys:
+            return [self._null_key()]
+        tests = [f"NOT {self._null_key()}"]
+        if rng.lo is not None:
+            tests.append(f"({self._key_list()}) >= ({_literals(rng.lo)})")
+        if rng.hi is not None:
+            tests.append(f"({self._key_list()}) < ({_literals(rng.hi)})")
+        return tests
+
+    def _where(self, publisher: bool, rng: Range | None, *tests: str) -> str:
+        """The publisher's row filter, the range's tests (with a key), ``tests``."""
         parts: list[str] = []
         if publisher and self.row_filter is not None:
             parts.append(f"({self.row_filter})")
-        if rng.lo is not None:
-            parts.append(f"({self._key_list()}) >= ({_literals(rng.lo)})")
-        if rng.hi is not None:
-            parts.append(f"({self._key_list()}) < ({_literals(rng.hi)})")
+        if rng is not None and self.key:
+            parts.extend(self._range_tests(rng))
+        parts.extend(tests)
         return " WHERE " + " AND ".join(parts) if parts else ""
 
     # -- queries --------------------------------------------------------------------
@@ -184,45 +213,55 @@ class TablePlan:
         """Without a key: each distinct row text whose hash is one of ``hashes``,
         with its count."""
         wanted = ", ".join(str(int(h)) for h in hashes) or "NULL"
-        where = self._where(publisher, FULL)
-        test = f"{self.row_hash()} IN ({wanted})"
-        where = f"{where} AND {test}" if where else f" WHERE {test}"
+        where = self._where(publisher, None, f"{self.row_hash()} IN ({wanted})")
         return (
             f"SELECT ({self.row_text()}) COLLATE {C_COLLATION}, count(*)"
             f" FROM {self.relation(publisher)}{where} GROUP BY 1"
         )
 
     def key_predicate(self, key: Key) -> str:
-        """The rows with this key: by the columns' own equality (an index serves
-        it), and ``COLLATE "C"`` too when a column is collatable (a
-        nondeterministic collation's equality is not the text's)."""
-        columns = ", ".join(quote_ident(c) for c in self.key)
-        plain = f"({columns}) = ({_literals(key)})"
-        if not any(self.collatable):
-            return plain
-        return f"({plain} AND ({self._key_list()}) = ({_literals(key)}))"
+        """The rows with this key: each column by its own equality (an index
+        serves it), and ``COLLATE "C"`` too when it is collatable (a
+        nondeterministic collation's equality is not the text's); a NULL by
+        ``IS NULL``."""
+        tests: list[str] = []
+        for i, value in enumerate(key):
+            column = quote_ident(self.key[i])
+            if value is None:
+                tests.append(f"{column} IS NULL")
+                continue
+            tests.append(f"{column} = {quote_literal(value)}")
+            if i < len(self.collatable) and self.collatable[i]:
+                tests.append(f"{self._key_expr(i)} = {quote_literal(value)}")
+        return "(" + " AND ".join(tests) + ")"
 
-    def values_query(self, publisher: bool, keys: Sequence[Key]) -> str:
-        """The published columns' text forms of the rows with these keys, key first."""
-        wanted = " OR ".join(self.key_predicate(k) for k in keys) or "false"
-        where = self._where(publisher, FULL)
-        where = f"{where} AND ({wanted})" if where else f" WHERE ({wanted})"
-        columns = ", ".join(f"{quote_ident(c)}::text" for c in self.columns)
+    def _by_keys(self, keys: Sequence[Key]) -> str:
+        return "(" + (" OR ".join(self.key_predicate(k) for k in keys) or "false") + ")"
+
+    def _column_texts(self) -> str:
+        return "".join(f", {quote_ident(c)}::text" for c in self.columns)
+
+    def values_query(self, keys: Sequence[Key]) -> str:
+        """The publisher's rows with these keys: the key's text forms, then the
+        published columns'."""
+        where = self._where(True, None, self._by_keys(keys))
+        return f"SELECT {self._key_texts()}{self._column_texts()} FROM {self.relation(True)}{where}"
+
+    def located_query(self, keys: Sequence[Key]) -> str:
+        """The subscriber's rows with these keys: where each is (``tableoid``,
+        ``ctid``), the key's text forms, then the published columns'."""
+        where = self._where(False, None, self._by_keys(keys))
         return (
-            f"SELECT {self._key_texts()}{', ' if columns else ''}{columns}"
-            f" FROM {self.relation(publisher)}{where}"
+            f"SELECT tableoid::pg_catalog.text, ctid::pg_catalog.text, {self._key_texts()}"
+            f"{self._column_texts()} FROM {self.relation(False)}{where}"
         )
 
     def rows_by_text_query(self, publisher: bool, texts: Sequence[str]) -> str:
         """Without a key: the published columns' text forms of rows by row text."""
         wanted = ", ".join(quote_literal(t) for t in texts) or "NULL"
-        where = self._where(publisher, FULL)
-        test = f"{self.row_text()} IN ({wanted})"
-        where = f"{where} AND {test}" if where else f" WHERE {test}"
-        columns = ", ".join(f"{quote_ident(c)}::text" for c in self.columns)
+        where = self._where(publisher, None, f"{self.row_text()} IN ({wanted})")
         return (
-            f"SELECT {self.row_text()}{', ' if columns else ''}{columns}"
-            f" FROM {self.relation(publisher)}{where}"
+            f"SELECT {self.row_text()}{self._column_texts()} FROM {self.relation(publisher)}{where}"
         )
 
 

@@ -6,11 +6,19 @@ Contract of :func:`repair`:
   while it works (see :func:`~.consistent.held_pair` with ``keep_held``), so
   nothing replication does meanwhile races with the fixes;
 * each differing key is read again: on the publisher in the snapshot at L', on
-  the subscriber as it is (everything before L' applied, nothing after). A row on
-  the publisher only is inserted, one on the subscriber only deleted, one that
-  differs updated (the published columns; other subscriber columns are kept);
-  a key that replication made equal meanwhile is left alone. Tables without a
-  key: copies of a row text are deleted or inserted until both sides hold as many;
+  the subscriber as it is (everything before L' applied, nothing after), every
+  row of it, each subscriber row by where it is (``tableoid``, ``ctid``). The
+  subscriber's rows of the key are then made the publisher's, copy for copy: a
+  row equal to a publisher row is kept, one that differs is updated (the
+  published columns; other subscriber columns are kept), a row the publisher
+  has not is deleted, one the subscriber has not inserted. So a key held twice
+  on a subscriber table without the publisher's unique key ends with the
+  publisher's one row, and rows with a NULL key column are deleted; a key that
+  replication made equal meanwhile is left alone. The counts fixed are rows.
+  Tables without a key: copies of a row text are deleted or inserted until both
+  sides hold as many;
+* the publisher's session waits at most ``timeout`` to connect (at least 2 s);
+  a failure is one error naming the subscription, and the hold is released;
 * all fixes are one subscriber transaction under a replication origin of their
   own, ``pgferry_repair_<subscription>``, with ``session_replication_role =
   replica`` as apply has: a two-way peer that filters on origin (``origin =
@@ -39,12 +47,17 @@ from pgferry.catalog import store
 from pgferry.errors import PgferryError
 from pgferry.sqltext import quote_ident, quote_literal
 
-from .compare import Sessions, open_sessions, plans
+from .compare import Sessions, open_publisher, plans
 from .consistent import Pair, held_pair
 from .plan import SESSION_SETTINGS, Key, TablePlan
 from .report import VerifyReport
 
 logger = logging.getLogger("pgferry.verify")
+
+#: A published row's columns as text.
+Values = tuple[str | None, ...]
+#: Where a subscriber row is: its ``tableoid`` and ``ctid``, as text.
+RowId = tuple[str, str]
 
 #: Keys read or written per statement.
 CHUNK = 500
@@ -73,7 +86,9 @@ def repair(subscriber_dsn: str, report: VerifyReport, *, lease: float, timeout: 
         connect.subscriber(subscriber_dsn) as catalog,
     ):
         conninfo = store.get_subscription(catalog, name).conninfo
-        pub = open_sessions(conninfo, "publisher", pair.publisher_snapshot, 1)
+        pub = open_publisher(
+            name, conninfo, pair.publisher_snapshot, 1, timeout, "nothing was repaired"
+        )
         try:
             chosen = plans(catalog, name, pub, [t.table for t in wanted])
             local = connect.session(subscriber_dsn, application_name="pgferry verify repair")
@@ -135,33 +150,60 @@ def _fix_keyed(
 ) -> dict[str, int]:
     fixed = Counter({"missing": 0, "extra": 0, "different": 0})
     width = len(plan.key)
-    target = plan.relation(False)
-    for chunk in _chunks(keys):
+    for chunk in _chunks(list(dict.fromkeys(keys))):
         renew()
-        theirs = {
-            tuple(r[:width]): tuple(r[width:]) for r in pub.query(plan.values_query(True, chunk))
-        }
-        ours = {
-            tuple(r[:width]): tuple(r[width:])
-            for r in local.execute(plan.values_query(False, chunk).encode()).fetchall()
-        }
+        theirs: dict[Key, list[Values]] = {}
+        for row in pub.query(plan.values_query(chunk)):
+            theirs.setdefault(tuple(row[:width]), []).append(tuple(row[width:]))
+        ours: dict[Key, list[tuple[RowId, Values]]] = {}
+        for row in local.execute(plan.located_query(chunk).encode()).fetchall():
+            located = ((row[0], row[1]), tuple(row[2 + width :]))
+            ours.setdefault(tuple(row[2 : 2 + width]), []).append(located)
         for key in chunk:
-            want, have = theirs.get(key), ours.get(key)
-            where = plan.key_predicate(key)
-            if want is None and have is not None:
-                local.execute(f"DELETE FROM {target} WHERE {where}".encode())
-                fixed["extra"] += 1
-            elif want is not None and have is None:
-                local.execute(_insert(plan, want).encode())
-                fixed["missing"] += 1
-            elif want is not None and want != have:
-                sets = ", ".join(
-                    f"{quote_ident(c)} = {_literal(v)}"
-                    for c, v in zip(plan.columns, want, strict=True)
-                )
-                local.execute(f"UPDATE {target} SET {sets} WHERE {where}".encode())
-                fixed["different"] += 1
+            fixed.update(_fix_key(local, plan, key, theirs.get(key, []), ours.get(key, [])))
     return dict(fixed)
+
+
+def _fix_key(
+    local: psycopg.Connection[Any],
+    plan: TablePlan,
+    key: Key,
+    want: list[Values],
+    have: list[tuple[RowId, Values]],
+) -> Counter[str]:
+    """The subscriber's rows of ``key`` made the publisher's ``want``, copy for
+    copy: a row equal to one of them is kept, another is updated to one still
+    unmatched (its unpublished columns kept), the rest deleted; those still
+    unmatched are inserted."""
+    unmatched = list(want)
+    spare: list[RowId] = []
+    for row_id, values in have:
+        if values in unmatched:
+            unmatched.remove(values)
+        else:
+            spare.append(row_id)
+    target, where = plan.relation(False), plan.key_predicate(key)
+    for row_id, values in zip(spare, unmatched, strict=False):
+        sets = ", ".join(
+            f"{quote_ident(c)} = {_literal(v)}" for c, v in zip(plan.columns, values, strict=True)
+        )
+        local.execute(f"UPDATE {target} SET {sets} WHERE {where} AND {_at(row_id)}".encode())
+    surplus = spare[len(unmatched) :]
+    if surplus:
+        located = " OR ".join(_at(row_id) for row_id in surplus)
+        local.execute(f"DELETE FROM {target} WHERE {where} AND ({located})".encode())
+    for values in unmatched[len(spare) :]:
+        local.execute(_insert(plan, values).encode())
+    return Counter(
+        different=min(len(spare), len(unmatched)),
+        extra=len(surplus),
+        missing=max(0, len(unmatched) - len(spare)),
+    )
+
+
+def _at(row_id: RowId) -> str:
+    table, tid = row_id
+    return f"(tableoid = {quote_literal(table)} AND ctid = {quote_literal(tid)})"
 
 
 def _fix_multiset(

@@ -2,9 +2,13 @@
 
 A key is listed as ``missing`` (on the publisher, not on the subscriber),
 ``extra`` (on the subscriber only) or ``different`` (on both, with other values);
-each list holds at most the report's ``limit`` keys, the counts are exact. A
-table without a key lists whole rows (their record text) as missing or extra,
-once per copy.
+each list holds at most the report's ``limit`` keys, the counts are exact. A key
+one side holds more times than the other (a subscriber table without the
+publisher's unique key) is listed once per copy: the copies that pair up with
+the other side's as ``different``, the rest as ``missing`` or ``extra``. A
+subscriber row with a NULL in a key column is ``extra`` (the NULL shown as
+``NULL``, ``null`` in JSON). A table without a key lists whole rows (their record
+text) as missing or extra, once per copy.
 """
 
 from __future__ import annotations
@@ -41,16 +45,19 @@ class TableReport:
 
     @property
     def identical(self) -> bool:
-        """No key differs, and both sides hold as many rows: keys compared equal
-        while the numbers differ mean rows the keys do not tell apart (duplicate
-        keys on a subscriber table without the publisher's unique key, or rows
-        with a NULL key)."""
+        """No key differs, and both sides hold as many rows (every row is in
+        some compared range, so the numbers differ only with a difference
+        listed: a check that costs nothing)."""
         return self.differences == 0 and self.rows_publisher == self.rows_subscriber
 
     def add(self, kind: str, key: Key, limit: int) -> None:
-        self.counts[kind] += 1
-        if len(self.keys[kind]) < limit:
-            self.keys[kind].append(key)
+        self.add_copies(kind, key, 1, limit)
+
+    def add_copies(self, kind: str, key: Key, copies: int, limit: int) -> None:
+        """``copies`` rows of one key: all counted, listed once each up to ``limit``."""
+        self.counts[kind] += copies
+        room = max(0, limit - len(self.keys[kind]))
+        self.keys[kind].extend([key] * min(copies, room))
 
 
 @dataclass
@@ -86,7 +93,7 @@ def render_text(report: VerifyReport) -> list[str]:
         if t.identical:
             state = "identical"
         elif t.differences == 0:
-            state = "rows differ in number (duplicate or NULL keys on one side)"
+            state = "rows differ in number"
         else:
             state = f"{t.differences} differences"
         lines.append(
