@@ -79,11 +79,14 @@ def one(upgrade: Upgrade, load: WriteLoad, rollback: bool, verify: bool) -> tupl
     offset = time.time() - time.monotonic()
     fenced = datetime.fromisoformat(report["fenced_at"]).timestamp() - offset
     resumed = datetime.fromisoformat(report["resumed_at"]).timestamp() - offset
-    across = max(
-        (b - a for c in load.clients for a, b in itertools.pairwise(c.commits)
-         if a <= resumed and b >= fenced),
-        default=0.0,
-    )  # fmt: skip
+    spans = [
+        (a, b) for c in load.clients for a, b in itertools.pairwise(c.commits)
+        if a <= resumed and b >= fenced
+    ]  # fmt: skip
+    a, b = max(spans, key=lambda span: span[1] - span[0], default=(fenced, fenced))
+    across = b - a
+    # Where the largest one began before the fence and ended after RESUME.
+    report["pause_edges"] = (fenced - a, b - resumed)
     anywhere = max(load.gaps(started - 0.2, ended + 0.3))
     report["largest_gap"] = anywhere
     where = _largest_gap(load, started - 0.2, ended + 0.3)
@@ -139,9 +142,12 @@ def main() -> None:
                     phases = " ".join(
                         f"{name}={seconds * 1000:.1f}" for name, seconds in report["phases"].items()
                     )
+                    before, after = report["pause_edges"]
                     print(
-                        f"run {run + 1} {report['direction']}: client pause {gap * 1000:.1f} ms,"
-                        f" switchover pause {report['pause'] * 1000:.1f} ms ({phases})",
+                        f"run {run + 1} {report['direction']}: client pause {gap * 1000:.1f} ms"
+                        f" (from {before * 1000:.0f} ms before the fence to {after * 1000:.0f} ms"
+                        f" after RESUME), switchover pause {report['pause'] * 1000:.1f} ms"
+                        f" ({phases})",
                         flush=True,
                     )
         finally:

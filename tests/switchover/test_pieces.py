@@ -4,10 +4,13 @@ the reverse subscription's default name."""
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import pgferry.switchover as package
 from pgferry.conninfo import parse
 from pgferry.switchover.fence import FenceFailed, rewrite_ini
 from pgferry.switchover.reverse import default_name
@@ -57,3 +60,18 @@ def test_names() -> None:
     assert len(default_name(long).encode()) <= 63
     assert default_name(long).endswith("_reverse")
     assert quote_alias('a"b') == '"a""b"'
+
+
+def test_the_watchdog_module_loads_without_the_rest_of_the_switchover() -> None:
+    """``python -m pgferry.switchover.watchdog`` starts before every fence: its
+    package's names are loaded on first use, not with it."""
+    probe = (
+        "import sys, pgferry.switchover.watchdog;"
+        " print(sorted(m for m in sys.modules if m.startswith('pgferry.switchover')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "['pgferry.switchover', 'pgferry.switchover.watchdog']", loaded
+    for name in package.__all__:
+        assert getattr(package, name).__name__ == name

@@ -60,10 +60,31 @@ subscription applied there).
 
 from __future__ import annotations
 
-from .errors import PreflightFailed, SwitchoverFailed
-from .fence import BouncerFence, DatabaseFence, FenceFailed
-from .reverse import ReverseNotPossible
-from .run import Bouncer, Plan, Report, switchover
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .errors import PreflightFailed, SwitchoverFailed
+    from .fence import BouncerFence, DatabaseFence, FenceFailed
+    from .reverse import ReverseNotPossible
+    from .run import Bouncer, Plan, Report, switchover
+
+#: Where each public name lives. Imported on first use, so that the watchdog
+#: (``python -m pgferry.switchover.watchdog``, started before every fence) does
+#: not load the whole switchover with its package: it starts in a fraction of
+#: the time, and takes that much less CPU from the clients while it starts.
+_HOMES = {
+    "Bouncer": "run",
+    "BouncerFence": "fence",
+    "DatabaseFence": "fence",
+    "FenceFailed": "fence",
+    "Plan": "run",
+    "PreflightFailed": "errors",
+    "Report": "run",
+    "ReverseNotPossible": "reverse",
+    "SwitchoverFailed": "errors",
+    "switchover": "run",
+}
 
 __all__ = [
     "Bouncer",
@@ -77,3 +98,10 @@ __all__ = [
     "SwitchoverFailed",
     "switchover",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

@@ -75,6 +75,7 @@ class FenceFailed(PgferryError):
 
 
 class Fence(Protocol):
+    def start(self) -> None: ...
     def prepare(self) -> None: ...
     def take(self, timeout: float) -> None: ...
     def hold(self, seconds: float) -> None: ...
@@ -113,6 +114,9 @@ class DatabaseFence:
         self.dsn = dsn
         self.database = str(conn.info.dbname)
         self.taken = False
+
+    def start(self) -> None:
+        """Nothing to start."""
 
     def prepare(self) -> None:
         """Nothing to prepare."""
@@ -358,10 +362,16 @@ class BouncerFence:
                 return (str(entry.get("host") or ""), int(entry["port"]), str(entry["database"]))
         return None
 
-    def prepare(self) -> None:
-        """Start the watchdog (before the fence: it takes a moment)."""
+    def start(self) -> None:
+        """Start the watchdog's process (it takes a moment: as early as possible)."""
         if self.watchdog is None:
             self.watchdog = Watchdog(self.admin_dsn, self.database)
+
+    def prepare(self) -> None:
+        """The watchdog started and connected (before the fence)."""
+        self.start()
+        assert self.watchdog is not None
+        self.watchdog.wait_ready()
 
     def take(self, timeout: float) -> None:
         self.prepare()

@@ -306,11 +306,14 @@ def switchover(plan: Plan) -> Report:
             check_lag(new, old, sub, plan.max_lag, plan.phase_timeout / 2)
             check_publications(old, sub)
             check_launcher(old, where.old_dsn)
+            fence = make_fence(plan, old, sub.conninfo)
+            if not plan.dry_run:
+                # (The watchdog's process starts while the rest is checked.)
+                fence.start()
             if plan.schema_check:
                 check_schema(where.new_dsn, where.forward)
             synced = sync_sequences(new, where.forward, publisher=old)
             check_sequences(synced, new)
-            fence = make_fence(plan, old, sub.conninfo)
             _bounded("preflight", plan.phase_timeout, started)
         if plan.dry_run:
             return report
@@ -324,9 +327,16 @@ def switchover(plan: Plan) -> Report:
             )
             if prepared.created:
                 report.notes.append(f"created reverse subscription {shown(where.reverse)}")
-            fence.prepare()
+            logger.info("reverse replication prepared (%.1f ms)", _ms(started))
             _standby(plan, where, new, old_catalog, state, started)
-            _bounded("prepare", plan.phase_timeout, started)
+            try:
+                # (The watchdog started with the preflight: ready by now, or soon.)
+                fence.prepare()
+                logger.info("fence prepared (%.1f ms)", _ms(started))
+                _bounded("prepare", plan.phase_timeout, started)
+            except BaseException:
+                _undo_quietly(where, new, old_catalog, state)
+                raise
         snapshots = _Snapshots(where.new_dsn, sub.conninfo) if plan.verify else None
         try:
             _cutover(
@@ -349,6 +359,10 @@ def switchover(plan: Plan) -> Report:
         new.close()
 
 
+def _ms(since: float) -> float:
+    return (time.monotonic() - since) * 1000
+
+
 def _lease(plan: Plan) -> float:
     """Seconds the reverse subscription's standby hold lasts: past every bound the
     cutover has (it is renewed just before the fence)."""
@@ -369,11 +383,17 @@ def _standby(
         remaining = plan.phase_timeout - (time.monotonic() - started)
         reverse.standby(old_catalog, state, _lease(plan), max(remaining, 0.01))
     except BaseException:
-        try:
-            _undo(where, new, old_catalog, state)
-        except (PgferryError, psycopg.Error) as exc:
-            logger.error("could not disable the reverse subscription again: %s", exc)
+        _undo_quietly(where, new, old_catalog, state)
         raise
+
+
+def _undo_quietly(where: Sides, new: Conn, old_catalog: Conn, state: reverse.Switched) -> None:
+    """The reverse subscription disabled again after a failure before the fence
+    (logged if even that fails: the failure itself is what the user is told)."""
+    try:
+        _undo(where, new, old_catalog, state)
+    except (PgferryError, psycopg.Error) as exc:
+        logger.error("could not disable the reverse subscription again: %s", exc)
 
 
 def _cutover(

@@ -2,11 +2,13 @@
 
 Run as ``python -m pgferry.switchover.watchdog`` by :class:`Watchdog`, a separate
 process, so that it outlives a switchover that hangs or dies. It is started
-before the fence (a Python process takes a fraction of a second to start, which
-must not count in the write pause). It reads one JSON line from stdin
-(``{"admin": CONNINFO, "database": ALIAS}``: the conninfo is not put on the
-command line, where ``ps`` would show a password), opens its admin connection to
-PgBouncer at once and writes ``ready`` to stdout. The switchover writes ``arm N``
+at the beginning of the switchover and waited for before the fence (a Python
+process takes a fraction of a second to start, which must not count in the
+write pause; importing this module does not import the rest of the
+switchover). It reads one JSON line from stdin (``{"admin": CONNINFO,
+"database": ALIAS}``: the conninfo is not put on the command line, where ``ps``
+would show a password), opens its admin connection to PgBouncer at once and
+writes ``ready`` to stdout. The switchover writes ``arm N``
 just before ``PAUSE``, and may write it again later (before the redirect: the
 deadline starts over, see :meth:`Watchdog.arm`); each ``arm`` is answered with
 ``armed`` on stdout. From then on the watchdog issues ``RESUME ALIAS`` itself
@@ -135,7 +137,15 @@ class Watchdog:
         self._out = _Lines(self.process.stdout.fileno())
         #: ``arm`` lines sent, ``armed`` answers read.
         self._arms = self._acks = 0
+        self._ready = False
         self._send(json.dumps({"admin": admin, "database": database}))
+
+    def wait_ready(self) -> None:
+        """Wait (at most :data:`READY_TIMEOUT` seconds) until it says ``ready``:
+        its admin connection is open. The process starts meanwhile, so the
+        caller can do other work between starting it and this."""
+        if self._ready:
+            return
         if self._out.next(READY_TIMEOUT) != "ready":
             self.process.kill()
             _, err = self.process.communicate(timeout=READY_TIMEOUT)
@@ -144,6 +154,7 @@ class Watchdog:
                 f"the PgBouncer watchdog could not start: {last}",
                 hint="check --pgbouncer: the admin console's conninfo (an admin_users role)",
             )
+        self._ready = True
 
     def _send(self, line: str) -> None:
         try:
