@@ -76,8 +76,9 @@ Conn = psycopg.Connection[Any]
 #: The reverse subscription's options when pgferry creates it (its slot, named
 #: after it, is created first: :func:`create_slot`).
 REVERSE_OPTIONS = ("copy_data=false", "origin=none", "enabled=false", "create_slot=false")
-#: Seconds between two looks at the forward apply worker while it stops.
-STOP_POLL = 0.005
+#: Seconds between two looks at the forward apply worker while it stops (after
+#: the write pause: the clients reconnecting to the new primary come first).
+STOP_POLL = 0.02
 #: Seconds the forward apply worker has to stop by itself (the launcher's SIGTERM
 #: ends its wait for the stream at once: :func:`pgferry.stream.waiting.wake_on_signals`)
 #: before the walsender serving it is ended (a worker busy elsewhere, or a
@@ -328,7 +329,7 @@ def wait_stopped(new: Conn, old: Conn, state: Switched, timeout: float) -> None:
                 f"the apply worker of {shown(state.forward.name)} still runs {timeout:g} s"
                 f" after the subscription was disabled ({running})",
                 hint="check the log of `pgferry run` for the new primary (why its worker did"
-                " not stop) and try again; --fence-timeout sets the wait",
+                " not stop); --phase-timeout sets the wait",
             )
         time.sleep(STOP_POLL)
 
