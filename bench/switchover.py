@@ -25,8 +25,19 @@ table for docs/benchmarks.md. With ``--verify`` each
 switchover exports a snapshot on each side inside the fence and compares them
 after writes resume; a difference stops the benchmark.
 
+With ``--bare`` each switchover is instead the bare manual cutover the issue
+measured as the floor, in a process of its own (:func:`bare_cutover`): PgBouncer
+``PAUSE``, wait until the subscription's slot has confirmed the old primary's
+WAL position read after it, ``setval`` of the history sequence on the new
+primary, the database's ini line rewritten and ``RELOAD``, ``RESUME``. It points
+PgBouncer at the same old primary again (a conninfo that differs only in its
+``application_name``, so that PgBouncer opens new server connections just as
+it does for another server): the clients' data stays on one server, with no
+reverse replication and no checks, which is what makes it the floor.
+
     python -m bench.switchover --runs 10
     python -m bench.switchover --runs 5 --verify
+    python -m bench.switchover --runs 10 --bare
 """
 
 from __future__ import annotations
@@ -38,8 +49,11 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from bench.common import machine
 from pgferry.testing.pgbouncer import WriteLoad
@@ -54,9 +68,51 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-def one(upgrade: Upgrade, load: WriteLoad, rollback: bool, verify: bool) -> tuple[float, Any]:
-    """One ``pgferry switchover`` run as a user runs it (its own process); the
-    largest gap between two commits of a client around it, and its JSON report."""
+def bare_cutover(admin: str, ini: str, old: str, new: str, slot: str, target: str) -> None:
+    """The bare manual cutover (see the module docstring); prints its JSON report."""
+    from pgferry.switchover.fence import rewrite_ini
+
+    with (
+        psycopg.connect(admin, autocommit=True, cursor_factory=psycopg.ClientCursor) as bouncer,
+        psycopg.connect(old, autocommit=True) as primary,
+        psycopg.connect(new, autocommit=True) as replica,
+    ):
+        fenced_wall, fenced = time.time(), time.monotonic()
+        bouncer.execute(f"PAUSE {ALIAS}")
+        (position,) = primary.execute("SELECT pg_current_wal_lsn()").fetchone() or (None,)
+        while not _confirmed(primary, slot, position):
+            time.sleep(0.002)
+        (value,) = primary.execute("SELECT last_value FROM history_hid_seq").fetchone() or (0,)
+        replica.execute("SELECT setval('history_hid_seq', %s)", (value,))
+        rewrite_ini(Path(ini), ALIAS, target)
+        bouncer.execute("RELOAD")
+        bouncer.execute(f"RESUME {ALIAS}")
+        pause = time.monotonic() - fenced
+    report = {
+        "direction": "bare", "pause": pause, "phases": {}, "verify": None,
+        "fenced_at": datetime.fromtimestamp(fenced_wall, UTC).isoformat(),
+        "resumed_at": datetime.fromtimestamp(fenced_wall + pause, UTC).isoformat(),
+    }  # fmt: skip
+    print(json.dumps(report))
+
+
+def _confirmed(primary: psycopg.Connection[Any], slot: str, position: str) -> bool:
+    row = primary.execute(
+        "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+        (position, slot),
+    ).fetchone()
+    return row == (True,)
+
+
+def _command(upgrade: Upgrade, rollback: bool, verify: bool, bare: bool) -> list[str]:
+    """``pgferry switchover`` as a user runs it, or the bare cutover."""
+    if bare:
+        # Back and forth between two spellings of the old primary's conninfo.
+        target = upgrade.old_dsn + ("" if rollback else " application_name=bare")
+        return [
+            sys.executable, "-m", "bench.switchover", "--bare-once", upgrade.bouncer.admin_dsn,
+            str(upgrade.bouncer.ini_path), upgrade.old_dsn, upgrade.new_dsn, "bench", target,
+        ]  # fmt: skip
     target = upgrade.old_dsn if rollback else upgrade.new_dsn
     command = [
         sys.executable, "-m", "pgferry", "-q", "-d", upgrade.new_dsn, "switchover", "bench",
@@ -68,6 +124,15 @@ def one(upgrade: Upgrade, load: WriteLoad, rollback: bool, verify: bool) -> tupl
     ]  # fmt: skip
     command += ["--rollback"] if rollback else []
     command += ["--verify"] if verify else []
+    return command
+
+
+def one(
+    upgrade: Upgrade, load: WriteLoad, rollback: bool, verify: bool, bare: bool = False
+) -> tuple[float, Any]:
+    """One switchover in a process of its own; the largest gap between two
+    commits of a client around it, and its JSON report."""
+    command = _command(upgrade, rollback, verify, bare)
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     ended = time.monotonic()
@@ -119,7 +184,14 @@ def main() -> None:
     parser.add_argument(
         "--verify", action="store_true", help="switchovers with --verify (snapshots in the fence)"
     )
+    parser.add_argument(
+        "--bare", action="store_true", help="the bare manual cutover instead (the floor)"
+    )
+    parser.add_argument("--bare-once", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bare_once:
+        bare_cutover(*args.bare_once)
+        return
     clients: list[float] = []
     quiet: list[float] = []
     reports: list[Any] = []
@@ -134,7 +206,7 @@ def main() -> None:
                     time.sleep(args.settle)
                     # The same clients with no switchover: the machine's own jitter.
                     quiet.append(max(load.gaps(calm + 0.5, time.monotonic())))
-                    gap, report = one(upgrade, load, rollback, args.verify)
+                    gap, report = one(upgrade, load, rollback, args.verify, args.bare)
                     if report["verify"] is not None and not report["verify"]["identical"]:
                         raise SystemExit(f"verify found differences: {report['verify']}")
                     clients.append(gap)
@@ -171,6 +243,8 @@ def main() -> None:
     ):
         p50, p99, top = (percentile(values, f) * 1000 for f in (0.5, 0.99, 1.0))
         print(f"| {label} | {p50:.0f} ms | {p99:.0f} ms | {top:.0f} ms |")
+    if args.bare:
+        return
     print()
     print("| phase | " + " | ".join(INSIDE) + " |")
     print("|---|" + "---|" * len(INSIDE))
