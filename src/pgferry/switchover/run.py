@@ -531,20 +531,36 @@ def _forward_gone(
     """After RESUME: wait (``--phase-timeout``) for the forward apply worker, held
     at the fence's position, to be gone, then release its hold. Still running,
     it stays held (for :data:`KEEP_HELD` seconds, or until the next switchover of
-    the subscription replaces the hold), and the report says so."""
-    assert state.forward_hold is not None
+    the subscription replaces the hold), and the report says so. The switchover
+    is done either way: an error here (a lost connection) is a note too."""
+    token = state.forward_hold
+    assert token is not None
+    name = state.forward.name
     try:
         reverse.wait_stopped(new, old, state, plan.phase_timeout)
+        drain.release(new, name, token)
+        state.forward_hold = None
     except reverse.ForwardStillRunning as exc:
-        catalog_hold.renew(new, state.forward.name, state.forward_hold, KEEP_HELD)
-        logger.warning("%s; it stays held at %s", exc.message, report.fence_lsn)
-        report.notes.append(
-            f"{exc.message}: it stays held at {report.fence_lsn} (it applies nothing more);"
-            f" {exc.hint}"
-        )
-        return
-    drain.release(new, state.forward.name, state.forward_hold)
-    state.forward_hold = None
+        held = f"it stays held at {report.fence_lsn} (it applies nothing more)"
+        _note(report, f"{exc.message}: {held}; {exc.hint}")
+        try:
+            catalog_hold.renew(new, name, token, KEEP_HELD)
+        except psycopg.Error as failed:
+            lease = f"it ends with its lease, {_lease(plan):g} s after the fence"
+            _note(report, f"its hold could not be renewed ({_text(failed)}): {lease}")
+    except (PgferryError, psycopg.Error) as exc:
+        what = f"could not see the forward apply worker of {shown(name)} gone ({_text(exc)})"
+        lease = f"its hold ends with its lease, {_lease(plan):g} s after the fence"
+        _note(report, f"{what}: it is disabled and held at {report.fence_lsn}; {lease}")
+
+
+def _note(report: Report, text: str) -> None:
+    logger.warning("%s", text)
+    report.notes.append(text)
+
+
+def _text(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, PgferryError) else " ".join(str(exc).split())
 
 
 def _result(future: concurrent.futures.Future[None], timeout: float, what: str) -> None:
