@@ -337,7 +337,11 @@ def switchover(plan: Plan) -> Report:
             except BaseException:
                 _undo_quietly(where, new, old_catalog, state)
                 raise
-        snapshots = _Snapshots(where.new_dsn, sub.conninfo) if plan.verify else None
+        try:
+            snapshots = _Snapshots(where.new_dsn, sub.conninfo) if plan.verify else None
+        except BaseException:
+            _undo_quietly(where, new, old_catalog, state)
+            raise
         try:
             _cutover(
                 plan, where, sub, new, old, old_catalog, state, fence, clock, report, snapshots
