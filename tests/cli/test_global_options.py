@@ -31,7 +31,10 @@ SCRIPT = Path(sys.executable).parent / "pgferry"
 
 
 def commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    for name, command in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None
         yield (*path, name)
         if isinstance(command, click.Group):
             yield from commands(command, (*path, name))
@@ -67,6 +70,27 @@ def cli(*args: str, env: dict[str, str] | None = None, command: list[str] | None
 def test_the_walk_finds_nested_commands() -> None:
     assert ("run",) in ALL and ("status",) in ALL
     assert ("subscription", "create") in ALL and ("publication", "list") in ALL
+
+
+def test_a_command_loads_only_its_own_module() -> None:
+    # A command started beside a write load (switchover) takes less of the
+    # machine when the other commands' modules stay unloaded.
+    code = (
+        "import sys\n"
+        "from pgferry.cli.main import main\n"
+        "try:\n"
+        "    main(['switchover', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('pgferry.'))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(done.stdout.split())
+    assert "pgferry.cli.switchover" in loaded
+    for other in ("pgferry.cli.run", "pgferry.cli.status", "pgferry.runner.launcher"):
+        assert other not in loaded, other
 
 
 @pytest.mark.parametrize("path", ALL, ids=" ".join)

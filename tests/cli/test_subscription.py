@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -267,7 +268,7 @@ def test_top_level_help_shows_whole_summaries() -> None:
     # (Compared without white space: the formatter wraps a summary onto more lines,
     # also after a hyphen.)
     text = "".join(_help().split())
-    for name, command in main.commands.items():
+    for name, command in main.all_commands(click.Context(main)).items():
         first = (command.short_help or command.help or "").split("\n\n")[0]
         assert name + "".join(first.split()) in text, name
     assert "..." not in text.partition("Commands:")[2]

@@ -14,6 +14,7 @@ A hint that names a pgferry command names it as it was started
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -35,9 +36,45 @@ from pgferry.errors import PgferryError
 EXIT_ERROR = 1
 
 
+#: Every command: its name, and where it lives (loaded the first time it is asked for).
+COMMANDS = {
+    "stream": "pgferry.cli.stream:stream",
+    "demo": "pgferry.cli.demo:demo",
+    "publication": "pgferry.cli.publication:publication",
+    "run": "pgferry.cli.run:run",
+    "subscription": "pgferry.cli.subscription:subscription",
+    "status": "pgferry.cli.status:status",
+    "top": "pgferry.cli.status:top",
+    "conflicts": "pgferry.cli.conflicts:conflicts",
+    "schema": "pgferry.cli.schema:schema",
+    "sequences": "pgferry.cli.sequences:sequences",
+    "verify": "pgferry.cli.verify:verify",
+    "switchover": "pgferry.cli.switchover:switchover",
+}
+
+
 class _Group(WholeSummaries):
     """Turns known errors into one clear line instead of a traceback; lists each
-    command's summary whole."""
+    command's summary whole; loads a command's module only when the command is
+    asked for (``pgferry switchover`` does not import what ``pgferry run`` needs:
+    a command started beside a write load takes less of the machine)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, _, attr = COMMANDS[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attr)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+            options.share_with(command)
+        return super().get_command(ctx, cmd_name)
+
+    def all_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        """Every command, loaded."""
+        found = (self.get_command(ctx, name) for name in self.list_commands(ctx))
+        return {c.name: c for c in found if c is not None and c.name is not None}
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -97,7 +134,7 @@ def main(ctx: click.Context, dsn: str, verbose: int, quiet: int, log_format: str
     The options -d, -v, -q and --log-format are accepted after a command too.
     """
     assert isinstance(ctx.command, click.Group)
-    logs.set_hint_rewriter(hint_rewriter(invoked_as(), ctx.command.commands))
+    logs.set_hint_rewriter(hint_rewriter(invoked_as(), ctx.command.list_commands(ctx)))
     ctx.obj = {"dsn": dsn}
     given = options.given(ctx)
     given.verbose, given.quiet, given.log_format = verbose, quiet, log_format
@@ -106,34 +143,3 @@ def main(ctx: click.Context, dsn: str, verbose: int, quiet: int, log_format: str
 
 
 options.declare(main)
-
-
-def _register() -> None:
-    from pgferry.cli.conflicts import conflicts
-    from pgferry.cli.demo import demo
-    from pgferry.cli.publication import publication
-    from pgferry.cli.run import run
-    from pgferry.cli.schema import schema
-    from pgferry.cli.sequences import sequences
-    from pgferry.cli.status import status, top
-    from pgferry.cli.stream import stream
-    from pgferry.cli.subscription import subscription
-    from pgferry.cli.switchover import switchover
-    from pgferry.cli.verify import verify
-
-    main.add_command(stream)
-    main.add_command(demo)
-    main.add_command(publication)
-    main.add_command(run)
-    main.add_command(subscription)
-    main.add_command(status)
-    main.add_command(top)
-    main.add_command(conflicts)
-    main.add_command(schema)
-    main.add_command(sequences)
-    main.add_command(verify)
-    main.add_command(switchover)
-
-
-_register()
-options.share(main)

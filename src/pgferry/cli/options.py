@@ -1,8 +1,8 @@
 """The global options, accepted before and after any subcommand.
 
 ``-d/--dsn``, ``-v/--verbose``, ``-q/--quiet`` and ``--log-format`` are options
-of the ``pgferry`` group; :func:`share` adds the same options to every command
-under it (walked recursively, so a command registered later gets them too).
+of the ``pgferry`` group; :func:`share_with` adds the same options to every command
+under it as it is loaded (walked recursively).
 Given after a subcommand they merge with what came before it: ``-d`` and
 ``--log-format`` replace, ``-v`` and ``-q`` add up (``pgferry -v status -v`` is
 ``-vv``). The DSN is ``ctx.obj["dsn"]``; the rest is :func:`given`, which
@@ -35,7 +35,7 @@ QUIET_HELP = "Log less: -q one level fewer (warnings and errors, or errors only)
 FORMAT_HELP = f"Log lines as text or as one JSON object each [env {LOG_FORMAT_ENV}]."
 
 _META_KEY = "pgferry.options"
-#: The name under which :func:`share` adds each option (never a command's own).
+#: The name under which :func:`share_with` adds each option (never a command's own).
 _SHARED_PREFIX = "pgferry_global_"
 
 
@@ -152,13 +152,13 @@ def _merge_format(ctx: click.Context, value: str) -> None:
     given(ctx).log_format = value
 
 
-def share(group: click.Group) -> None:
-    """Give every command under ``group``, at any depth, the global options
-    (an option whose flag the command uses itself is left out)."""
-    for command in group.commands.values():
-        _add(command)
-        if isinstance(command, click.Group):
-            share(command)
+def share_with(command: click.Command) -> None:
+    """Give ``command`` and every command under it, at any depth, the global
+    options (an option whose flag a command uses itself is left out)."""
+    _add(command)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            share_with(sub)
 
 
 def _add(command: click.Command) -> None:
