@@ -3,12 +3,17 @@
 The environment of the switchover tests (:mod:`pgferry.testing.upgrade`): a
 PostgreSQL 15 primary, replicated by pgferry into PostgreSQL 18 (``copy_schema``),
 a real PgBouncer in transaction pooling mode in front, a ``pgferry run`` for each
-side. A write load runs through PgBouncer the whole time
-(:class:`pgferry.testing.pgbouncer.WriteLoad`: ``--pgbench`` clients doing a
+side. A write load runs through PgBouncer: ``--pgbench`` clients doing a
 pgbench-like update + insert, ``--counter`` clients inserting an increasing
-counter, each with a 2 ms pause between transactions). Each run is a switchover
-to 18 and, after ``--settle`` seconds, a ``--rollback`` to 15 (both counted);
-``--runs`` runs.
+counter, each with a 2 ms pause between transactions. They are real ``pgbench``
+processes started for each switchover (:class:`pgferry.testing.pgbench.PgbenchLoad`,
+``--settle`` seconds before it and for :data:`PGBENCH_BUDGET` seconds more), so
+that the clients measure the servers' and PgBouncer's pause, not their own: with
+``--python-clients`` they are instead threads of this process running the whole
+time (:class:`pgferry.testing.pgbouncer.WriteLoad`, as the switchover tests'
+load), whose interpreter lock and CPU add their own gaps. Each run is a
+switchover to 18 and, after ``--settle`` seconds, a ``--rollback`` to 15 (both
+counted); ``--runs`` runs.
 
 Each switchover is ``pgferry switchover ... --json`` in a process of its own, as a
 user runs it. Per switchover it records the write pause as the clients saw it
@@ -38,6 +43,7 @@ reverse replication and no checks, which is what makes it the floor.
     python -m bench.switchover --runs 10
     python -m bench.switchover --runs 5 --verify
     python -m bench.switchover --runs 10 --bare
+    python -m bench.switchover --runs 10 --python-clients
 """
 
 from __future__ import annotations
@@ -56,9 +62,11 @@ from typing import Any
 import psycopg
 
 from bench.common import machine
+from pgferry.testing.pgbench import PgbenchLoad
 from pgferry.testing.pgbouncer import WriteLoad
 from pgferry.testing.upgrade import ALIAS, Upgrade, upgrade_setup
 
+Load = WriteLoad | PgbenchLoad
 INSIDE = ("fence", "drain", "sequences", "snapshots", "reverse", "redirect")
 
 
@@ -128,18 +136,29 @@ def _command(upgrade: Upgrade, rollback: bool, verify: bool, bare: bool) -> list
 
 
 def one(
-    upgrade: Upgrade, load: WriteLoad, rollback: bool, verify: bool, bare: bool = False
+    upgrade: Upgrade, load: Load, rollback: bool, verify: bool, bare: bool = False
 ) -> tuple[float, Any]:
-    """One switchover in a process of its own; the largest gap between two
-    commits of a client around it, and its JSON report."""
+    """One switchover in a process of its own, measured by ``load`` running beside it."""
+    started, ended, report = run(upgrade, rollback, verify, bare)
+    time.sleep(0.3)
+    return measure(load, started, ended, report)
+
+
+def run(upgrade: Upgrade, rollback: bool, verify: bool, bare: bool) -> tuple[float, float, Any]:
+    """One switchover in a process of its own: when it started and ended, its JSON report."""
     command = _command(upgrade, rollback, verify, bare)
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     ended = time.monotonic()
     if done.returncode != 0:
         raise SystemExit(f"switchover failed: {done.stderr.strip() or done.stdout.strip()}")
-    report = json.loads(done.stdout)
-    time.sleep(0.3)
+    return started, ended, json.loads(done.stdout)
+
+
+def measure(load: Load, started: float, ended: float, report: Any) -> tuple[float, Any]:
+    """The largest gap between two commits of a client across the switchover's
+    fence, and its report with where that gap began and ended, and the largest gap
+    anywhere from its start to 0.3 s after its end."""
     # The report's wall clock times on this process's monotonic clock.
     offset = time.time() - time.monotonic()
     fenced = datetime.fromisoformat(report["fenced_at"]).timestamp() - offset
@@ -164,7 +183,7 @@ def one(
     return across, report
 
 
-def _largest_gap(load: WriteLoad, start: float, end: float) -> tuple[float, float] | None:
+def _largest_gap(load: Load, start: float, end: float) -> tuple[float, float] | None:
     """The largest gap between two commits of one client, and when it ended."""
     found: tuple[float, float] | None = None
     for client in load.clients:
@@ -173,6 +192,41 @@ def _largest_gap(load: WriteLoad, start: float, end: float) -> tuple[float, floa
             if found is None or b - a > found[0]:
                 found = (b - a, b)
     return found
+
+
+#: Seconds a pgbench load runs past the settling time: the switchover's own.
+PGBENCH_BUDGET = 5.0
+
+
+def _python_run(
+    upgrade: Upgrade, load: WriteLoad, rollback: bool, args: argparse.Namespace
+) -> tuple[float, Any, float]:
+    """One switchover beside the running Python clients: its pause, its report
+    (None after a client error) and the clients' largest gap in a calm second."""
+    calm = time.monotonic()
+    time.sleep(args.settle)
+    # The same clients with no switchover: the machine's own jitter.
+    quiet = max(load.gaps(calm + 0.5, time.monotonic()))
+    gap, report = one(upgrade, load, rollback, args.verify, args.bare)
+    return gap, (None if load.errors else report), quiet
+
+
+def _pgbench_run(
+    upgrade: Upgrade, load: PgbenchLoad, rollback: bool, args: argparse.Namespace
+) -> tuple[float, Any, float]:
+    """One switchover beside pgbench clients started for it (as :func:`_python_run`)."""
+    load.start()
+    calm = time.monotonic()
+    time.sleep(args.settle)
+    started, ended, report = run(upgrade, rollback, args.verify, args.bare)
+    load.wait()
+    if load.errors:
+        return 0.0, None, 0.0
+    if ended + 0.3 > calm + args.settle + PGBENCH_BUDGET:
+        raise SystemExit("the switchover outlasted the pgbench run: raise PGBENCH_BUDGET")
+    quiet = max(load.gaps(calm + 0.5, calm + args.settle))
+    gap, report = measure(load, started, ended, report)
+    return gap, report, quiet
 
 
 def main() -> None:
@@ -187,6 +241,11 @@ def main() -> None:
     parser.add_argument(
         "--bare", action="store_true", help="the bare manual cutover instead (the floor)"
     )
+    parser.add_argument(
+        "--python-clients",
+        action="store_true",
+        help="the clients as Python threads in this process (WriteLoad) instead of pgbench",
+    )
     parser.add_argument("--bare-once", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_once:
@@ -195,35 +254,49 @@ def main() -> None:
     clients: list[float] = []
     quiet: list[float] = []
     reports: list[Any] = []
+    commits = errors = 0
     with upgrade_setup("bench") as upgrade:
-        load = WriteLoad(upgrade.bouncer.dsn(ALIAS), pgbench=args.pgbench, counter=args.counter)
-        load.start()
-        try:
+        threads = None
+        if args.python_clients:
+            threads = WriteLoad(
+                upgrade.bouncer.dsn(ALIAS), pgbench=args.pgbench, counter=args.counter
+            )
+            threads.start()
             time.sleep(1)
-            for run in range(args.runs):
-                for rollback in (False, True):
-                    calm = time.monotonic()
-                    time.sleep(args.settle)
-                    # The same clients with no switchover: the machine's own jitter.
-                    quiet.append(max(load.gaps(calm + 0.5, time.monotonic())))
-                    gap, report = one(upgrade, load, rollback, args.verify, args.bare)
-                    if report["verify"] is not None and not report["verify"]["identical"]:
-                        raise SystemExit(f"verify found differences: {report['verify']}")
-                    clients.append(gap)
-                    reports.append(report)
-                    phases = " ".join(
-                        f"{name}={seconds * 1000:.1f}" for name, seconds in report["phases"].items()
-                    )
-                    before, after = report["pause_edges"]
-                    print(
-                        f"run {run + 1} {report['direction']}: client pause {gap * 1000:.1f} ms"
-                        f" (from {before * 1000:.0f} ms before the fence to {after * 1000:.0f} ms"
-                        f" after RESUME), switchover pause {report['pause'] * 1000:.1f} ms"
-                        f" ({phases})",
-                        flush=True,
-                    )
+        try:
+            for number, rollback in itertools.product(range(args.runs), (False, True)):
+                if threads is not None:
+                    gap, report, calm = _python_run(upgrade, threads, rollback, args)
+                    load: Load = threads
+                else:
+                    load = PgbenchLoad(
+                        upgrade.bouncer.dsn(ALIAS), args.settle + PGBENCH_BUDGET,
+                        pgbench=args.pgbench, counter=args.counter, base=1000 * (len(reports) + 1),
+                    )  # fmt: skip
+                    gap, report, calm = _pgbench_run(upgrade, load, rollback, args)
+                    commits, errors = commits + load.commits, errors + len(load.errors)
+                if report is None:
+                    raise SystemExit(f"client errors: {load.errors[:3]}")
+                quiet.append(calm)
+                if report["verify"] is not None and not report["verify"]["identical"]:
+                    raise SystemExit(f"verify found differences: {report['verify']}")
+                clients.append(gap)
+                reports.append(report)
+                phases = " ".join(
+                    f"{name}={seconds * 1000:.1f}" for name, seconds in report["phases"].items()
+                )
+                before, after = report["pause_edges"]
+                print(
+                    f"run {number + 1} {report['direction']}: client pause {gap * 1000:.1f} ms"
+                    f" (from {before * 1000:.0f} ms before the fence to {after * 1000:.0f} ms"
+                    f" after RESUME), switchover pause {report['pause'] * 1000:.1f} ms"
+                    f" ({phases})",
+                    flush=True,
+                )
         finally:
-            load.stop()
+            if threads is not None:
+                threads.stop()
+                commits, errors = threads.commits, len(threads.errors)
     pauses = [r["pause"] for r in reports]
     shares = {
         name: statistics.median(r["phases"].get(name, 0.0) / r["pause"] for r in reports)
@@ -231,7 +304,8 @@ def main() -> None:
     }
     print()
     print(f"machine: {machine()}")
-    print(f"{len(reports)} switchovers, {load.commits} commits, {len(load.errors)} client errors")
+    clients_were = "Python threads" if args.python_clients else "pgbench"
+    print(f"{len(reports)} switchovers, {commits} commits ({clients_were}), {errors} client errors")
     print()
     print("| pause | p50 | p99 | max |")
     print("|---|---|---|---|")

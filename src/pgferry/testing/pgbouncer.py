@@ -238,6 +238,18 @@ class Client:
     history: list[int] = field(default_factory=list)
 
 
+def largest_gaps(clients: list[Client], start: float, end: float) -> list[float]:
+    """Per client, the largest gap between two commits, in seconds, counting the
+    commits from ``start`` to ``end`` (monotonic times; the whole span for a
+    client without two commits in it)."""
+    largest: list[float] = []
+    for client in clients:
+        times = [t for t in client.commits if start <= t <= end]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        largest.append(max(gaps, default=end - start))
+    return largest
+
+
 class WriteLoad:
     """Client threads writing through ``dsn`` until :meth:`stop` (see the module docstring)."""
 
@@ -307,14 +319,7 @@ class WriteLoad:
             conn.close()
 
     def gaps(self, start: float, end: float) -> list[float]:
-        """Per client, the largest gap between two commits, in seconds, counting
-        the commits from ``start`` to ``end`` (monotonic times)."""
-        largest: list[float] = []
-        for client in self.clients:
-            times = [t for t in client.commits if start <= t <= end]
-            gaps = [b - a for a, b in itertools.pairwise(times)]
-            largest.append(max(gaps, default=end - start))
-        return largest
+        return largest_gaps(self.clients, start, end)
 
     @property
     def errors(self) -> list[str]:
