@@ -27,6 +27,7 @@ from pgferry.sequences import (
     SequenceOutOfRange,
     SequencePermissionDenied,
     SyncReport,
+    prepare_sync,
     sync_sequences,
 )
 from pgferry.status import collect, render_table, to_document
@@ -291,6 +292,38 @@ def test_missing_subscriber_sequence(env: Env) -> None:
         " on the subscriber",
         f"hint: {exc.value.hint}",
     ]
+
+
+def test_a_prepared_sync_sets_the_same_values(env: Env) -> None:
+    env.subscribe()
+    with env.cluster.connect(env.sub) as local, env.cluster.connect(env.pub) as remote:
+        local.autocommit = remote.autocommit = True
+        prepared = prepare_sync(local, "ferry", publisher=remote)
+        assert [(r.schema, r.name) for r in prepared.remote] == SEQUENCES
+        assert prepared.descending == {("app", "Down")}
+        # Values move after the sequences were found: the run reads them then.
+        env.on_pub(LOAD)
+        report = prepared.run(local, remote)
+    assert [(s.schema, s.name) for s in report.sequences] == SEQUENCES
+    assert report.set_count == 4
+    assert env.values()[("public", "owned_id_seq")] == 5
+    assert env.values()[("app", "Down")] == -4
+    assert env.state()[("public", "shared_seq")] == (7, 7)
+    # The same as a whole sync finds afterwards: nothing left to set.
+    assert env.sync().set_count == 0
+
+
+def test_a_prepared_sync_of_a_sequence_dropped_since(env: Env) -> None:
+    env.on_pub(LOAD)
+    env.subscribe()
+    with env.cluster.connect(env.sub) as local, env.cluster.connect(env.pub) as remote:
+        local.autocommit = remote.autocommit = True
+        prepared = prepare_sync(local, "ferry", publisher=remote)
+        env.on_sub("ALTER TABLE by_default ALTER id DROP DEFAULT; DROP SEQUENCE shared_seq")
+        with pytest.raises(SequenceMissing, match=r"public\.shared_seq does not exist"):
+            prepared.run(local, remote)
+    assert env.values()[("public", "owned_id_seq")] is None  # nothing set
+    assert env.state() == {}
 
 
 @pytest.fixture

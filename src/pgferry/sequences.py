@@ -63,8 +63,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -369,17 +370,20 @@ def read_publisher(remote: Conn, subscription: str, tables: Sequence[Name]) -> l
     """The sequences of ``tables`` on the publisher: found in one query, their
     values read :data:`PUBLISHER_BATCH` at a time (each batch in a transaction of
     its own: ``remote`` is in autocommit)."""
+    found, oids = _find_publisher(remote, subscription, tables)
+    return _read_values(remote, subscription, found, oids)
+
+
+def _find_publisher(
+    remote: Conn, subscription: str, tables: Sequence[Name]
+) -> tuple[list[_Remote], list[int]]:
+    """The sequences of ``tables`` on the publisher (no values yet), and their oids;
+    an error when the role may not read one."""
     try:
         rows = remote.execute(_PUBLISHER_SQL, _arrays(tables)).fetchall()
-        readable = [int(r[4]) for r in rows if r[3]]
-        values: dict[int, int | None] = {}
-        for start in range(0, len(readable), PUBLISHER_BATCH):
-            batch = readable[start : start + PUBLISHER_BATCH]
-            read = remote.execute(_VALUES_SQL, (batch,)).fetchall()
-            values.update(zip(batch, (v[0] for v in read), strict=True))
     except pg_errors.OutOfMemory as exc:
         raise _too_many(subscription, "publisher", exc) from None
-    found = [_Remote(r[0], r[1], int(r[2]), bool(r[3]), values.get(int(r[4]))) for r in rows]
+    found = [_Remote(r[0], r[1], int(r[2]), bool(r[3]), None) for r in rows]
     denied = [s for s in found if not s.readable]
     if denied:
         role = remote.info.user
@@ -389,7 +393,22 @@ def read_publisher(remote: Conn, subscription: str, tables: Sequence[Name]) -> l
             sqlstate="42501",
             hint=f"on the publisher: GRANT SELECT ON SEQUENCE {_first(denied)} TO {ident(role)}",
         )
-    return found
+    return found, [int(r[4]) for r in rows]
+
+
+def _read_values(
+    remote: Conn, subscription: str, found: Sequence[_Remote], oids: Sequence[int]
+) -> list[_Remote]:
+    """``found`` with the publisher's values, read by ``oids``."""
+    values: dict[int, int | None] = {}
+    try:
+        for start in range(0, len(oids), PUBLISHER_BATCH):
+            batch = list(oids[start : start + PUBLISHER_BATCH])
+            read = remote.execute(_VALUES_SQL, (batch,)).fetchall()
+            values.update(zip(batch, (v[0] for v in read), strict=True))
+    except pg_errors.OutOfMemory as exc:
+        raise _too_many(subscription, "publisher", exc) from None
+    return [replace(r, last_value=values.get(oid)) for r, oid in zip(found, oids, strict=True)]
 
 
 def _read_remote(
@@ -542,39 +561,107 @@ def sync_sequences(
     conninfo and closed again.
     """
     started = time.monotonic()
+    with _errors(subscription), subscriber.transaction():
+        _lock(subscriber, subscription)
+        sub = store.get_subscription(subscriber, subscription)
+        tables = store.tables(subscriber, sub.name)
+        # The publisher is read while the subscriber reads its own sequences.
+        with ThreadPoolExecutor(1, thread_name_prefix="pgferry-sequences") as pool:
+            reading = pool.submit(
+                _read_remote,
+                sub.conninfo,
+                publisher,
+                sub.name,
+                [(t.remote_schema, t.remote_name) for t in tables],
+            )
+            found = _discover(subscriber, [(t.local_schema, t.local_name) for t in tables])
+            remote = reading.result()
+        synced = _apply(subscriber, sub.name, remote, found, sub.options.sequence_headroom)
+        _record(subscriber, sub.name, synced)
+    return SyncReport(subscription, tuple(synced), time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class PreparedSync:
+    """The sequences of one subscription's tables, found once (:func:`prepare_sync`),
+    so that :meth:`run` only reads their values on the publisher and sets the
+    subscriber's: a sync of two short queries, for a moment where every
+    millisecond counts (the switchover's fence)."""
+
+    subscription: str
+    headroom: int
+    #: The publisher's sequences (no values) and their oids there.
+    remote: tuple[_Remote, ...]
+    oids: tuple[int, ...]
+    #: The subscriber sequences (by schema and name) that count down.
+    descending: frozenset[Name]
+
+    def run(self, subscriber: Conn, publisher: Conn) -> SyncReport:
+        """Sync them now, as :func:`sync_sequences` does."""
+        started = time.monotonic()
+        remote = _read_values(publisher, self.subscription, self.remote, self.oids)
+        names = [(r.schema, r.name) for r in remote]
+        with _errors(self.subscription), subscriber.transaction():
+            _lock(subscriber, self.subscription)
+            found = {
+                n: s
+                for n, s in zip(names, _by_name(subscriber, names), strict=True)
+                if s is not None
+            }
+            synced = _apply(subscriber, self.subscription, remote, found, self.headroom)
+            _record(subscriber, self.subscription, synced)
+        return SyncReport(self.subscription, tuple(synced), time.monotonic() - started)
+
+
+def prepare_sync(subscriber: Conn, subscription: str, *, publisher: Conn) -> PreparedSync:
+    """Find the sequences of ``subscription``'s tables on both sides (the errors of
+    :func:`sync_sequences` for a missing one or one the role may not use)."""
+    with _errors(subscription), subscriber.transaction():
+        sub = store.get_subscription(subscriber, subscription)
+        tables = store.tables(subscriber, sub.name)
+        remote, oids = _find_publisher(
+            publisher, sub.name, [(t.remote_schema, t.remote_name) for t in tables]
+        )
+        found = _discover(subscriber, [(t.local_schema, t.local_name) for t in tables])
+        seqs = _match(subscriber, sub.name, remote, found)
+    descending = frozenset(
+        (r.schema, r.name) for r, s in zip(remote, seqs, strict=True) if s.increment < 0
+    )
+    return PreparedSync(
+        sub.name, sub.options.sequence_headroom, tuple(remote), tuple(oids), descending
+    )
+
+
+def _lock(subscriber: Conn, subscription: str) -> None:
+    """One sync of a subscription at a time (until the transaction ends)."""
+    subscriber.execute(
+        "SELECT pg_catalog.pg_advisory_xact_lock(%s, pg_catalog.hashtext(%s))",
+        (LOCK_KEY, subscription),
+    )
+
+
+def _record(subscriber: Conn, subscription: str, synced: Sequence[SequenceSync]) -> None:
+    """What the sync found and left, in ``pgferry.sequence_state``."""
+    subscriber.execute(
+        "DELETE FROM pgferry.sequence_state WHERE subscription = %s", (subscription,)
+    )
+    subscriber.execute(
+        _RECORD_SQL,
+        (
+            subscription,
+            [s.schema for s in synced],
+            [s.name for s in synced],
+            [s.publisher_value for s in synced],
+            [s.subscriber_value for s in synced],
+        ),
+    )
+
+
+@contextmanager
+def _errors(subscription: str) -> Iterator[None]:
+    """The server errors of a sync, as the project's."""
     try:
-        with subscriber.transaction():
-            subscriber.execute(
-                "SELECT pg_catalog.pg_advisory_xact_lock(%s, pg_catalog.hashtext(%s))",
-                (LOCK_KEY, subscription),
-            )
-            sub = store.get_subscription(subscriber, subscription)
-            tables = store.tables(subscriber, sub.name)
-            # The publisher is read while the subscriber reads its own sequences.
-            with ThreadPoolExecutor(1, thread_name_prefix="pgferry-sequences") as pool:
-                reading = pool.submit(
-                    _read_remote,
-                    sub.conninfo,
-                    publisher,
-                    sub.name,
-                    [(t.remote_schema, t.remote_name) for t in tables],
-                )
-                found = _discover(subscriber, [(t.local_schema, t.local_name) for t in tables])
-                remote = reading.result()
-            synced = _apply(subscriber, sub.name, remote, found, sub.options.sequence_headroom)
-            subscriber.execute(
-                "DELETE FROM pgferry.sequence_state WHERE subscription = %s", (sub.name,)
-            )
-            subscriber.execute(
-                _RECORD_SQL,
-                (
-                    sub.name,
-                    [s.schema for s in synced],
-                    [s.name for s in synced],
-                    [s.publisher_value for s in synced],
-                    [s.subscriber_value for s in synced],
-                ),
-            )
+        yield
     except pg_errors.OutOfMemory as exc:
         raise _too_many(subscription, "subscriber", exc) from None
     except pg_errors.InsufficientPrivilege as exc:
@@ -584,7 +671,6 @@ def sync_sequences(
             hint="the role needs SELECT and UPDATE on the sequences and write access"
             " to the pgferry catalog on the subscriber",
         ) from None
-    return SyncReport(subscription, tuple(synced), time.monotonic() - started)
 
 
 def _apply(

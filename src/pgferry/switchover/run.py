@@ -29,7 +29,7 @@ from pgferry.catalog.schema import current_version
 from pgferry.catalog.store import Subscription, SubscriptionNotFound
 from pgferry.errors import InterfaceError, PgferryError
 from pgferry.protocol.lsn import INVALID_LSN, Lsn
-from pgferry.sequences import SyncReport, sync_sequences
+from pgferry.sequences import PreparedSync, SyncReport, prepare_sync
 from pgferry.subscription.manage import shown
 
 from . import drain, reverse
@@ -312,8 +312,9 @@ def switchover(plan: Plan) -> Report:
                 fence.start()
             if plan.schema_check:
                 check_schema(where.new_dsn, where.forward)
-            synced = sync_sequences(new, where.forward, publisher=old)
-            check_sequences(synced, new)
+            # Found once: inside the fence the final sync only reads and sets values.
+            sequences = prepare_sync(new, where.forward, publisher=old)
+            check_sequences(sequences.run(new, old), new, sequences.descending)
             _bounded("preflight", plan.phase_timeout, started)
         if plan.dry_run:
             return report
@@ -344,8 +345,9 @@ def switchover(plan: Plan) -> Report:
             raise
         try:
             _cutover(
-                plan, where, sub, new, old, old_catalog, state, fence, clock, report, snapshots
-            )
+                plan, where, sub, new, old, old_catalog, state, fence, clock, report, snapshots,
+                sequences,
+            )  # fmt: skip
             if snapshots is not None:
                 with clock.phase("verify"):
                     report.verify = snapshots.compare(where.new_dsn, sub.name, report.fence_lsn)
@@ -361,6 +363,11 @@ def switchover(plan: Plan) -> Report:
         if old is not None:
             old.close()
         new.close()
+
+
+def _left(plan: Plan, fenced_at: float) -> float:
+    """Seconds left of the fence's bound (at least a moment, to look once more)."""
+    return max(plan.fence_timeout - (time.monotonic() - fenced_at), 0.01)
 
 
 def _ms(since: float) -> float:
@@ -412,6 +419,7 @@ def _cutover(
     clock: _Clock,
     report: Report,
     snapshots: _Snapshots | None,
+    sequences: PreparedSync,
 ) -> None:
     """Fence, drain, sequences, reverse on, redirect, unfence; undone on failure."""
     assert sub.slot_name is not None
@@ -444,7 +452,7 @@ def _cutover(
             report.fenced_wall = time.time()
             fence.take(plan.fence_timeout)
         with clock.phase("drain"):
-            syncing = pool.submit(sync_sequences, seq_new, sub.name, publisher=seq_old)
+            syncing = pool.submit(sequences.run, seq_new, seq_old)
             syncs.append(syncing)
             # PgBouncer takes the new target while the drain runs: the clients
             # stay paused until RESUME, so only RESUME waits for the drain.
@@ -452,7 +460,6 @@ def _cutover(
             redirecting = early.submit(fence.redirect, target, plan.redirect_timeout)
             report.fence_lsn = drain.mark(old)
             state.forward_hold = drain.hold_at(new, sub.name, report.fence_lsn, _lease(plan))
-            remaining = plan.fence_timeout - (time.monotonic() - fenced_at)
             drain.wait_held(
                 new,
                 old,
@@ -460,33 +467,36 @@ def _cutover(
                 sub.slot_name,
                 state.forward_hold,
                 report.fence_lsn,
-                max(remaining, 0.01),
+                _left(plan, fenced_at),
             )
             # Held at the fence's position, the forward worker applies nothing
             # more: it is switched off here and waited for after RESUME.
             stopping = early.submit(reverse.switch_forward, forward_new, state)
         with clock.phase("sequences"):
-            remaining = plan.fence_timeout - (time.monotonic() - fenced_at)
             try:
-                synced = syncing.result(timeout=max(remaining, 0.01))
+                synced = syncing.result(timeout=_left(plan, fenced_at))
             except concurrent.futures.TimeoutError:
                 raise SwitchoverFailed(
                     "the final sequence sync did not end within the fence's"
                     f" {plan.fence_timeout:g} s",
                     hint="see pg_stat_activity on both sides; --fence-timeout sets the bound",
                 ) from None
-            check_sequences(synced, new)
+            check_sequences(synced, new, sequences.descending)
             report.sequences = len(synced.sequences)
         if snapshots is not None:
             with clock.phase("snapshots"):
                 snapshots.export()
         with clock.phase("reverse"):
-            remaining = plan.fence_timeout - (time.monotonic() - fenced_at)
-            _result(stopping, max(remaining, 0.01), "the forward subscription was not switched off")
+            switched = "the forward subscription was not switched off"
             if isinstance(fence, DatabaseFence):
-                # The reverse worker's sessions must not start read-only.
+                # The reverse worker's sessions must not start read-only: the
+                # fence goes once the forward subscription is switched off.
+                _result(stopping, _left(plan, fenced_at), switched)
                 fence.release()
+            # Meanwhile the forward worker, held at the fence's position,
+            # applies nothing: its subscription's switch may still be committing.
             reverse.switch_reverse(old_catalog, state, margin=RELEASE_MARGIN)
+            _result(stopping, _left(plan, fenced_at), switched)
             _bounded("reverse", plan.fence_timeout, fenced_at)
         with clock.phase("redirect"):
             if not redirecting.done():
