@@ -55,12 +55,14 @@ class DrainTimeout(FenceFailed):
 
 def mark(old: Conn) -> Lsn:
     """Commit the marker on the old primary; its position (see the module docstring)."""
-    with old.transaction():
+    # One round trip (a pipeline): inside the fence each one counts.
+    with old.pipeline(), old.transaction():
         old.execute("SET LOCAL synchronous_commit = on")
         old.execute("SET LOCAL transaction_read_only = off")
-        row = old.execute(
+        cur = old.execute(
             "SELECT pg_catalog.pg_logical_emit_message(true, %s, '')::text", (MARKER_PREFIX,)
-        ).fetchone()
+        )
+    row = cur.fetchone()
     assert row is not None
     return Lsn.parse(row[0])
 
@@ -88,9 +90,9 @@ class DrainFailed(FenceFailed):
 
 
 def hold_at(new: Conn, subscription: str, target: Lsn, lease: float) -> str:
-    """The apply hold at ``target`` on ``subscription`` (its token)."""
-    with new.transaction():
-        token = catalog_hold.request(new, subscription, lease, target=target, owner=OWNER)
+    """The apply hold at ``target`` on ``subscription`` (its token); ``new`` in
+    autocommit (the request is one statement, its own transaction)."""
+    token = catalog_hold.request(new, subscription, lease, target=target, owner=OWNER)
     if token is None:
         raise DrainFailed(
             f"subscription {subscription!r} is held by another request (a pgferry verify"

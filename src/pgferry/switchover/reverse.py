@@ -274,7 +274,7 @@ def switch_forward(new: Conn, state: Switched) -> None:
     """Disable the forward subscription, with ``origin = none``, in a transaction
     committed with ``synchronous_commit = on``."""
     forward = state.forward
-    with new.transaction():
+    with new.pipeline(), new.transaction():
         # Flushes the WAL of what the worker applied before (see .drain).
         new.execute("SET LOCAL synchronous_commit = on")
         store.set_enabled(new, forward.name, False)
@@ -398,14 +398,14 @@ def switch_reverse(old: Conn, state: Switched, margin: float = 0.0) -> None:
     ``margin`` seconds of lease left (else the worker may have gone on by
     itself: :class:`ReverseNotPossible`). Without a standby, the subscription
     is enabled."""
-    with old.transaction():
+    with old.pipeline(), old.transaction():
         if state.hold is not None:
             row = old.execute(
                 "SELECT 1 FROM pgferry.apply_hold WHERE subscription = %s AND token = %s"
                 " AND expires_at > pg_catalog.clock_timestamp() + make_interval(secs => %s)"
                 " FOR UPDATE",
                 (state.reverse, state.hold, margin),
-            ).fetchone()
+            ).fetchone()  # (BEGIN and this in one round trip, the rest with COMMIT)
             if row is None:
                 raise ReverseNotPossible(
                     f"the standby hold of the reverse subscription {shown(state.reverse)} ran"
