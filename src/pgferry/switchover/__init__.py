@@ -14,8 +14,9 @@ the fence by ``--fence-timeout`` together, the redirect by ``--redirect-timeout`
    that would win over it; a pgferry launcher running for the old primary's
    database (the reverse subscription's worker runs there); the schema diff
    clean (:mod:`pgferry.schema.diff`, unless ``--no-schema-check``); the
-   sequences synced once (:mod:`pgferry.sequences`); the fence possible
-   (PgBouncer reachable, it knows the database, its ini has the line).
+   sequences found on both sides and synced once
+   (:class:`pgferry.sequences.PreparedSync`); the fence possible (PgBouncer
+   reachable, it knows the database, its ini has the line).
    ``--dry-run`` stops here.
 2. **prepare** (:mod:`.reverse`): the reverse publication on the new primary
    (capturing DDL when the forward one does) and the reverse subscription in the
@@ -29,10 +30,11 @@ the fence by ``--fence-timeout`` together, the redirect by ``--redirect-timeout`
 4. **drain** (:mod:`.drain`): a marker committed on the old primary after the
    fence, at M; the forward apply worker held at M, waited for until it says so:
    everything before the fence applied, nothing after.
-5. **sequences**: the final sync, every new-primary sequence checked at or past
-   the old primary's.
+5. **sequences**: the final sync (the prepared one: their values read and
+   set), every new-primary sequence checked at or past the old primary's.
 6. **reverse**: the forward subscription disabled (with ``origin = none``;
-   held at M, its worker applies nothing more), the reverse one's hold released.
+   held at M, its worker applies nothing more) while the reverse one's hold is
+   released (with the database fence, after the switch).
 7. **redirect**: the watchdog's deadline started over for ``--redirect-timeout``
    (so it cannot ``RESUME`` in the middle), PgBouncer repointed (ini rewritten,
    ``RELOAD``, checked, within that timeout) and ``RESUME``; without PgBouncer
