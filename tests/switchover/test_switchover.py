@@ -223,6 +223,37 @@ def test_preflight_refusals_change_nothing(upgrade: Upgrade) -> None:
     _in_service(upgrade)
 
 
+def test_an_unreachable_publisher_is_one_line_and_changes_nothing(upgrade: Upgrade) -> None:
+    # The catalog's conninfo of the old primary points at a closed port (the
+    # apply worker, restarted, fails too: the error names the publisher, not it).
+    (conninfo,) = upgrade.on_new(
+        "SELECT conninfo FROM pgferry.subscription WHERE name = %s", (NAME,)
+    )[0]
+    closed = f"{conninfo} port={upgrade.old.port + 1} connect_timeout=2"
+    upgrade.on_new("UPDATE pgferry.subscription SET conninfo = %s WHERE name = %s", (closed, NAME))
+    try:
+        started = time.monotonic()
+        run = pgferry(
+            upgrade.new_dsn, "switchover", NAME, "--pgbouncer", upgrade.bouncer.admin_dsn,
+            "--pgbouncer-database", ALIAS, "--pgbouncer-ini", str(upgrade.bouncer.ini_path),
+        )  # fmt: skip
+        assert time.monotonic() - started < 30
+    finally:
+        upgrade.on_new(
+            "UPDATE pgferry.subscription SET conninfo = %s WHERE name = %s", (conninfo, NAME)
+        )
+    assert run.returncode == 1 and run.stdout == "", run
+    lines = run.stderr.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(
+        "pgferry: error: subscription 'upgrade': the old primary: cannot connect to the publisher"
+    ), lines
+    assert f"port={upgrade.old.port + 1}" in lines[0]
+    assert lines[1].startswith("hint: "), lines
+    _in_service(upgrade)
+    wait_for(lambda: _same_rows(upgrade), "the subscription catching up", 30)
+
+
 def test_switchover_without_pgbouncer(upgrade: Upgrade) -> None:
     """The database fence: read-only default and sessions ended, then lifted."""
     report = switchover(Plan(upgrade.new_dsn, NAME, bouncer=None))

@@ -33,7 +33,7 @@ from pgferry.sequences import PreparedSync, SyncReport, prepare_sync
 from pgferry.subscription.manage import shown
 
 from . import drain, reverse
-from .errors import SwitchoverFailed
+from .errors import PreflightFailed, SwitchoverFailed
 from .fence import BouncerFence, DatabaseFence, Fence
 from .preflight import (
     check_lag,
@@ -213,6 +213,16 @@ def _open(dsn: str, side: str) -> Conn:
     return conn
 
 
+def _open_old(sub: Subscription) -> Conn:
+    """The old primary (``sub``'s publisher); an error naming the subscription."""
+    try:
+        return _open(sub.conninfo, "old")
+    except PgferryError as exc:
+        raise PreflightFailed(
+            f"subscription {shown(sub.name)}: the old primary: {exc.message}", hint=exc.hint
+        ) from None
+
+
 def _one(conn: Conn, query: str) -> str:
     row = conn.execute(query.encode()).fetchone()
     assert row is not None
@@ -297,8 +307,9 @@ def switchover(plan: Plan) -> Report:
         with clock.phase("preflight"):
             started = time.monotonic()
             sub = _subscription(new, where.forward)
+            # (First: a worker that cannot reach it is not the cause to name.)
+            old = _open_old(sub)
             check_subscription(new, sub)
-            old = _open(sub.conninfo, "old")
             check_transactions(old, plan.max_transaction_age)
             check_prepared(old)
             if plan.bouncer is None:
