@@ -313,6 +313,31 @@ def test_a_prepared_sync_sets_the_same_values(env: Env) -> None:
     assert env.sync().set_count == 0
 
 
+def test_a_prepared_sync_syncs_a_table_added_since(env: Env) -> None:
+    env.on_pub(LOAD)
+    env.subscribe(TABLES[:1])
+    with env.cluster.connect(env.sub) as local, env.cluster.connect(env.pub) as remote:
+        local.autocommit = remote.autocommit = True
+        prepared = prepare_sync(local, "ferry", publisher=remote)
+        assert [(r.schema, r.name) for r in prepared.remote] == [("public", "owned_id_seq")]
+        # A table with a sequence of its own, created and subscribed after that.
+        for side in (env.on_pub, env.on_sub):
+            side("CREATE TABLE later (id serial PRIMARY KEY)")
+        env.on_pub("INSERT INTO later SELECT FROM generate_series(1, 9)")
+        store.upsert_table(
+            local,
+            SubscriptionTable(
+                "ferry", "public", "later", "public", "later", TableState.READY, None
+            ),
+        )
+        report = prepared.run(local, remote)
+    assert {(s.schema, s.name) for s in report.sequences} == {
+        ("public", "owned_id_seq"),
+        ("public", "later_id_seq"),
+    }
+    assert env.values()[("public", "later_id_seq")] == 9
+
+
 def test_a_prepared_sync_of_a_sequence_dropped_since(env: Env) -> None:
     env.on_pub(LOAD)
     env.subscribe()

@@ -585,8 +585,11 @@ def sync_sequences(
 class PreparedSync:
     """The sequences of one subscription's tables, found once (:func:`prepare_sync`),
     so that :meth:`run` only reads their values on the publisher and sets the
-    subscriber's: a sync of two short queries, for a moment where every
-    millisecond counts (the switchover's fence)."""
+    subscriber's: a sync of a few short queries, for a moment where every
+    millisecond counts (the switchover's fence). When what it found may have
+    changed since (a sequence created or dropped on the publisher, a table
+    added to or removed from the subscription), :meth:`run` is a whole
+    :func:`sync_sequences` instead."""
 
     subscription: str
     headroom: int
@@ -595,10 +598,14 @@ class PreparedSync:
     oids: tuple[int, ...]
     #: The subscriber sequences (by schema and name) that count down.
     descending: frozenset[Name]
+    #: The publisher's sequences and the subscription's tables, counted (see :func:`_marks`).
+    marks: tuple[int, int, int]
 
     def run(self, subscriber: Conn, publisher: Conn) -> SyncReport:
         """Sync them now, as :func:`sync_sequences` does."""
         started = time.monotonic()
+        if _marks(subscriber, publisher, self.subscription) != self.marks:
+            return sync_sequences(subscriber, self.subscription, publisher=publisher)
         remote = _read_values(publisher, self.subscription, self.remote, self.oids)
         names = [(r.schema, r.name) for r in remote]
         with _errors(self.subscription), subscriber.transaction():
@@ -616,6 +623,8 @@ class PreparedSync:
 def prepare_sync(subscriber: Conn, subscription: str, *, publisher: Conn) -> PreparedSync:
     """Find the sequences of ``subscription``'s tables on both sides (the errors of
     :func:`sync_sequences` for a missing one or one the role may not use)."""
+    # Counted first: what changes after that shows at the run.
+    marks = _marks(subscriber, publisher, subscription)
     with _errors(subscription), subscriber.transaction():
         sub = store.get_subscription(subscriber, subscription)
         tables = store.tables(subscriber, sub.name)
@@ -628,8 +637,23 @@ def prepare_sync(subscriber: Conn, subscription: str, *, publisher: Conn) -> Pre
         (r.schema, r.name) for r, s in zip(remote, seqs, strict=True) if s.increment < 0
     )
     return PreparedSync(
-        sub.name, sub.options.sequence_headroom, tuple(remote), tuple(oids), descending
+        sub.name, sub.options.sequence_headroom, tuple(remote), tuple(oids), descending, marks
     )
+
+
+def _marks(subscriber: Conn, publisher: Conn, subscription: str) -> tuple[int, int, int]:
+    """What changes when a prepared sync's sequences may have: the publisher's
+    sequences (how many, the highest oid) and the subscription's tables (how many)."""
+    row = publisher.execute(
+        "SELECT pg_catalog.count(*), coalesce(pg_catalog.max(seqrelid::int8), 0)"
+        " FROM pg_catalog.pg_sequence"
+    ).fetchone()
+    tables = subscriber.execute(
+        "SELECT pg_catalog.count(*) FROM pgferry.subscription_table WHERE subscription = %s",
+        (subscription,),
+    ).fetchone()
+    assert row is not None and tables is not None
+    return int(row[0]), int(row[1]), int(tables[0])
 
 
 def _lock(subscriber: Conn, subscription: str) -> None:
