@@ -269,6 +269,8 @@ class SequenceSync:
     #: subscriber sequence never called counts as one increment before its next
     #: value); None when the publisher's was never called.
     drift: int | None
+    #: Whether the subscriber's sequence counts down (a negative increment).
+    descending: bool = False
 
     @property
     def display(self) -> str:
@@ -596,10 +598,13 @@ class PreparedSync:
     #: The publisher's sequences (no values) and their oids there.
     remote: tuple[_Remote, ...]
     oids: tuple[int, ...]
-    #: The subscriber sequences (by schema and name) that count down.
-    descending: frozenset[Name]
     #: The publisher's sequences and the subscription's tables, counted (see :func:`_marks`).
     marks: tuple[int, int, int]
+
+    @property
+    def descending(self) -> frozenset[Name]:
+        """The sequences (by schema and name) that count down."""
+        return frozenset((r.schema, r.name) for r in self.remote if r.increment < 0)
 
     def run(self, subscriber: Conn, publisher: Conn) -> SyncReport:
         """Sync them now, as :func:`sync_sequences` does."""
@@ -632,13 +637,8 @@ def prepare_sync(subscriber: Conn, subscription: str, *, publisher: Conn) -> Pre
             publisher, sub.name, [(t.remote_schema, t.remote_name) for t in tables]
         )
         found = _discover(subscriber, [(t.local_schema, t.local_name) for t in tables])
-        seqs = _match(subscriber, sub.name, remote, found)
-    descending = frozenset(
-        (r.schema, r.name) for r, s in zip(remote, seqs, strict=True) if s.increment < 0
-    )
-    return PreparedSync(
-        sub.name, sub.options.sequence_headroom, tuple(remote), tuple(oids), descending, marks
-    )
+        _match(subscriber, sub.name, remote, found)  # (its errors now, not at the run)
+    return PreparedSync(sub.name, sub.options.sequence_headroom, tuple(remote), tuple(oids), marks)
 
 
 def _marks(subscriber: Conn, publisher: Conn, subscription: str) -> tuple[int, int, int]:
@@ -728,7 +728,14 @@ def _apply(
         after = target if target is not None else _last(s)
         result.append(
             SequenceSync(
-                r.schema, r.name, r.last_value, _last(s), after, target is not None, _drift(r, s)
+                r.schema,
+                r.name,
+                r.last_value,
+                _last(s),
+                after,
+                target is not None,
+                _drift(r, s),
+                s.increment < 0,
             )
         )
     if changes:

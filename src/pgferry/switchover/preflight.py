@@ -215,27 +215,12 @@ def check_schema(new_dsn: str, name: str) -> None:
         )
 
 
-def check_sequences(
-    report: SyncReport, new: Conn, descending: frozenset[tuple[str, str]] | None = None
-) -> None:
-    """Every subscriber sequence at or past the publisher's (in its direction;
-    the ones counting down are read from ``new`` unless given)."""
-    names = [(s.schema, s.name) for s in report.sequences if s.publisher_value is not None]
-    if not names:
-        return
-    if descending is None:
-        rows = new.execute(
-            "SELECT n.nspname, c.relname, s.seqincrement FROM pg_catalog.pg_sequence s"
-            " JOIN pg_catalog.pg_class c ON c.oid = s.seqrelid"
-            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-            ([n[0] for n in names], [n[1] for n in names]),
-        ).fetchall()
-        descending = frozenset((r[0], r[1]) for r in rows if int(r[2]) < 0)
+def check_sequences(report: SyncReport) -> None:
+    """Every subscriber sequence at or past the publisher's (in its direction)."""
     for seq in report.sequences:
         if seq.publisher_value is None:
             continue
-        down = (seq.schema, seq.name) in descending
+        down = seq.descending
         value = seq.subscriber_value
         behind = value is None or (
             value > seq.publisher_value if down else value < seq.publisher_value

@@ -325,7 +325,7 @@ def switchover(plan: Plan) -> Report:
                 check_schema(where.new_dsn, where.forward)
             # Found once: inside the fence the final sync only reads and sets values.
             sequences = prepare_sync(new, where.forward, publisher=old)
-            check_sequences(sequences.run(new, old), new, sequences.descending)
+            check_sequences(sequences.run(new, old))
             _bounded("preflight", plan.phase_timeout, started)
         if plan.dry_run:
             return report
@@ -492,7 +492,7 @@ def _cutover(
                     f" {plan.fence_timeout:g} s",
                     hint="see pg_stat_activity on both sides; --fence-timeout sets the bound",
                 ) from None
-            check_sequences(synced, new, sequences.descending)
+            check_sequences(synced)
             report.sequences = len(synced.sequences)
         if snapshots is not None:
             with clock.phase("snapshots"):
